@@ -1,0 +1,44 @@
+"""Entropy-based early exit for LLM generations.
+
+Read the token logprobs a provider streams, turn them into Shannon entropy, and stop the stream
+once a calibrated threshold says the model is sure. Integrations live in subpackages:
+``entropy_exit_integrations.openai``, ``.langchain``, ``.llama_index``.
+"""
+
+from .core import (
+    Decision,
+    EntropyMonitor,
+    ExitPolicy,
+    Phase,
+    SavingsLedger,
+    SavingsReport,
+    TokenLogprob,
+    token_entropy,
+)
+from .errors import (
+    EntropyExit,
+    EntropyExitError,
+    EntropyExitWarning,
+    LogprobsFormatError,
+    LogprobsUnavailableError,
+    StreamInterrupted,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Decision",
+    "EntropyExit",
+    "EntropyExitError",
+    "EntropyExitWarning",
+    "EntropyMonitor",
+    "ExitPolicy",
+    "LogprobsFormatError",
+    "LogprobsUnavailableError",
+    "Phase",
+    "SavingsLedger",
+    "SavingsReport",
+    "StreamInterrupted",
+    "TokenLogprob",
+    "token_entropy",
+]

@@ -1,0 +1,161 @@
+"""EntropyMonitor: the streaming state machine that decides when to stop."""
+
+from __future__ import annotations
+
+import warnings
+from array import array
+from collections import deque
+from typing import NamedTuple
+
+from ..errors import EntropyExitWarning
+from .entropy import max_entropy_bits, token_entropy
+from .policy import ExitPolicy
+from .tokens import Phase, TokenLogprob
+
+
+class Decision(NamedTuple):
+    """The monitor's verdict after a token.
+
+    Attributes:
+        should_exit: True once the policy says the model is confident; stays True.
+        reason: ``"confident"`` on exit; otherwise why not yet: ``"warming_up"`` (under
+            ``min_tokens`` or the window is not full), ``"uncertain"``, ``"patience"``
+            (confident, waiting for more in a row), ``"unknown"`` (token had no logprobs),
+            ``"not_watched"`` (a phase the policy ignores).
+        token_index: 0-based index of the token this decision was made at, over all tokens seen.
+        entropy: the aggregate entropy in bits, or None before any watched token.
+    """
+
+    should_exit: bool
+    reason: str
+    token_index: int
+    entropy: float | None
+
+
+class EntropyMonitor:
+    """Feed tokens in order; ``observe`` says when to stop. O(1) amortised per token.
+
+    Unknown tokens (no candidates, or fewer than two under the renormalised estimator, which
+    would always read as zero entropy) count in the aggregate as maximally uncertain
+    (``log2 top_k`` bits): missing data can only delay an exit, never cause one.
+
+    >>> from entropy_exit_integrations import ExitPolicy, TokenLogprob
+    >>> monitor = EntropyMonitor(ExitPolicy(threshold=0.5, min_tokens=2))
+    >>> sure = TokenLogprob("4", -0.01, ("4", "5"), (-0.01, -5.0))
+    >>> [monitor.observe(sure).should_exit for _ in range(3)]
+    [False, True, True]
+    """
+
+    def __init__(self, policy: ExitPolicy) -> None:
+        self.policy = policy
+        self._unknown_bits = max_entropy_bits(max(policy.top_k, 2))
+        self._min_candidates = 1 if policy.tail_aware else 2
+        self._alpha = 2.0 / (policy.window + 1)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything; ready for a new generation."""
+        self.trace = array("d")
+        self.tokens_seen = 0
+        self.watched = 0
+        self.unknown_tokens = 0
+        self.reasoning_tokens = 0
+        self.max_k = 0
+        self._sum = 0.0
+        self._window: deque[float] = deque(maxlen=self.policy.window)
+        self._window_sum = 0.0
+        self._ema: float | None = None
+        self._streak = 0
+        self._watch_phase: Phase | None = self._initial_watch_phase()
+        self._warned_fallback = False
+        self.decision = Decision(False, "warming_up", -1, None)
+
+    def _initial_watch_phase(self) -> Phase | None:
+        if self.policy.phase == "answer":
+            return Phase.ANSWER
+        if self.policy.phase == "both":
+            return None
+        return Phase.REASONING
+
+    @property
+    def exited(self) -> bool:
+        return self.decision.should_exit
+
+    def observe(self, token: TokenLogprob) -> Decision:
+        """Account for one token and return the decision after it (sticky once it exits)."""
+        index = self.tokens_seen
+        self.tokens_seen = index + 1
+        if token.phase is Phase.REASONING:
+            self.reasoning_tokens += 1
+        k = len(token.top_logprobs)
+        if k > self.max_k:
+            self.max_k = k
+        bits = (
+            token_entropy(token.top_logprobs, tail_aware=self.policy.tail_aware)
+            if k >= self._min_candidates
+            else None
+        )
+        if bits is None:
+            self.unknown_tokens += 1
+            self.trace.append(float("nan"))
+        else:
+            self.trace.append(bits)
+        if self.decision.should_exit:
+            return self.decision
+        if not self._watches(token.phase):
+            self.decision = Decision(False, "not_watched", index, self.decision.entropy)
+            return self.decision
+        self.decision = self._decide(index, bits)
+        return self.decision
+
+    def _watches(self, phase: Phase) -> bool:
+        watch = self._watch_phase
+        if watch is None or phase is watch:
+            return True
+        if watch is Phase.REASONING and phase is Phase.ANSWER and self.reasoning_tokens == 0:
+            # The model has no reasoning phase: fall back to watching its answer.
+            if self.policy.phase == "reasoning" and not self._warned_fallback:
+                warnings.warn(
+                    "ExitPolicy(phase='reasoning') but the model emitted no reasoning tokens; "
+                    "watching the answer instead",
+                    EntropyExitWarning,
+                    stacklevel=3,
+                )
+                self._warned_fallback = True
+            self._watch_phase = Phase.ANSWER
+            return True
+        return False
+
+    def _decide(self, index: int, bits: float | None) -> Decision:
+        value = self._unknown_bits if bits is None else bits
+        policy = self.policy
+        self.watched += 1
+        if policy.aggregation == "mean":
+            self._sum += value
+            aggregate = self._sum / self.watched
+            ready = True
+        elif policy.aggregation == "window":
+            if len(self._window) == policy.window:
+                self._window_sum -= self._window[0]
+            self._window.append(value)
+            self._window_sum += value
+            aggregate = self._window_sum / len(self._window)
+            ready = len(self._window) == policy.window
+        else:
+            ema = self._ema
+            aggregate = value if ema is None else ema + self._alpha * (value - ema)
+            self._ema = aggregate
+            ready = True
+        if bits is None:
+            self._streak = 0
+            return Decision(False, "unknown", index, aggregate)
+        if not ready or self.watched < policy.min_tokens:
+            self._streak = 0
+            return Decision(False, "warming_up", index, aggregate)
+        if aggregate >= policy.threshold:
+            self._streak = 0
+            return Decision(False, "uncertain", index, aggregate)
+        self._streak += 1
+        if self._streak < policy.patience:
+            return Decision(False, "patience", index, aggregate)
+        return Decision(True, "confident", index, aggregate)

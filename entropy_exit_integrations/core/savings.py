@@ -1,0 +1,222 @@
+"""What an exit saved: one report per generation, a ledger over many."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .monitor import EntropyMonitor
+
+TRACE_POINTS = 64
+"""Entropy trace points kept in a report (the full trace is downsampled to this many)."""
+
+
+@dataclass(frozen=True)
+class EntropySummary:
+    """Per-token entropy statistics of one generation (bits; unknown tokens excluded)."""
+
+    known_tokens: int
+    mean: float | None
+    minimum: float | None
+    maximum: float | None
+    trace: tuple[float | None, ...]
+    """Downsampled trace: mean entropy of consecutive blocks of tokens, None for all-unknown."""
+
+    @classmethod
+    def from_trace(cls, trace: Iterable[float], points: int = TRACE_POINTS) -> EntropySummary:
+        values = list(trace)
+        known = [v for v in values if not math.isnan(v)]
+        blocks: list[float | None] = []
+        if values:
+            size = max(1, math.ceil(len(values) / points))
+            for start in range(0, len(values), size):
+                block = [v for v in values[start : start + size] if not math.isnan(v)]
+                blocks.append(round(sum(block) / len(block), 4) if block else None)
+        return cls(
+            known_tokens=len(known),
+            mean=sum(known) / len(known) if known else None,
+            minimum=min(known) if known else None,
+            maximum=max(known) if known else None,
+            trace=tuple(blocks),
+        )
+
+
+@dataclass(frozen=True)
+class SavingsReport:
+    """What one generation cost and what the exit saved.
+
+    ``tokens_saved_vs_budget`` is an upper bound: it assumes the model would have used its whole
+    ``max_tokens`` budget. ``tokens_saved_vs_expected`` uses the typical length measured at
+    calibration and is the better estimate when known. Both are net of the tokens spent forcing
+    the final answer, and both are 0 when no exit happened.
+    Entropies are top-k estimates (``k`` candidates per token, ``estimator`` says which): a
+    truncated view of the model's distribution.
+    """
+
+    exited: bool
+    exit_reason: str
+    exit_token_index: int | None
+    tokens_generated: int
+    forced_answer_tokens: int
+    max_tokens: int | None
+    tokens_saved_vs_budget: int | None
+    expected_tokens: float | None
+    tokens_saved_vs_expected: float | None
+    saved_fraction: float | None
+    aggregate_entropy: float | None
+    threshold: float
+    calibrated: bool
+    k: int
+    estimator: str
+    unknown_tokens: int
+    reasoning_tokens: int
+    wall_time_s: float
+    entropy: EntropySummary
+    model: str | None = None
+    prompt_tokens: int | None = None
+    prompt_tokens_estimated: bool = False
+
+    @classmethod
+    def from_monitor(
+        cls,
+        monitor: EntropyMonitor,
+        *,
+        wall_time_s: float,
+        max_tokens: int | None = None,
+        forced_answer_tokens: int = 0,
+        exit_reason: str | None = None,
+        model: str | None = None,
+        prompt_tokens: int | None = None,
+        prompt_tokens_estimated: bool = False,
+    ) -> SavingsReport:
+        """Build the report of a finished (or stopped) generation from its monitor.
+
+        ``exit_reason`` overrides the reason for generations that ended without an exit
+        (``"stop"``, ``"length"``, ``"interrupted"``...).
+        """
+        policy = monitor.policy
+        decision = monitor.decision
+        exited = decision.should_exit
+        generated = monitor.tokens_seen + forced_answer_tokens
+        saved_budget: int | None = None
+        saved_fraction: float | None = None
+        if max_tokens is not None:
+            saved_budget = max(0, max_tokens - generated) if exited else 0
+            saved_fraction = saved_budget / max_tokens if max_tokens else 0.0
+        expected = policy.expected_tokens
+        saved_expected = None
+        if expected is not None:
+            saved_expected = max(0.0, expected - generated) if exited else 0.0
+            if max_tokens is None:
+                saved_fraction = saved_expected / expected
+        return cls(
+            exited=exited,
+            exit_reason="entropy_exit" if exited else (exit_reason or decision.reason),
+            exit_token_index=decision.token_index if exited else None,
+            tokens_generated=generated,
+            forced_answer_tokens=forced_answer_tokens,
+            max_tokens=max_tokens,
+            tokens_saved_vs_budget=saved_budget,
+            expected_tokens=expected,
+            tokens_saved_vs_expected=saved_expected,
+            saved_fraction=saved_fraction,
+            aggregate_entropy=decision.entropy,
+            threshold=policy.threshold,
+            calibrated=policy.is_calibrated,
+            k=monitor.max_k,
+            estimator="tail-aware top-k" if policy.tail_aware else "renormalised top-k",
+            unknown_tokens=monitor.unknown_tokens,
+            reasoning_tokens=monitor.reasoning_tokens,
+            wall_time_s=wall_time_s,
+            entropy=EntropySummary.from_trace(monitor.trace),
+            model=model,
+            prompt_tokens=prompt_tokens,
+            prompt_tokens_estimated=prompt_tokens_estimated,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (what integrations put in response metadata)."""
+        data = asdict(self)
+        data["entropy"]["trace"] = list(self.entropy.trace)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SavingsReport:
+        values = dict(data)
+        summary = dict(values.pop("entropy"))
+        summary["trace"] = tuple(summary["trace"])
+        return cls(entropy=EntropySummary(**summary), **values)
+
+    def __str__(self) -> str:
+        head = (
+            f"exit at token {self.exit_token_index}"
+            if self.exited
+            else f"no exit ({self.exit_reason})"
+        )
+        saved = (
+            f", saved {self.tokens_saved_vs_budget} of {self.max_tokens} budget"
+            if self.tokens_saved_vs_budget is not None
+            else ""
+        )
+        entropy = "n/a" if self.aggregate_entropy is None else f"{self.aggregate_entropy:.3f}"
+        return (
+            f"{head}: {self.tokens_generated} tokens generated{saved}; "
+            f"entropy {entropy} bits vs threshold {self.threshold:g}"
+            f"{'' if self.calibrated else ' (uncalibrated)'}; k={self.k}, "
+            f"{self.unknown_tokens} unknown"
+        )
+
+
+@dataclass
+class SavingsLedger:
+    """Collects reports from many generations; safe to share across threads and asyncio tasks."""
+
+    reports: list[SavingsReport] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def record(self, report: SavingsReport) -> None:
+        with self._lock:
+            self.reports.append(report)
+
+    def snapshot(self) -> list[SavingsReport]:
+        with self._lock:
+            return list(self.reports)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.reports)
+
+    def summary(self) -> dict[str, Any]:
+        """Totals over every recorded generation."""
+        reports = self.snapshot()
+        budget = [r for r in reports if r.max_tokens is not None]
+        expected = [r for r in reports if r.tokens_saved_vs_expected is not None]
+        budget_total = sum(r.max_tokens or 0 for r in budget)
+        saved_budget = sum(r.tokens_saved_vs_budget or 0 for r in budget)
+        return {
+            "generations": len(reports),
+            "exits": sum(r.exited for r in reports),
+            "tokens_generated": sum(r.tokens_generated for r in reports),
+            "forced_answer_tokens": sum(r.forced_answer_tokens for r in reports),
+            "budget_tokens": budget_total,
+            "tokens_saved_vs_budget": saved_budget,
+            "saved_fraction_vs_budget": saved_budget / budget_total if budget_total else None,
+            "tokens_saved_vs_expected": sum(r.tokens_saved_vs_expected or 0.0 for r in expected)
+            if expected
+            else None,
+            "unknown_tokens": sum(r.unknown_tokens for r in reports),
+            "wall_time_s": sum(r.wall_time_s for r in reports),
+        }
+
+    def __str__(self) -> str:
+        s = self.summary()
+        fraction = s["saved_fraction_vs_budget"]
+        share = "" if fraction is None else f" ({fraction:.1%} of {s['budget_tokens']} budget)"
+        return (
+            f"{s['generations']} generations, {s['exits']} early exits, "
+            f"{s['tokens_generated']} tokens generated, "
+            f"{s['tokens_saved_vs_budget']} saved vs budget{share}"
+        )

@@ -1,0 +1,82 @@
+"""Every exception and warning the package raises, in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EntropyExitError(Exception):
+    """Base class of every error raised by entropy-exit-integrations."""
+
+
+class LogprobsFormatError(EntropyExitError, ValueError):
+    """A chunk claims to carry logprobs but a field is malformed (names the field)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"malformed logprobs at {field!r}: {problem}")
+
+
+class LogprobsUnavailableError(EntropyExitError):
+    """The provider sent no logprobs, so entropy cannot be measured.
+
+    Missing logprobs never count as "confident": without them the policy cannot decide, and
+    this error says how to ask for them.
+    """
+
+    HINT = (
+        "request them with logprobs=True, top_logprobs=k (chat) or logprobs=k (completions); "
+        "OpenAI's reasoning models (o-series, gpt-5) refuse logprobs - use a model or server that "
+        "returns them (vLLM needs --max-logprobs >= k)"
+    )
+
+    def __init__(
+        self, message: str, *, provider_message: str | None = None, partial_text: str = ""
+    ) -> None:
+        self.provider_message = provider_message
+        self.partial_text = partial_text
+        text = f"{message}; {self.HINT}"
+        if provider_message:
+            text += f" (provider said: {provider_message})"
+        super().__init__(text)
+
+
+class PolicyError(EntropyExitError, ValueError):
+    """An ExitPolicy or Calibration was given values that cannot work."""
+
+
+class EntropyExit(EntropyExitError):
+    """Raised to abort a generation mid-chain once the model is confident.
+
+    Carries everything generated before the exit, so nothing is lost.
+    """
+
+    def __init__(self, partial_text: str, report: Any, *, reasoning: str = "") -> None:
+        self.partial_text = partial_text
+        self.reasoning = reasoning
+        self.report = report
+        super().__init__(
+            f"entropy exit after {getattr(report, 'tokens_generated', '?')} tokens "
+            f"({len(partial_text)} characters kept on .partial_text)"
+        )
+
+
+class StreamInterrupted(EntropyExitError):
+    """The stream broke (network error, server died) mid-generation.
+
+    ``partial`` holds the text, reasoning and report gathered before the break; ``__cause__``
+    is the original error.
+    """
+
+    def __init__(self, message: str, partial: Any) -> None:
+        self.partial = partial
+        super().__init__(message)
+
+
+class ServerError(EntropyExitError, RuntimeError):
+    """The embedded llama.cpp server could not be built, found or started (message says why)."""
+
+
+class EntropyExitWarning(UserWarning):
+    """Something the user should know that does not stop the run (weak signal, fallback phase)."""

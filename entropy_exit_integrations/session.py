@@ -1,0 +1,202 @@
+"""ExitSession: one streamed generation folded chunk by chunk into text, tokens and a decision.
+
+Every integration (openai helpers, LangChain, LlamaIndex) drives one of these: it parses chunks
+with a provider adapter, calls ``feed`` and acts when ``should_stop`` turns True. Nothing here
+imports a framework or does I/O.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import replace
+from typing import Any
+
+from .core.monitor import Decision, EntropyMonitor
+from .core.policy import ExitPolicy
+from .core.savings import SavingsReport
+from .core.tokens import Phase, TokenLogprob
+from .errors import EntropyExitWarning, LogprobsUnavailableError
+from .providers.parts import ChunkParts
+from .providers.reasoning import ThinkTags, ThinkTagSplitter
+
+
+class ExitSession:
+    """State of one monitored generation.
+
+    Args:
+        policy: the exit rule.
+        max_tokens: the generation's budget, for savings against the budget.
+        model: model id for the report.
+        think_tags: how to read inline ``<think>`` tags in the content (see ThinkTagSplitter).
+        starts_in_reasoning: the prompt already opened the ``<think>`` tag.
+        keep_tokens: keep every TokenLogprob on ``tokens`` (for traces and LlamaIndex logprobs).
+    """
+
+    def __init__(
+        self,
+        policy: ExitPolicy,
+        *,
+        max_tokens: int | None = None,
+        model: str | None = None,
+        think_tags: ThinkTags = "auto",
+        starts_in_reasoning: bool = False,
+        keep_tokens: bool = True,
+    ) -> None:
+        self.policy = policy
+        self.max_tokens = max_tokens
+        self.model = model
+        self.monitor = EntropyMonitor(policy)
+        self.tokens: list[TokenLogprob] = []
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.tool_call_started = False
+        self._keep_tokens = keep_tokens
+        self._splitter = ThinkTagSplitter(think_tags, start_inside=starts_in_reasoning)
+        self._content: list[str] = []
+        self._reasoning: list[str] = []
+        self._new_pieces: list[tuple[Phase, str]] = []
+        self._logprob_tokens = 0
+        self._last_phase = Phase.ANSWER
+        self._warned_missing = False
+        self._started = time.perf_counter()
+
+    @property
+    def text(self) -> str:
+        """Answer text so far."""
+        return "".join(self._content)
+
+    @property
+    def reasoning(self) -> str:
+        """Reasoning text so far (separate field or inside ``<think>`` tags)."""
+        return "".join(self._reasoning)
+
+    @property
+    def decision(self) -> Decision:
+        return self.monitor.decision
+
+    @property
+    def should_stop(self) -> bool:
+        """The policy says stop, and no tool call is streaming (those are never cut)."""
+        return self.monitor.decision.should_exit and not self.tool_call_started
+
+    @property
+    def exited_in_reasoning(self) -> bool:
+        """The exit cut the reasoning, so the answer is still to come."""
+        return self.should_stop and self._last_phase is Phase.REASONING
+
+    def feed(self, parts: ChunkParts) -> Decision:
+        """Account for one chunk; returns the decision after its last token."""
+        if parts.usage is not None:
+            self.usage = parts.usage
+        if parts.finish_reason is not None:
+            self.finish_reason = parts.finish_reason
+        if parts.tool_call:
+            self.tool_call_started = True
+        if parts.reasoning:
+            self._add(Phase.REASONING, parts.reasoning)
+        phase = self._split_content(parts.content) if parts.content else None
+        tokens = parts.tokens
+        if phase is not None and self._splitter.saw_tags:
+            tokens = tuple(t if t.phase is phase else replace(t, phase=phase) for t in tokens)
+        if tokens:
+            self._logprob_tokens += len(tokens)
+            observe = self.monitor.observe
+            for token in tokens:
+                observe(token)
+            self._last_phase = tokens[-1].phase
+            if self._keep_tokens:
+                self.tokens.extend(tokens)
+        elif parts.generated_text:
+            self._observe_missing(parts, phase)
+        return self.monitor.decision
+
+    def _split_content(self, content: str) -> Phase:
+        phase = Phase.ANSWER
+        for piece_phase, text in self._splitter.feed(content):
+            self._add(piece_phase, text)
+            if piece_phase is Phase.REASONING:
+                phase = Phase.REASONING
+        if self._splitter.inside:
+            phase = Phase.REASONING
+        return phase
+
+    def _observe_missing(self, parts: ChunkParts, phase: Phase | None) -> None:
+        """Text arrived without logprobs: one unknown token, never a confident one."""
+        if self._logprob_tokens == 0:
+            if self.policy.on_missing == "raise":
+                raise LogprobsUnavailableError(
+                    "the stream carries text but no logprobs",
+                    partial_text=self.text,
+                )
+            if not self._warned_missing:
+                warnings.warn(
+                    "the stream carries no logprobs: passing it through without early exit",
+                    EntropyExitWarning,
+                    stacklevel=3,
+                )
+                self._warned_missing = True
+        if phase is None:
+            phase = Phase.REASONING if parts.reasoning and not parts.content else Phase.ANSWER
+        self._last_phase = phase
+        self.monitor.observe(TokenLogprob(parts.content or parts.reasoning, None, (), (), phase))
+
+    def _add(self, phase: Phase, text: str) -> None:
+        (self._reasoning if phase is Phase.REASONING else self._content).append(text)
+        self._new_pieces.append((phase, text))
+
+    def drain(self) -> list[tuple[Phase, str]]:
+        """Text pieces added since the last call, in order, for streaming to a caller."""
+        pieces, self._new_pieces = self._new_pieces, []
+        return pieces
+
+    def close_text(self) -> None:
+        """End of stream: release text held back while deciding a possible tag."""
+        for piece_phase, text in self._splitter.flush():
+            self._add(piece_phase, text)
+
+    @property
+    def inline_think(self) -> bool:
+        """Reasoning arrived inside ``<think>`` tags in the content."""
+        return self._splitter.saw_tags
+
+    def add_forced_answer(self, text: str) -> None:
+        """Append the forced answer to the text (not to ``drain``: it was streamed as it came)."""
+        self._content.append(text)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self._started
+
+    def report(
+        self,
+        *,
+        forced_answer_tokens: int = 0,
+        exit_reason: str | None = None,
+        prompt_tokens: int | None = None,
+        prompt_tokens_estimated: bool = False,
+    ) -> SavingsReport:
+        """The savings report of this generation as it stands."""
+        if prompt_tokens is None and self.usage:
+            prompt_tokens = self.usage.get("prompt_tokens")
+        return SavingsReport.from_monitor(
+            self.monitor,
+            wall_time_s=self.elapsed_s,
+            max_tokens=self.max_tokens,
+            forced_answer_tokens=forced_answer_tokens,
+            exit_reason=exit_reason or self.finish_reason,
+            model=self.model,
+            prompt_tokens=prompt_tokens,
+            prompt_tokens_estimated=prompt_tokens_estimated,
+        )
+
+    def usage_block(self, report: SavingsReport) -> dict[str, Any]:
+        """Provider usage when it came; else counted from the logprob entries (and estimated prompt)."""
+        if self.usage is not None and not report.exited:
+            return dict(self.usage)
+        prompt = report.prompt_tokens or 0
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": report.tokens_generated,
+            "total_tokens": prompt + report.tokens_generated,
+        }

@@ -1,0 +1,99 @@
+"""Counting tokens where no logprob entries exist (prompts, forced-answer prompts, plain text).
+
+Generated tokens are counted from logprob entries, one per token, exact for any tokenizer.
+Elsewhere tiktoken gives a count, exact for OpenAI models and an estimate for others. tiktoken
+downloads its BPE files on first use, which fails offline; llama-index-core ships
+``cl100k_base`` and ``o200k_base`` in its ``_static/tiktoken_cache``, so that cache is used when
+``TIKTOKEN_CACHE_DIR`` is not set. Without tiktoken, a 4-characters-per-token estimate is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+
+class TokenCount(NamedTuple):
+    tokens: int
+    estimated: bool
+    """True unless the count used the model's own tokenizer."""
+    encoding: str
+
+
+def bundled_tiktoken_cache() -> Path | None:
+    """llama-index-core's offline tiktoken cache, when llama-index-core is installed."""
+    try:
+        spec = importlib.util.find_spec("llama_index.core")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "_static" / "tiktoken_cache"
+    return path if path.is_dir() else None
+
+
+@functools.lru_cache(maxsize=16)
+def _encoding(model: str | None) -> tuple[Any, bool, str] | None:
+    try:
+        import tiktoken
+    except ImportError:
+        return None
+    exact = True
+    name: str | None = None
+    if model:
+        try:
+            name = tiktoken.encoding_name_for_model(model)
+        except KeyError:
+            exact = False
+    else:
+        exact = False
+    candidates = [name] if name else []
+    candidates += [n for n in ("o200k_base", "cl100k_base") if n != name]
+    for candidate in candidates:
+        encoding = _load_offline(tiktoken, candidate)
+        if encoding is not None:
+            return encoding, exact and candidate == name, candidate
+    return None
+
+
+def _load_offline(tiktoken: Any, name: str) -> Any:
+    cache = bundled_tiktoken_cache()
+    override = "TIKTOKEN_CACHE_DIR" not in os.environ and cache is not None
+    if override:
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception:  # noqa: BLE001 - offline download failures come in many types
+        return None
+    finally:
+        if override:
+            del os.environ["TIKTOKEN_CACHE_DIR"]
+
+
+def count_tokens(text: str, model: str | None = None) -> TokenCount:
+    """Tokens in ``text`` for ``model``; ``estimated`` says whether the count is approximate."""
+    loaded = _encoding(model)
+    if loaded is None:
+        return TokenCount(max(1, len(text) // 4) if text else 0, True, "chars/4")
+    encoding, exact, name = loaded
+    return TokenCount(len(encoding.encode(text, disallowed_special=())), not exact, name)
+
+
+def count_message_tokens(messages: list[dict[str, Any]], model: str | None = None) -> TokenCount:
+    """Prompt tokens of chat messages: content tokens plus OpenAI's ~4 tokens of framing each.
+
+    Always an estimate: chat templates differ per model and server.
+    """
+    total = 3
+    name = "chars/4"
+    for message in messages:
+        content = message.get("content") or ""
+        if not isinstance(content, str):
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        count = count_tokens(content, model)
+        total += count.tokens + 4
+        name = count.encoding
+    return TokenCount(total, True, name)

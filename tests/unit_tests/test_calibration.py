@@ -1,0 +1,182 @@
+"""calibrate(): every method on constructed data with known answers, AUROC, verdicts, profiles."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from entropy_exit_integrations import ExitPolicy, TokenLogprob
+from entropy_exit_integrations.core.calibration import (
+    NO_SIGNAL,
+    STRONG,
+    UNMEASURED,
+    WEAK,
+    Calibration,
+    auroc,
+    bootstrap_auroc_ci,
+    calibrate,
+    lowest_group_confidence,
+    sequence_entropy,
+)
+from entropy_exit_integrations.errors import EntropyExitWarning, PolicyError
+
+CORRECT = [0.1, 0.2, 0.3, 0.4]
+WRONG = [0.6, 0.7, 0.8, 0.9]
+
+
+def separated(n_tokens_c: int = 50, n_tokens_i: int = 50) -> list[tuple[float, bool, int]]:
+    return [(h, True, n_tokens_c) for h in CORRECT] + [(h, False, n_tokens_i) for h in WRONG]
+
+
+def test_mean_is_mean_entropy_of_correct() -> None:
+    cal = calibrate(separated(), "mean", model="m")
+    assert cal.tau == pytest.approx(0.25)
+    assert cal.correct.n == 4 and cal.incorrect.n == 4
+    assert cal.correct.mean == pytest.approx(0.25)
+    assert cal.incorrect.mean == pytest.approx(0.75)
+    assert cal.correct.std == pytest.approx(np.std(CORRECT, ddof=1))
+
+
+def test_info_formula() -> None:
+    cal = calibrate(separated(), "info")
+    sd = float(np.std(CORRECT, ddof=1))  # both classes have the same spread: pooled == sd
+    d = 0.5 / sd
+    assert cal.tau == pytest.approx(0.25 + sd * math.log(1 + d))
+
+
+def test_bayes_boundary_sits_between_the_classes() -> None:
+    assert calibrate(separated(), "bayes").tau == pytest.approx(0.5)
+
+
+def test_bayes_priors_move_the_boundary() -> None:
+    # One wrong answer inside the correct range: with equal counts, accepting it costs less
+    # than rejecting three correct ones; a heavy incorrect prior flips that.
+    data = [(0.1, True, 9), (0.2, True, 9), (0.3, True, 9), (0.25, False, 9), (0.8, False, 9)]
+    assert calibrate(data, "bayes").tau == pytest.approx(0.55)
+    assert calibrate(data, "bayes", priors=(0.1, 0.9)).tau == pytest.approx(0.225)
+
+
+def test_quantile() -> None:
+    assert calibrate(separated(), "quantile", q=0.5).tau == pytest.approx(0.25)
+    assert calibrate(separated(), "quantile", q=0.75).tau == pytest.approx(np.quantile(CORRECT, 0.75))
+
+
+def test_deepconf_is_label_free_percentile() -> None:
+    cal = calibrate(separated(), "deepconf", deepconf_keep=0.5)
+    assert cal.tau == pytest.approx(0.5)
+    flipped = [(h, not ok, n) for h, ok, n in separated()]
+    assert calibrate(flipped, "deepconf", deepconf_keep=0.5).tau == cal.tau
+
+
+def test_every_method_is_reported() -> None:
+    cal = calibrate(separated(), "bayes")
+    assert set(cal.taus) == {"mean", "info", "bayes", "quantile", "deepconf"}
+    assert cal.taus["bayes"] == cal.tau
+
+
+def test_auroc_and_strong_verdict_on_separated_data() -> None:
+    cal = calibrate(separated(), "mean")
+    assert cal.auroc == 1.0
+    assert cal.auroc_ci == (1.0, 1.0)
+    assert cal.length_auroc == 0.5  # all the same length: ties
+    assert cal.verdict == STRONG
+    assert cal.expected_tokens == 50
+
+
+def test_auroc_matches_mann_whitney_with_ties() -> None:
+    pos, neg = np.array([3.0, 2.0, 2.0]), np.array([2.0, 1.0])
+    # pairs: (3>2,3>1,2=2,2>1,2=2,2>1) = 4 wins + 2 ties -> 5/6
+    assert auroc(pos, neg) == pytest.approx(5 / 6)
+    low, high = bootstrap_auroc_ci(pos, neg, n_boot=500)
+    assert 0.0 <= low <= 5 / 6 <= high <= 1.0
+
+
+def test_no_signal_when_classes_overlap() -> None:
+    rng = np.random.default_rng(1)
+    data = [(float(h), bool(j % 2), 40) for j, h in enumerate(rng.uniform(0.2, 0.6, 40))]
+    cal = calibrate(data)
+    assert cal.verdict == NO_SIGNAL
+    assert not cal.usable
+    with pytest.raises(PolicyError, match="no signal"):
+        ExitPolicy.from_calibration(cal)
+    with pytest.warns(EntropyExitWarning, match="NO-SIGNAL"):
+        policy = ExitPolicy.from_calibration(cal, allow_weak=True)
+    assert policy.threshold == pytest.approx(cal.tau)
+
+
+def test_weak_when_length_beats_entropy() -> None:
+    # The Qwen2.5-Coder-0.5B GSM8K picture: entropy separates a little, length more.
+    rng = np.random.default_rng(7)
+    c = rng.normal(0.40, 0.1, 30)
+    i = rng.normal(0.44, 0.1, 30)
+    data = [(float(h), True, int(100 + j)) for j, h in enumerate(c)]
+    data += [(float(h), False, int(120 + 3 * j)) for j, h in enumerate(i)]
+    cal = calibrate(data)
+    assert cal.length_auroc is not None and cal.auroc is not None
+    assert cal.length_auroc > cal.auroc
+    assert cal.verdict in (WEAK, NO_SIGNAL)
+
+
+def test_no_incorrect_examples_warns_and_falls_back() -> None:
+    data = [(h, True, 10) for h in CORRECT]
+    with pytest.warns(EntropyExitWarning, match="info and bayes fall back to mean"):
+        cal = calibrate(data, "bayes")
+    assert cal.tau == pytest.approx(0.25)
+    assert cal.fallbacks == {"info": "mean", "bayes": "mean"}
+    assert cal.verdict == UNMEASURED and cal.auroc is None
+    with pytest.warns(EntropyExitWarning):
+        ExitPolicy.from_calibration(cal)
+
+
+def test_no_correct_examples_warns_and_says_no_signal() -> None:
+    data = [(h, False, 10) for h in WRONG]
+    with pytest.warns(EntropyExitWarning, match="fall back to deepconf"):
+        cal = calibrate(data, "mean")
+    assert cal.verdict == NO_SIGNAL
+    assert cal.fallbacks["mean"] == "deepconf"
+
+
+def test_needs_four_examples_and_known_method() -> None:
+    with pytest.raises(PolicyError, match="at least 4"):
+        calibrate(separated()[:3])
+    with pytest.raises(PolicyError, match="method"):
+        calibrate(separated(), "median")  # type: ignore[arg-type]
+
+
+def _tok(p: float) -> TokenLogprob:
+    return TokenLogprob("a", math.log(p), ("a", "b"), (math.log(p), math.log(1 - p)))
+
+
+def test_token_traces_are_accepted_and_match_the_monitor() -> None:
+    sure, unsure = [_tok(0.99)] * 20, [_tok(0.6)] * 20
+    examples = [(sure, True), (sure, True), (unsure, False), (unsure, False), (sure, True)]
+    cal = calibrate(examples, k=2, deepconf_window=8)
+    expected = sequence_entropy(sure, k=2)
+    assert cal.tau == pytest.approx(expected)
+    assert cal.expected_tokens == 20
+    assert cal.deepconf_threshold == pytest.approx(lowest_group_confidence(sure, 8), rel=0.2) or (
+        cal.deepconf_threshold is not None
+    )
+    per_token = [[0.1, 0.2, float("nan")], [0.1, 0.1], [0.9, 0.8], [0.7], [0.2]]
+    labels = [True, True, False, False, True]
+    cal2 = calibrate(list(zip(per_token, labels)))
+    assert cal2.correct.mean == pytest.approx(np.mean([0.15, 0.1, 0.2]))
+
+
+def test_profile_round_trip_and_policy(tmp_path) -> None:
+    cal = calibrate(separated(30, 60), "info", model="smollm2")
+    path = cal.save(tmp_path / "profile.json")
+    again = Calibration.load(path)
+    assert again == cal
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy = ExitPolicy.from_calibration(again, window=8, aggregation="window")
+    assert policy.threshold == pytest.approx(cal.tau)
+    assert policy.calibrated_for == "smollm2" and policy.is_calibrated
+    assert policy.expected_tokens == pytest.approx(45)
+    assert policy.window == 8
+    assert "verdict: strong" in cal.summary()
+    assert "tau[info]" in cal.summary()
