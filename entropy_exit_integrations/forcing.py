@@ -54,20 +54,26 @@ class AnswerForcing:
     ) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
         """Messages, extra_body and the assistant prefix of the forcing chat request.
 
+        Reasoning that arrived in a separate field goes back as the message's
+        ``reasoning_content`` (the chat templates of reasoning models render it inside their
+        thinking tags); reasoning that arrived inside ``<think>`` tags goes back the same way.
         The prefix is what a server may echo back at the start of its answer (llama.cpp does);
-        strip it with ``strip_echo``.
+        ``EchoStripper`` drops it.
         """
         cut = text
-        if reasoning:
-            cut = f"<think>\n{reasoning}\n</think>\n\n{text}" if inline_think else text
+        thought: dict[str, Any] = {}
+        if reasoning and inline_think:
+            cut = f"<think>\n{reasoning}\n</think>\n\n{text}"
+        elif reasoning:
+            thought = {"reasoning_content": reasoning}
         if self.resolved_style(base_url) == "followup":
             history = [*messages]
-            if cut:
-                history.append({"role": "assistant", "content": cut})
+            if cut or thought:
+                history.append({"role": "assistant", "content": cut, **thought})
             history.append({"role": "user", "content": self.instruction})
             return history, {}, ""
         prefix = f"{cut.rstrip()}{self.cue}" if cut.strip() else self.cue.lstrip()
-        history = [*messages, {"role": "assistant", "content": prefix}]
+        history = [*messages, {"role": "assistant", "content": prefix, **thought}]
         extra = {"continue_final_message": True, "add_generation_prompt": False}
         return history, extra, prefix
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -57,6 +58,7 @@ class ExitSession:
         self._reasoning: list[str] = []
         self._new_pieces: list[tuple[Phase, str]] = []
         self._logprob_tokens = 0
+        self._undecided: list[TokenLogprob] = []
         self._last_phase = Phase.ANSWER
         self._warned_missing = False
         self._started = time.perf_counter()
@@ -97,8 +99,23 @@ class ExitSession:
             self._add(Phase.REASONING, parts.reasoning)
         phase = self._split_content(parts.content) if parts.content else None
         tokens = parts.tokens
-        if phase is not None and self._splitter.saw_tags:
-            tokens = tuple(t if t.phase is phase else replace(t, phase=phase) for t in tokens)
+        if not parts.generated_text:
+            if tokens:
+                # Tokens without text (llama.cpp puts the first one in the role chunk; vLLM's
+                # reasoning parser swallows </think>): their phase is the next text's.
+                self._undecided.extend(tokens)
+            return self.monitor.decision
+        if phase is None:
+            phase = Phase.REASONING if parts.reasoning and not parts.content else Phase.ANSWER
+        if self._splitter.saw_tags:
+            tokens = _with_phase(tokens, phase)
+        if self._undecided:
+            tokens = (*_with_phase(self._undecided, phase), *tokens)
+            self._undecided = []
+        self._observe(tokens, parts, phase)
+        return self.monitor.decision
+
+    def _observe(self, tokens: tuple[TokenLogprob, ...], parts: ChunkParts, phase: Phase) -> None:
         if tokens:
             self._logprob_tokens += len(tokens)
             observe = self.monitor.observe
@@ -107,9 +124,8 @@ class ExitSession:
             self._last_phase = tokens[-1].phase
             if self._keep_tokens:
                 self.tokens.extend(tokens)
-        elif parts.generated_text:
+        else:
             self._observe_missing(parts, phase)
-        return self.monitor.decision
 
     def _split_content(self, content: str) -> Phase:
         phase = Phase.ANSWER
@@ -121,7 +137,7 @@ class ExitSession:
             phase = Phase.REASONING
         return phase
 
-    def _observe_missing(self, parts: ChunkParts, phase: Phase | None) -> None:
+    def _observe_missing(self, parts: ChunkParts, phase: Phase) -> None:
         """Text arrived without logprobs: one unknown token, never a confident one."""
         if self._logprob_tokens == 0:
             if self.policy.on_missing == "raise":
@@ -136,8 +152,6 @@ class ExitSession:
                     stacklevel=3,
                 )
                 self._warned_missing = True
-        if phase is None:
-            phase = Phase.REASONING if parts.reasoning and not parts.content else Phase.ANSWER
         self._last_phase = phase
         self.monitor.observe(TokenLogprob(parts.content or parts.reasoning, None, (), (), phase))
 
@@ -151,9 +165,12 @@ class ExitSession:
         return pieces
 
     def close_text(self) -> None:
-        """End of stream: release text held back while deciding a possible tag."""
+        """End of stream: release text held back while deciding a possible tag, and its tokens."""
         for piece_phase, text in self._splitter.flush():
             self._add(piece_phase, text)
+        if self._undecided:
+            tokens, self._undecided = tuple(self._undecided), []
+            self._observe(_with_phase(tokens, self._last_phase), ChunkParts(tokens=tokens), self._last_phase)
 
     @property
     def inline_think(self) -> bool:
@@ -200,3 +217,7 @@ class ExitSession:
             "completion_tokens": report.tokens_generated,
             "total_tokens": prompt + report.tokens_generated,
         }
+
+
+def _with_phase(tokens: Sequence[TokenLogprob], phase: Phase) -> tuple[TokenLogprob, ...]:
+    return tuple(t if t.phase is phase else replace(t, phase=phase) for t in tokens)

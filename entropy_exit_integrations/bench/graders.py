@@ -11,7 +11,7 @@ import re
 from fractions import Fraction
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-_ANSWER_PHRASE = re.compile(r"(?:final answer|answer is|answer:)\s*[:=]?\s*(.+)", re.IGNORECASE)
+_ANSWER_PHRASE = re.compile(r"(?:final answer(?: is)?|answer is|answer:)\s*[:=]?\s*(.+)", re.IGNORECASE)
 
 
 def last_number(text: str) -> str | None:

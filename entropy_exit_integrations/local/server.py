@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -171,6 +172,7 @@ class LocalServer:
                 self._wait_ready()
                 return self
             except ServerError as exc:
+                self._own_log_dir = None  # keep the log of a failed start for inspection
                 self.stop()
                 if not (auto_port and attempt < 2 and any(m in str(exc).lower() for m in _BIND_ERRORS)):
                     raise
@@ -312,7 +314,7 @@ class LocalServer:
         try:
             self.process = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=self._log_handle, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=_die_with_parent if _pdeathsig_safe() else None,
             )
         except OSError as exc:
             self._log_handle.close()
@@ -422,6 +424,11 @@ _LIBC: Any = None
 if sys.platform.startswith("linux"):
     with contextlib.suppress(OSError):
         _LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _pdeathsig_safe() -> bool:
+    """PR_SET_PDEATHSIG fires when the *thread* that forked exits: use it from the main thread only."""
+    return _LIBC is not None and threading.current_thread() is threading.main_thread()
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec

@@ -1,0 +1,143 @@
+"""Benchmark questions: GSM8K, MATH-500, AIME-24 (shared data), any JSONL, and generated arithmetic.
+
+The shared files live in ``../shared/data`` relative to the project root (set
+``ENTROPY_EXIT_DATA`` to point elsewhere); see SOURCES.md there for provenance and licences
+(GSM8K: MIT, openai/grade-school-math; MATH-500 and AIME-24: github.com/MobileLLM/BudgetThinker).
+
+``arithmetic`` is a deterministic generator for small models: SmolLM2-135M-Instruct, the embedded
+default, solves none of GSM8K, so its demos and tests need questions it can sometimes get right
+("What is 7 + 5?"). It mixes easy and harder items so that both classes appear.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import EntropyExitError
+
+DATASETS = ("arithmetic", "gsm8k", "math500", "aime24")
+_FILES = {
+    ("gsm8k", "train"): "gsm8k_train_head200.jsonl",
+    ("gsm8k", "test"): "gsm8k_test.jsonl",
+    ("math500", "test"): "math500_test.jsonl",
+    ("aime24", "test"): "aime24_test.jsonl",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One question with its reference answer and the grader kind (``numeric`` or ``math``)."""
+
+    id: str
+    question: str
+    answer: str
+    kind: str
+
+
+def find_data_dir() -> Path:
+    """The shared data directory: ``$ENTROPY_EXIT_DATA``, else ``../shared/data`` from the project."""
+    candidates = []
+    if os.environ.get("ENTROPY_EXIT_DATA"):
+        candidates.append(Path(os.environ["ENTROPY_EXIT_DATA"]))
+    here = Path(__file__).resolve()
+    candidates += [parent / "shared" / "data" for parent in here.parents]
+    candidates += [Path.cwd() / ".." / "shared" / "data", Path.cwd() / "data"]
+    for path in candidates:
+        if (path / "gsm8k_test.jsonl").exists():
+            return path.resolve()
+    raise EntropyExitError("shared data not found: set ENTROPY_EXIT_DATA to the directory holding "
+                           "gsm8k_test.jsonl, math500_test.jsonl and aime24_test.jsonl")
+
+
+def _gsm8k_answer(text: str) -> str:
+    return text.split("####")[-1].strip().replace(",", "")
+
+
+def read_jsonl(path: str | Path, *, kind: str | None = None, prefix: str | None = None) -> list[Problem]:
+    """Problems from a JSONL file with ``question``/``problem`` and ``answer`` fields."""
+    path = Path(path)
+    problems = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            question = row.get("question", row.get("problem"))
+            if question is None or "answer" not in row:
+                raise EntropyExitError(f"{path}:{number + 1}: needs question (or problem) and answer")
+            answer = str(row["answer"])
+            guess = kind or ("numeric" if "####" in answer or _is_number(answer) else "math")
+            if "####" in answer:
+                answer = _gsm8k_answer(answer)
+            problems.append(Problem(f"{prefix or path.stem}-{row.get('id', row.get('unique_id', number))}",
+                                    str(question), answer, guess))
+    return problems
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(",", ""))
+    except ValueError:
+        return False
+    return True
+
+
+def arithmetic(n: int, *, seed: int = 0) -> list[Problem]:
+    """``n`` generated questions: single-digit sums, two-digit sums and differences, products."""
+    rng = random.Random(seed)
+    problems = []
+    for index in range(n):
+        form = index % 4
+        if form == 0:
+            a, b, op = rng.randint(1, 9), rng.randint(1, 9), "+"
+        elif form == 1:
+            a, b, op = rng.randint(10, 99), rng.randint(10, 99), "+"
+        elif form == 2:
+            a, b = sorted((rng.randint(10, 99), rng.randint(1, 99)), reverse=True)
+            op = "-"
+        else:
+            a, b, op = rng.randint(2, 9), rng.randint(2, 12), "*"
+        value = a + b if op == "+" else a - b if op == "-" else a * b
+        shown = "x" if op == "*" else op
+        problems.append(Problem(f"arith-{seed}-{index}", f"What is {a} {shown} {b}?", str(value), "numeric"))
+    return problems
+
+
+def load_dataset(name: str, *, split: str = "test", n: int | None = None, seed: int = 0,
+                 offset: int = 0) -> list[Problem]:
+    """Load ``name`` (a built-in name or a JSONL path); the first ``n`` rows after ``offset``.
+
+    ``split="train"`` uses the GSM8K train head where it exists (for calibration) and falls back to
+    the test split elsewhere; arithmetic uses a different seed per split so they never overlap.
+    """
+    if name == "arithmetic":
+        count = (n or 100) + offset
+        return arithmetic(count, seed=seed + (1000 if split == "train" else 0))[offset:]
+    if name in DATASETS:
+        file = _FILES.get((name, split)) or _FILES[(name, "test")]
+        kind = "numeric" if name == "gsm8k" else "math"
+        problems = read_jsonl(find_data_dir() / file, kind=kind, prefix=f"{name}-{split}")
+    elif Path(name).exists():
+        problems = read_jsonl(name)
+    else:
+        raise EntropyExitError(f"unknown dataset {name!r}: use one of {DATASETS} or a JSONL path")
+    problems = problems[offset:]
+    return problems if n is None else problems[:n]
+
+
+SYSTEM_PROMPTS = {
+    "numeric": "Solve the problem. Think briefly, then end with 'The answer is N.' where N is a number.",
+    "math": "Solve the problem step by step. Put the final answer in \\boxed{}.",
+}
+
+
+def messages_for(problem: Problem, system_prompt: str | None = None) -> list[dict[str, str]]:
+    """Chat messages for a problem: the kind's system prompt, then the question."""
+    return [
+        {"role": "system", "content": system_prompt or SYSTEM_PROMPTS[problem.kind]},
+        {"role": "user", "content": problem.question},
+    ]

@@ -1,0 +1,168 @@
+"""Recorded traces and the offline replay of exit rules over them.
+
+A ``Trace`` is one full greedy generation (never cut) with every token's top-k logprobs. Under
+greedy decoding a live run with an exit rule produces the same tokens up to its exit, so replaying
+the rule over the trace gives its exit point and its prefix for free: many thresholds are compared
+at no extra model cost. What replay cannot know is what a forced answer would say; that needs one
+short live request per exit (``runner.force_answers``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.calibration import sequence_entropy
+from ..core.tokens import Phase, TokenLogprob
+from .graders import extract_math_answer, grade, last_number
+from .rules import Rule
+
+
+def token_to_json(token: TokenLogprob) -> list[Any]:
+    return [token.token, token.logprob, list(token.top_tokens), list(token.top_logprobs), token.phase.value]
+
+
+def token_from_json(row: Sequence[Any]) -> TokenLogprob:
+    return TokenLogprob(row[0], row[1], tuple(row[2]), tuple(row[3]), Phase(row[4]))
+
+
+@dataclass
+class Trace:
+    """One recorded generation of one problem."""
+
+    problem_id: str
+    question: str
+    reference: str
+    kind: str
+    text: str
+    finish_reason: str
+    tokens: list[TokenLogprob]
+    correct: bool
+    wall_time_s: float
+    reasoning: str = ""
+
+    @property
+    def entropy(self) -> float | None:
+        return sequence_entropy(self.tokens)
+
+    def prefix(self, exit_index: int) -> str:
+        """Text generated up to and including token ``exit_index``."""
+        return "".join(t.token for t in self.tokens[: exit_index + 1])
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tokens"] = [token_to_json(t) for t in self.tokens]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Trace:
+        values = dict(data)
+        values["tokens"] = [token_from_json(row) for row in values["tokens"]]
+        return cls(**values)
+
+
+def save_traces(traces: Iterable[Trace], path: str | Path) -> Path:
+    target = Path(path)
+    with target.open("w", encoding="utf-8") as handle:
+        for trace in traces:
+            handle.write(json.dumps(trace.to_json()) + "\n")
+    return target
+
+
+def load_traces(path: str | Path) -> list[Trace]:
+    with Path(path).open(encoding="utf-8") as handle:
+        return [Trace.from_json(json.loads(line)) for line in handle if line.strip()]
+
+
+def answer_of(kind: str, text: str) -> str | None:
+    """The answer a grader would read from the text (for "was the answer complete at the exit")."""
+    answer = extract_math_answer(text)
+    return last_number(answer or "") if kind == "numeric" and answer else answer
+
+
+@dataclass
+class Outcome:
+    """One rule on one trace."""
+
+    problem_id: str
+    exited: bool
+    exit_index: int | None
+    tokens_used: int
+    correct: bool
+    baseline_correct: bool
+    answer_complete: bool
+    """The prefix already held the full run's final answer (no forcing needed)."""
+    forced_answer: str | None = None
+    forced_tokens: int = 0
+    recovered: bool | None = None
+    """Forcing ran and the outcome matches the full run's (None: no forcing)."""
+
+
+def replay_rule(rule: Rule, trace: Trace) -> Outcome:
+    """Where the rule stops on this trace, and the prefix's graded answer (no forcing)."""
+    index = rule.exit_index(trace.tokens)
+    if index is None or index >= len(trace.tokens) - 1:
+        return Outcome(trace.problem_id, False, None, len(trace.tokens), trace.correct, trace.correct, True)
+    prefix = trace.prefix(index)
+    complete = answer_of(trace.kind, prefix) == answer_of(trace.kind, trace.text)
+    return Outcome(trace.problem_id, True, index, index + 1, grade(trace.kind, prefix, trace.reference),
+                   trace.correct, complete)
+
+
+@dataclass
+class RuleSummary:
+    """Accuracy and tokens of one rule over every trace, with the honest accounting of savings."""
+
+    rule: str
+    family: str
+    n: int
+    accuracy: float
+    baseline_accuracy: float
+    tokens: int
+    baseline_tokens: int
+    saved_pct: float
+    saved_kept_pct: float
+    """Tokens saved only on questions whose graded outcome did not get worse, in % of baseline."""
+    exits: int
+    exits_before_answer: int
+    recovered_by_forcing: int | None
+    answers_lost: int
+    answers_gained: int
+    forced: bool = False
+    wall_time_s: float | None = None
+    threshold: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        if self.answers_lost > self.answers_gained and self.saved_pct > 0:
+            return f"saves {self.saved_pct:.0f}% by losing {self.answers_lost - self.answers_gained} answers"
+        return "keeps accuracy" if self.accuracy >= self.baseline_accuracy else "loses accuracy"
+
+
+def summarise(rule: str, family: str, outcomes: Sequence[Outcome], baseline: Sequence[Trace], *,
+              forced: bool = False, wall_time_s: float | None = None,
+              threshold: float | None = None) -> RuleSummary:
+    """Aggregate per-question outcomes against the baseline (no-exit) traces."""
+    base_tokens = sum(len(t.tokens) for t in baseline)
+    used = sum(o.tokens_used + o.forced_tokens for o in outcomes)
+    kept = sum(len(t.tokens) - (o.tokens_used + o.forced_tokens)
+               for o, t in zip(outcomes, baseline) if o.correct or not o.baseline_correct)
+    exits = [o for o in outcomes if o.exited]
+    n = max(len(outcomes), 1)
+    return RuleSummary(
+        rule=rule, family=family, n=len(outcomes),
+        accuracy=sum(o.correct for o in outcomes) / n,
+        baseline_accuracy=sum(t.correct for t in baseline) / max(len(baseline), 1),
+        tokens=used, baseline_tokens=base_tokens,
+        saved_pct=100.0 * (base_tokens - used) / base_tokens if base_tokens else 0.0,
+        saved_kept_pct=100.0 * kept / base_tokens if base_tokens else 0.0,
+        exits=len(exits), exits_before_answer=sum(not o.answer_complete for o in exits),
+        recovered_by_forcing=sum(bool(o.recovered) for o in exits if not o.answer_complete) if forced else None,
+        answers_lost=sum(o.baseline_correct and not o.correct for o in outcomes),
+        answers_gained=sum(o.correct and not o.baseline_correct for o in outcomes),
+        forced=forced, wall_time_s=wall_time_s, threshold=threshold,
+    )

@@ -1,0 +1,160 @@
+"""Drive any OpenAI-compatible endpoint: record traces, run live policies, force answers.
+
+Requests run in a thread pool (``concurrency``), each retried with backoff on transport and
+server errors, under a rich progress bar when ``progress=True``. Greedy decoding
+(``temperature=0``, fixed ``seed``) keeps replays and live runs on the same tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..core.policy import ExitPolicy
+from ..errors import EntropyExitError, LogprobsUnavailableError, PolicyError
+from ..forcing import AnswerForcing
+from .datasets import Problem, messages_for
+from .graders import grade
+from .replay import Outcome, Trace, answer_of
+
+T = TypeVar("T")
+R = TypeVar("R")
+RECORD_POLICY = ExitPolicy(threshold=0.0, min_tokens=0)
+"""Threshold 0 never exits: a full trace is recorded."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What every request of a run shares."""
+
+    model: str
+    max_tokens: int = 64
+    temperature: float = 0.0
+    seed: int = 0
+    system_prompt: str | None = None
+    concurrency: int = 2
+    retries: int = 3
+    progress: bool = True
+
+    def create_kwargs(self, problem: Problem, **overrides: Any) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.model, "messages": messages_for(problem, self.system_prompt),
+            "max_tokens": self.max_tokens, "temperature": self.temperature, "seed": self.seed,
+        }
+        kwargs.update(overrides)
+        return kwargs
+
+
+def with_retries(call: Callable[[], R], retries: int) -> R:
+    """Run ``call``; on a transport/server error wait 0.5, 1, 2 ... s and try again."""
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except (LogprobsUnavailableError, PolicyError):
+            raise
+        except Exception:  # openai.APIError, httpx errors, StreamInterrupted
+            if attempt == retries:
+                raise
+            time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def run_all(items: Sequence[T], work: Callable[[T], R], config: RunConfig, label: str) -> list[R]:
+    """``work`` over every item with ``config.concurrency`` threads, in input order."""
+    results: list[Any] = [None] * len(items)
+
+    def one(index: int) -> None:
+        results[index] = with_retries(lambda: work(items[index]), config.retries)
+
+    if not config.progress:
+        with ThreadPoolExecutor(max(1, config.concurrency)) as pool:
+            list(pool.map(one, range(len(items))))
+        return results
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bar, ThreadPoolExecutor(max(1, config.concurrency)) as pool:
+        task = bar.add_task(label, total=len(items))
+        for _ in pool.map(one, range(len(items))):
+            bar.advance(task)
+    return results
+
+
+def record_traces(client: Any, problems: Sequence[Problem], config: RunConfig) -> list[Trace]:
+    """One full greedy generation per problem with top-20 logprobs, graded."""
+    from ..openai import stream_chat
+
+    def work(problem: Problem) -> Trace:
+        started = time.perf_counter()
+        result = stream_chat(client, policy=RECORD_POLICY, **config.create_kwargs(problem))
+        if not result.tokens:
+            raise EntropyExitError(f"{problem.id}: the server returned no tokens with logprobs")
+        return Trace(problem.id, problem.question, problem.answer, problem.kind, result.text,
+                     result.finish_reason, list(result.tokens), grade(problem.kind, result.text, problem.answer),
+                     time.perf_counter() - started, result.reasoning)
+
+    return run_all(problems, work, config, "recording traces")
+
+
+def run_live(client: Any, problems: Sequence[Problem], traces: Sequence[Trace], policy: ExitPolicy,
+             config: RunConfig, forcing: AnswerForcing | None = None) -> tuple[list[Outcome], float, float]:
+    """The policy live with answer forcing; returns outcomes, wall time and replay agreement.
+
+    Agreement is the share of problems where the live exit point equals the replayed one.
+    """
+    from ..openai import stream_chat
+    from .rules import PolicyRule
+
+    rule = PolicyRule("live", policy)
+
+    def work(pair: tuple[Problem, Trace]) -> tuple[Outcome, bool]:
+        problem, trace = pair
+        result = stream_chat(client, policy=policy, force_answer=True, forcing=forcing,
+                             **config.create_kwargs(problem))
+        exited = result.finish_reason == "entropy_exit"
+        index = result.decision.token_index if exited else None
+        full = "".join(t.token for t in result.tokens)
+        complete = answer_of(problem.kind, full) == answer_of(problem.kind, trace.text)
+        correct = grade(problem.kind, result.text, problem.answer)
+        forced = result.report.forced_answer_tokens
+        outcome = Outcome(problem.id, exited, index, len(result.tokens), correct, trace.correct,
+                          complete or not exited, result.forced_answer, forced,
+                          correct == trace.correct if result.forced_answer is not None else None)
+        return outcome, index == rule.exit_index(trace.tokens)
+
+    started = time.perf_counter()
+    pairs = run_all(list(zip(problems, traces)), work, config, "live policy")
+    agreement = sum(ok for _, ok in pairs) / max(len(pairs), 1)
+    return [o for o, _ in pairs], time.perf_counter() - started, agreement
+
+
+def force_answers(client: Any, traces: Sequence[Trace], outcomes: Sequence[Outcome], config: RunConfig,
+                  problems: Sequence[Problem], forcing: AnswerForcing | None = None) -> list[Outcome]:
+    """For every exit, ask the model for its answer given the prefix (one short request each)."""
+    forcing = forcing or AnswerForcing()
+    base_url = str(getattr(client, "base_url", "") or "")
+
+    def work(item: tuple[Trace, Outcome, Problem]) -> Outcome:
+        trace, outcome, problem = item
+        if not outcome.exited or outcome.exit_index is None:
+            return outcome
+        prefix = trace.prefix(outcome.exit_index)
+        messages = messages_for(problem, config.system_prompt)
+        history, extra, echo = forcing.chat_request(messages, reasoning="", text=prefix, inline_think=False,
+                                                    base_url=base_url)
+        response = client.chat.completions.create(
+            model=config.model, messages=history, max_tokens=forcing.max_tokens, temperature=0.0,
+            seed=config.seed, extra_body=extra or None)
+        answer = response.choices[0].message.content or ""
+        if echo and answer.startswith(echo):
+            answer = answer[len(echo):]
+        used = response.usage.completion_tokens if response.usage else len(answer.split())
+        correct = grade(trace.kind, prefix + forcing.cue + answer, trace.reference)
+        return Outcome(outcome.problem_id, True, outcome.exit_index, outcome.tokens_used, correct,
+                       outcome.baseline_correct, outcome.answer_complete, answer, int(used),
+                       correct == outcome.baseline_correct)
+
+    return run_all(list(zip(traces, outcomes, problems)), work, config, "forcing answers")

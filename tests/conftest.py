@@ -1,0 +1,46 @@
+"""Shared pytest set-up: the embedded llama.cpp server fixture and the ``integration`` marker."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from entropy_exit_integrations.local import LocalServer
+
+_INTEGRATION_DIR = Path(__file__).parent / "integration_tests"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/integration_tests as ``integration``."""
+    for item in items:
+        if _INTEGRATION_DIR in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[LocalServer]:
+    """A running ``LocalServer`` (4 slots, metrics on) shared by the whole session.
+
+    It never builds the server (run ``python -m entropy_exit_integrations.local`` for that).
+    If it cannot start: a failure when ``CI=true``, a skip otherwise.
+    """
+    from entropy_exit_integrations.errors import ServerError
+    from entropy_exit_integrations.local import LocalServer
+
+    server = LocalServer(parallel=4, metrics=True, build_if_missing=False)
+    try:
+        server.start()
+    except (ServerError, OSError) as exc:
+        reason = f"embedded llama.cpp server unavailable: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    try:
+        yield server
+    finally:
+        server.stop()
