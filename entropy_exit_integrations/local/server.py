@@ -159,8 +159,12 @@ class LocalServer:
             return self
         auto_port = self.port is None
         if not auto_port and _port_in_use(self.host, self.port):  # type: ignore[arg-type]
-            raise ServerError(f"port {self.port} on {self.host} is already in use; pick another or pass port=None")
-        binary = self.binary or ensure_server_binary(build_if_missing=self.build_if_missing, progress=self.progress)
+            raise ServerError(
+                f"port {self.port} on {self.host} is already in use; pick another or pass port=None"
+            )
+        binary = self.binary or ensure_server_binary(
+            build_if_missing=self.build_if_missing, progress=self.progress
+        )
         if not Path(binary).is_file():
             raise ServerError(f"llama-server binary {str(binary)!r} does not exist")
         model = ensure_model(self.model_path, sha256=self.model_sha256, progress=self.progress)
@@ -264,7 +268,9 @@ class LocalServer:
         """
         status, body = _http_get(self.root_url + "/metrics", timeout)
         if status != 200:
-            raise ServerError(f"GET /metrics answered {status}: start the server with metrics=True ({body[:200]!r})")
+            raise ServerError(
+                f"GET /metrics answered {status}: start the server with metrics=True ({body[:200]!r})"
+            )
         return parse_prometheus(body)
 
     def wait_until_idle(self, timeout: float = 5.0, poll_interval: float = 0.01) -> float:
@@ -286,9 +292,19 @@ class LocalServer:
     def command(self, binary: str | os.PathLike[str], model: str | os.PathLike[str], port: int) -> list[str]:
         """The ``llama-server`` command line this object runs."""
         cmd = [
-            str(binary), "--model", str(model), "--host", self.host, "--port", str(port),
-            "--ctx-size", str(self.ctx_size * self.parallel), "--parallel", str(self.parallel),
-            "--alias", self.alias,
+            str(binary),
+            "--model",
+            str(model),
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            "--ctx-size",
+            str(self.ctx_size * self.parallel),
+            "--parallel",
+            str(self.parallel),
+            "--alias",
+            self.alias,
         ]
         if self.threads is not None:
             cmd += ["--threads", str(self.threads)]
@@ -313,13 +329,18 @@ class LocalServer:
         self._log_handle.flush()
         try:
             self.process = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=self._log_handle, stderr=subprocess.STDOUT,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_handle,
+                stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent if _pdeathsig_safe() else None,
             )
         except OSError as exc:
             self._log_handle.close()
             raise ServerError(f"cannot run {cmd[0]}: {exc}") from exc
-        self._finalizer = weakref.finalize(self, _terminate, self.process, self._log_handle, self.stop_timeout)
+        self._finalizer = weakref.finalize(
+            self, _terminate, self.process, self._log_handle, self.stop_timeout
+        )
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -344,7 +365,9 @@ class LocalServer:
     def _fetch_model_id(self, timeout: float) -> str:
         status, body = _http_get(self.root_url + "/v1/models", timeout)
         if status != 200:
-            raise ServerError(f"no OpenAI-compatible server answers at {self.base_url} (GET /v1/models: {status})")
+            raise ServerError(
+                f"no OpenAI-compatible server answers at {self.base_url} (GET /v1/models: {status})"
+            )
         try:
             return str(json.loads(body)["data"][0]["id"])
         except (ValueError, KeyError, IndexError, TypeError) as exc:

@@ -23,11 +23,22 @@ def _client(server: LocalServer) -> openai.OpenAI:
 def _tokens(server: LocalServer, prompt: str, **kwargs: object) -> list[str]:
     """Stream one chat completion at temperature 0 and return its token texts (from logprobs)."""
     stream = _client(server).chat.completions.create(
-        model=server.model, messages=[{"role": "user", "content": prompt}], stream=True,
-        temperature=0, seed=1234, logprobs=True, top_logprobs=1, **kwargs,  # type: ignore[arg-type]
+        model=server.model,
+        messages=[{"role": "user", "content": prompt}],
+        stream=True,
+        temperature=0,
+        seed=1234,
+        logprobs=True,
+        top_logprobs=1,
+        **kwargs,  # type: ignore[arg-type]
     )
     with stream:
-        return [t.token for c in stream if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+        return [
+            t.token
+            for c in stream
+            if c.choices and c.choices[0].logprobs
+            for t in c.choices[0].logprobs.content
+        ]
 
 
 def test_model_id_and_urls(llama_server: LocalServer) -> None:
@@ -38,12 +49,19 @@ def test_model_id_and_urls(llama_server: LocalServer) -> None:
 
 def test_stream_returns_20_top_logprobs_per_token(llama_server: LocalServer) -> None:
     stream = _client(llama_server).chat.completions.create(
-        model=llama_server.model, messages=[{"role": "user", "content": "What is the capital of France?"}],
-        stream=True, max_tokens=16, temperature=0, logprobs=True, top_logprobs=20,
+        model=llama_server.model,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        stream=True,
+        max_tokens=16,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=20,
     )
     with stream:
         chunks = list(stream)
-    content = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    content = [
+        t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content
+    ]
     assert len(content) >= 5
     for chunk in chunks:
         if chunk.choices and chunk.choices[0].logprobs:
@@ -57,8 +75,14 @@ def test_closing_stream_stops_generation(llama_server: LocalServer) -> None:
     llama_server.wait_until_idle(timeout=10)
     before = llama_server.metrics()["llamacpp:tokens_predicted_total"]
     stream = _client(llama_server).chat.completions.create(
-        model=llama_server.model, messages=[{"role": "user", "content": LONG_PROMPT}], stream=True,
-        max_tokens=400, temperature=0, logprobs=True, top_logprobs=20, extra_body={"ignore_eos": True},
+        model=llama_server.model,
+        messages=[{"role": "user", "content": LONG_PROMPT}],
+        stream=True,
+        max_tokens=400,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=20,
+        extra_body={"ignore_eos": True},
     )
     read = 0
     for chunk in stream:
@@ -70,7 +94,9 @@ def test_closing_stream_stops_generation(llama_server: LocalServer) -> None:
     stream.close()
     idle_after = llama_server.wait_until_idle(timeout=5)
     predicted = llama_server.metrics()["llamacpp:tokens_predicted_total"] - before
-    print(f"\nclosed after {read} tokens: idle after {idle_after:.3f} s, tokens_predicted={predicted:g} of 400")
+    print(
+        f"\nclosed after {read} tokens: idle after {idle_after:.3f} s, tokens_predicted={predicted:g} of 400"
+    )
     assert idle_after < 1.0
     assert read <= predicted < 100  # far less than max_tokens=400
     assert "cancel task" in llama_server.log_tail(400)
@@ -107,7 +133,9 @@ async def test_async_context_manager_and_external_mode(llama_server: LocalServer
     async with LocalServer(parallel=1, build_if_missing=False) as server:
         process = server.process
         assert process is not None and server.is_running
-        reply = await openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-no-key").chat.completions.create(
+        reply = await openai.AsyncOpenAI(
+            base_url=server.base_url, api_key="sk-no-key"
+        ).chat.completions.create(
             model=server.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
         )
         assert reply.choices[0].message.content

@@ -21,12 +21,19 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Empty cache dir; no env var from the caller's shell leaks in."""
-    for name in (pins.ENV_SERVER_BINARY, pins.ENV_MODEL, pins.ENV_MODEL_SHA256, pins.ENV_BASE_URL, pins.ENV_MODEL_ID):
+    for name in (
+        pins.ENV_SERVER_BINARY,
+        pins.ENV_MODEL,
+        pins.ENV_MODEL_SHA256,
+        pins.ENV_BASE_URL,
+        pins.ENV_MODEL_ID,
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(pins.ENV_CACHE_DIR, str(tmp_path / "cache"))
 
 
 # -- cache layout and binary -------------------------------------------------------------------
+
 
 def test_cache_layout_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert pins.cached_server_path() == tmp_path / "cache" / "llama.cpp-0.3.36" / "bin" / "llama-server"
@@ -58,7 +65,9 @@ def test_env_binary_must_exist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 
 def test_missing_binary_without_build_names_the_fix() -> None:
-    with pytest.raises(ServerError, match="build_if_missing=False.*python -m entropy_exit_integrations.local"):
+    with pytest.raises(
+        ServerError, match="build_if_missing=False.*python -m entropy_exit_integrations.local"
+    ):
         binary.ensure_server_binary(build_if_missing=False)
 
 
@@ -91,16 +100,32 @@ def test_build_commands() -> None:
     src, build = Path("/s/vendor/llama.cpp"), Path("/b")
     configure = binary.configure_command(src, build, "cmake")
     assert configure[:5] == ["cmake", "-S", str(src), "-B", str(build)]
-    for flag in ("-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-                 "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON"):
+    for flag in (
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DLLAMA_CURL=OFF",
+        "-DGGML_NATIVE=OFF",
+        "-DGGML_AVX2=ON",
+    ):
         assert flag in configure
     assert binary.build_command(build, 2) == ["cmake", "--build", "/b", "--target", "llama-server", "-j", "2"]
     download = binary.download_command("0.3.36", Path("/d"))
     assert download[:3] == [sys.executable, "-m", "pip"]
-    assert download[3:] == ["download", "--no-deps", "--no-binary", ":all:", "llama-cpp-python==0.3.36", "-d", "/d"]
+    assert download[3:] == [
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "llama-cpp-python==0.3.36",
+        "-d",
+        "/d",
+    ]
 
 
 # -- model ---------------------------------------------------------------------------------------
+
 
 def test_wrong_sha256_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = tmp_path / pins.MODEL_FILENAME
@@ -156,6 +181,7 @@ def test_missing_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) 
 
 # -- server plumbing ------------------------------------------------------------------------------
 
+
 def test_port_in_use_is_checked_first() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -175,8 +201,16 @@ def test_command_line() -> None:
     cmd = server.command("/bin/llama-server", "/m.gguf", 8123)
     assert cmd[0] == "/bin/llama-server"
     joined = " ".join(cmd)
-    for part in ("--model /m.gguf", "--host 127.0.0.1", "--port 8123", "--ctx-size 8192", "--parallel 4",
-                 "--alias smollm2-135m-instruct", "--threads 3", "--metrics"):
+    for part in (
+        "--model /m.gguf",
+        "--host 127.0.0.1",
+        "--port 8123",
+        "--ctx-size 8192",
+        "--parallel 4",
+        "--alias smollm2-135m-instruct",
+        "--threads 3",
+        "--metrics",
+    ):
         assert part in joined
     assert cmd[-2:] == ["--seed", "7"]
     assert "--metrics" not in LocalServer(metrics=False).command("b", "m", 1)
@@ -219,6 +253,7 @@ def test_parse_prometheus() -> None:
 
 # -- CLI and the pytest fixture's CI rule ------------------------------------------------------------
 
+
 def test_cli_serve_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["serve", "--help"])
@@ -235,7 +270,11 @@ def test_fixture_fails_in_ci_and_skips_elsewhere(tmp_path: Path, ci: str, outcom
     test = "tests/integration_tests/test_local_server.py::test_model_id_and_urls"
     done = subprocess.run(
         [sys.executable, "-m", "pytest", test, "-q", "-p", "no:cacheprovider", "-rs"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert outcome in done.stdout, done.stdout
     assert "embedded llama.cpp server unavailable" in done.stdout

@@ -1,0 +1,155 @@
+import copy
+import math
+
+import pytest
+from openai.types.chat import ChatCompletionChunk
+
+from entropy_exit_integrations import Phase
+from entropy_exit_integrations.errors import LogprobsFormatError
+from entropy_exit_integrations.providers import (
+    parse_chat_chunk,
+    parse_completion_chunk,
+    parse_llama_index_response,
+    tokens_from_langchain_chunk,
+)
+from tests.unit_tests.recordings import load_chunks
+
+TOP20 = load_chunks("llamacpp_chat_top20.jsonl")
+
+
+def content_chunks(chunks):
+    return [c for c in chunks if c["choices"] and c["choices"][0].get("logprobs")]
+
+
+def test_recorded_llamacpp_chat_stream_gives_one_token_per_content_chunk() -> None:
+    role, *_ = TOP20
+    assert parse_chat_chunk(role).tokens == ()
+    tokens = [t for c in TOP20 for t in parse_chat_chunk(c).tokens]
+    text = "".join(parse_chat_chunk(c).content for c in TOP20)
+    assert tokens and "".join(t.token for t in tokens) == text
+    assert all(t.k >= 20 for t in tokens)  # the sampled token is in its own top-20 at temperature 0
+    assert all(t.phase is Phase.ANSWER for t in tokens)
+
+
+def test_usage_and_finish_chunks_carry_no_tokens() -> None:
+    usage = parse_chat_chunk(TOP20[-1])
+    assert usage.tokens == () and usage.usage["completion_tokens"] > 0
+    finish = parse_chat_chunk(TOP20[-2])
+    assert finish.tokens == () and finish.finish_reason in ("stop", "length")
+
+
+def test_sdk_objects_parse_like_dicts() -> None:
+    for chunk in TOP20:
+        sdk = ChatCompletionChunk.model_validate(chunk)
+        assert parse_chat_chunk(sdk).tokens == parse_chat_chunk(chunk).tokens
+        assert parse_chat_chunk(sdk).content == parse_chat_chunk(chunk).content
+
+
+def test_recorded_reasoning_content_stream_is_tagged_reasoning() -> None:
+    chunks = load_chunks("llamacpp_reasoning_content_top20.jsonl")
+    parts = [parse_chat_chunk(c) for c in chunks]
+    reasoning_tokens = [t for p in parts if p.reasoning for t in p.tokens]
+    assert reasoning_tokens and all(t.phase is Phase.REASONING for t in reasoning_tokens)
+    assert "".join(p.reasoning for p in parts).strip()
+    # llama.cpp sends the first token's logprobs in the role chunk, which has no text.
+    assert parts[0].tokens and not parts[0].generated_text
+
+
+def test_recorded_completions_stream_uses_the_chat_shape_on_llamacpp() -> None:
+    chunks = load_chunks("llamacpp_completions_logprobs5.jsonl")
+    parts = [parse_completion_chunk(c) for c in chunks]
+    tokens = [t for p in parts for t in p.tokens]
+    assert tokens and all(t.k >= 5 for t in tokens)
+    assert "".join(t.token for t in tokens) == "".join(p.content for p in parts)
+
+
+def test_no_logprobs_stream_is_flagged() -> None:
+    parts = [parse_chat_chunk(c) for c in load_chunks("llamacpp_chat_nologprobs.jsonl")]
+    assert any(p.generated_text for p in parts)
+    assert not any(p.has_logprobs or p.tokens for p in parts)
+
+
+# The legacy shape as OpenAI documents it for /v1/completions (Together and llama-cpp-python send
+# it too); written by hand because no server on this machine emits it.
+LEGACY = {
+    "object": "text_completion",
+    "choices": [
+        {
+            "index": 0,
+            "text": " Paris.",
+            "finish_reason": None,
+            "logprobs": {
+                "tokens": [" Paris", "."],
+                "token_logprobs": [-0.01, -0.5],
+                "top_logprobs": [{" Paris": -0.01, " Lyon": -5.0}, {".": -0.5, ",": -1.2}],
+                "text_offset": [0, 6],
+            },
+        }
+    ],
+}
+
+
+def test_legacy_completion_logprobs() -> None:
+    parts = parse_completion_chunk(LEGACY)
+    assert [t.token for t in parts.tokens] == [" Paris", "."]
+    assert parts.tokens[1].top_tokens == (".", ",") and parts.tokens[1].top_logprobs == (-0.5, -1.2)
+
+
+def test_legacy_length_mismatch_is_a_format_error() -> None:
+    bad = copy.deepcopy(LEGACY)
+    bad["choices"][0]["logprobs"]["token_logprobs"] = [-0.01]
+    with pytest.raises(LogprobsFormatError, match="2 tokens but 1 token_logprobs"):
+        parse_completion_chunk(bad)
+
+
+def mutated(path: list, value):
+    chunk = copy.deepcopy(content_chunks(TOP20)[0])
+    target = chunk
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return chunk
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (["choices", 0, "logprobs", "content", 0, "top_logprobs", 3, "logprob"], math.nan, "top_logprobs[3].logprob"),
+        (["choices", 0, "logprobs", "content", 0, "top_logprobs", 2, "logprob"], "x", "top_logprobs[2].logprob"),
+        (["choices", 0, "logprobs", "content", 0, "token"], None, "content[0].token"),
+        (["choices", 0, "logprobs", "content", 0, "logprob"], math.nan, "content[0].logprob"),
+        (["choices", 0, "logprobs", "content"], {"a": 1}, "logprobs.content"),
+        (["choices", 0, "logprobs", "content", 0, "top_logprobs"], 5, "top_logprobs"),
+    ],
+)
+def test_malformed_chunks_name_the_field(path, value, field) -> None:
+    with pytest.raises(LogprobsFormatError) as error:
+        parse_chat_chunk(mutated(path, value))
+    assert field in error.value.field
+
+
+def test_sentinel_and_empty_top_lists_are_accepted() -> None:
+    chunk = mutated(["choices", 0, "logprobs", "content", 0, "top_logprobs"], [])
+    (token,) = parse_chat_chunk(chunk).tokens
+    assert token.top_logprobs == ()  # unknown, not certain
+    chunk = mutated(
+        ["choices", 0, "logprobs", "content", 0, "top_logprobs"],
+        [{"token": "a", "logprob": -0.1}, {"token": "b", "logprob": -9999.0}],
+    )
+    (token,) = parse_chat_chunk(chunk).tokens
+    assert -9999.0 in token.top_logprobs
+
+
+def test_framework_shapes() -> None:
+    chunk = content_chunks(TOP20)[0]
+    expected = parse_chat_chunk(chunk).tokens
+    logprobs = chunk["choices"][0]["logprobs"]
+    assert tokens_from_langchain_chunk({"generation_info": {"logprobs": logprobs}}) == expected
+    message = {"response_metadata": {"logprobs": logprobs}}
+    assert tokens_from_langchain_chunk({"generation_info": None, "message": message}) == expected
+    assert tokens_from_langchain_chunk({"generation_info": {}}) is None
+
+    class Response:
+        raw = ChatCompletionChunk.model_validate(chunk)
+
+    assert parse_llama_index_response(Response()).tokens == expected

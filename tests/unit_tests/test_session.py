@@ -1,0 +1,98 @@
+import warnings
+
+import pytest
+
+from entropy_exit_integrations import ExitPolicy, Phase
+from entropy_exit_integrations.errors import EntropyExitWarning, LogprobsUnavailableError
+from entropy_exit_integrations.providers import ChunkParts, parse_chat_chunk
+from entropy_exit_integrations.session import ExitSession
+from tests.unit_tests.recordings import load_chunks
+
+def chunk(text: str = "", *, reasoning: str = "", role: bool = False, tool: bool = False) -> dict:
+    """A llama.cpp-shaped chat chunk whose one token is near certain (0.002 bits)."""
+    delta: dict = {"content": text or None}
+    if reasoning:
+        delta["reasoning_content"] = reasoning
+    if role:
+        delta["role"] = "assistant"
+    if tool:
+        delta["tool_calls"] = [{"index": 0, "function": {"arguments": "{"}}]
+    token = text or reasoning or "x"
+    top = [{"token": token, "logprob": -0.001}, {"token": "\u00a7", "logprob": -9.0}]
+    entry = {"token": token, "logprob": -0.001, "top_logprobs": top}
+    return {"choices": [{"index": 0, "delta": delta, "logprobs": {"content": [entry]}}]}
+
+
+def feed_all(session: ExitSession, chunks: list[dict]) -> None:
+    for c in chunks:
+        session.feed(parse_chat_chunk(c))
+
+
+def test_inline_think_tags_split_text_and_tag_tokens() -> None:
+    session = ExitSession(ExitPolicy(threshold=0.0))
+    feed_all(session, [chunk("<th"), chunk("ink>"), chunk("7+5"), chunk("=12</th"), chunk("ink>"), chunk("12")])
+    session.close_text()
+    assert session.reasoning == "7+5=12" and session.text == "12"
+    # "ink>" completes the opening tag (reasoning from there); the "ink>" that completes the
+    # closing tag already belongs to the answer.
+    assert session.monitor.reasoning_tokens == 3
+    assert [t.phase for t in session.tokens][-1] is Phase.ANSWER
+
+
+def test_reasoning_exit_is_in_reasoning_phase_and_answer_is_ignored() -> None:
+    session = ExitSession(ExitPolicy(threshold=0.5, min_tokens=3))
+    feed_all(session, [chunk(reasoning=f" r{i}") for i in range(3)])
+    assert session.should_stop and session.exited_in_reasoning
+
+
+def test_text_free_tokens_take_the_phase_of_the_next_text() -> None:
+    chunks = load_chunks("llamacpp_reasoning_content_top20.jsonl")
+    session = ExitSession(ExitPolicy(threshold=0.0))
+    feed_all(session, chunks)
+    session.close_text()
+    assert session.tokens[0].phase is Phase.REASONING  # it came in the role chunk
+    assert session.monitor.reasoning_tokens == len(session.tokens)
+    assert session.monitor.decision.reason != "not_watched"
+
+
+def test_missing_logprobs_raise_with_partial_text() -> None:
+    session = ExitSession(ExitPolicy(threshold=1.0))
+    chunks = load_chunks("llamacpp_chat_nologprobs.jsonl")
+    with pytest.raises(LogprobsUnavailableError, match="top_logprobs=k") as error:
+        feed_all(session, chunks)
+    first_text = next(c["choices"][0]["delta"]["content"] for c in chunks if c["choices"][0]["delta"].get("content"))
+    assert error.value.partial_text == first_text  # raised at the first text chunk, which it keeps
+
+
+def test_missing_logprobs_pass_through_warns_once_and_never_exits() -> None:
+    session = ExitSession(ExitPolicy(threshold=5.0, min_tokens=0, on_missing="pass_through"))
+    with pytest.warns(EntropyExitWarning, match="no logprobs") as caught:
+        feed_all(session, load_chunks("llamacpp_chat_nologprobs.jsonl"))
+    assert len(caught) == 1
+    assert not session.should_stop and session.text
+    assert session.monitor.unknown_tokens == session.monitor.tokens_seen > 0
+
+
+def test_logprobs_dropping_out_mid_stream_count_as_unknown() -> None:
+    session = ExitSession(ExitPolicy(threshold=0.5, min_tokens=4, aggregation="window", window=2))
+    session.feed(parse_chat_chunk(chunk("a")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(5):
+            session.feed(ChunkParts(content="b"))
+    assert session.monitor.unknown_tokens == 5 and not session.should_stop
+    assert session.text == "abbbbb"
+
+
+def test_tool_calls_are_never_cut() -> None:
+    session = ExitSession(ExitPolicy(threshold=0.5, min_tokens=1))
+    session.feed(parse_chat_chunk(chunk("x", tool=True)))
+    assert session.monitor.decision.should_exit and not session.should_stop
+
+
+def test_report_and_usage_for_an_aborted_stream() -> None:
+    session = ExitSession(ExitPolicy(threshold=0.5, min_tokens=2), max_tokens=50, model="m")
+    feed_all(session, [chunk("a"), chunk("b")])
+    report = session.report(prompt_tokens=7, prompt_tokens_estimated=True)
+    assert report.exited and report.tokens_generated == 2 and report.tokens_saved_vs_budget == 48
+    assert session.usage_block(report) == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
