@@ -44,3 +44,24 @@ def llama_server() -> Iterator[LocalServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def reasoning_server() -> Iterator[LocalServer]:
+    """The embedded server with the thinking chat template: it streams ``reasoning_content``."""
+    from entropy_exit_integrations.errors import ServerError
+    from entropy_exit_integrations.local import LocalServer
+    from entropy_exit_integrations.local.reasoning import reasoning_args
+
+    server = LocalServer(parallel=2, metrics=True, build_if_missing=False, extra_args=reasoning_args())
+    try:
+        server.start()
+    except (ServerError, OSError) as exc:
+        reason = f"embedded llama.cpp server (reasoning template) unavailable: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    try:
+        yield server
+    finally:
+        server.stop()

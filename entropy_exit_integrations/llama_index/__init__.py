@@ -1,0 +1,17 @@
+"""LlamaIndex integration: ``EntropyExitLLM`` (stops generations) and ``EntropyExitEventHandler``
+(reports entropy and savings of any LLM call through ``llama_index.core.instrumentation``)."""
+
+from ._responses import REPORT_KEY
+from .closing import ResponseCapture, http_clients, install_hooks
+from .events import EntropyExitEventHandler, LLMCallRecord
+from .llms import EntropyExitLLM
+
+__all__ = [
+    "REPORT_KEY",
+    "EntropyExitEventHandler",
+    "EntropyExitLLM",
+    "LLMCallRecord",
+    "ResponseCapture",
+    "http_clients",
+    "install_hooks",
+]

@@ -1,0 +1,302 @@
+"""One monitored LlamaIndex call: inner stream -> ExitSession -> exit, close, force, final response.
+
+``run``/``arun`` are the generators behind every call style of ``EntropyExitLLM``: they yield
+the inner LLM's streamed responses as they come, stop once the policy says so (closing the
+generator *and* the captured HTTP response), optionally stream a forced answer, and end with
+one extra response carrying the whole text, the per-token logprobs and the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    CompletionResponse,
+    MessageRole,
+)
+
+from ..core.savings import SavingsReport
+from ..forcing import AnswerForcing, EchoStripper
+from ..session import ExitSession
+from ..tokencount import count_message_tokens, count_tokens
+from ._responses import REPORT_KEY, parts_of, text_of, to_llama_logprobs, with_text
+from .closing import ResponseCapture
+
+Mode = Literal["chat", "completion"]
+_NO_FORWARD = ("tools", "tool_choice", "parallel_tool_calls", "stop", "max_tokens")
+
+
+def is_openai_based(llm: Any) -> bool:
+    """A llama-index-llms-openai LLM (OpenAI, OpenAILike, AzureOpenAI...): its fields take logprobs."""
+    fields = getattr(type(llm), "model_fields", {})
+    return "logprobs" in fields and "top_logprobs" in fields and hasattr(llm, "_get_model_kwargs")
+
+
+class Call:
+    """The state of one call; ``owner`` is the EntropyExitLLM."""
+
+    def __init__(self, owner: Any, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool) -> None:
+        self.owner = owner
+        self.mode = mode
+        self.payload = payload  # messages (chat) or prompt (completion)
+        self.kwargs = dict(kwargs)
+        self.formatted = formatted
+        inner = owner.llm
+        self.openai_based = is_openai_based(inner)
+        self.inner = self._with_logprobs(inner)
+        self.forcing: AnswerForcing = owner.forcing
+        max_tokens = self.kwargs.get("max_tokens", getattr(inner, "max_tokens", None))
+        self.session = ExitSession(
+            owner.policy,
+            max_tokens=int(max_tokens) if isinstance(max_tokens, int) else None,
+            model=getattr(inner.metadata, "model_name", None),
+        )
+        self.capture = ResponseCapture()
+        self.last: Any = None
+        self.base_text = ""
+        self.forced: list[str] = []
+        self.forced_tokens = 0
+        self.forcing_usage: dict[str, Any] | None = None
+        self.stripper: EchoStripper | None = None
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _with_logprobs(self, inner: Any) -> Any:
+        """The inner LLM asked for logprobs through its own fields (a shallow copy: same clients)."""
+        if not self.openai_based:
+            return inner
+        update: dict[str, Any] = {}
+        if not (inner.logprobs and inner.top_logprobs):
+            update = {"logprobs": True, "top_logprobs": self.owner.policy.top_k}
+        if "stream_options" not in self.kwargs and "stream_options" not in inner.additional_kwargs:
+            self.kwargs["stream_options"] = {"include_usage": True}
+        return inner.model_copy(update=update) if update else inner
+
+    def open(self) -> Any:
+        if self.mode == "chat":
+            return self.inner.stream_chat(self.payload, **self.kwargs)
+        return self.inner.stream_complete(self.payload, formatted=self.formatted, **self.kwargs)
+
+    async def aopen(self) -> Any:
+        if self.mode == "chat":
+            return await self.inner.astream_chat(self.payload, **self.kwargs)
+        return await self.inner.astream_complete(self.payload, formatted=self.formatted, **self.kwargs)
+
+    def wants_forcing(self) -> bool:
+        force = self.owner.force_answer
+        if not self.session.should_stop or force is False:
+            return False
+        return force is True or self.session.exited_in_reasoning
+
+    def _forcing_setup(self) -> tuple[Any, str, Any, dict[str, Any]]:
+        """(llm, kind, payload, kwargs) of the short request that asks for the final answer."""
+        inner, session, forcing = self.owner.llm, self.session, self.forcing
+        kwargs: dict[str, Any] = {k: v for k, v in self.kwargs.items() if k not in _NO_FORWARD}
+        if self.openai_based:
+            inner = inner.model_copy(update={"max_tokens": forcing.max_tokens, "logprobs": True, "top_logprobs": 1})
+            if forcing.stop:
+                kwargs["stop"] = list(forcing.stop)
+        if self.mode == "completion" and not inner.metadata.is_chat_model:
+            prompt = self.payload if self.formatted else inner.completion_to_prompt(self.payload)
+            self.stripper = EchoStripper("")
+            return inner, "completion", forcing.completion_prompt(prompt, session.text), kwargs
+        messages = self.payload if self.mode == "chat" else [ChatMessage(role=MessageRole.USER, content=self.payload)]
+        history, extra, prefix = forcing.chat_request(
+            list(messages),
+            reasoning=session.reasoning,
+            text=session.text,
+            inline_think=session.inline_think,
+            base_url=getattr(inner, "api_base", None),
+        )
+        history = [m if isinstance(m, ChatMessage) else ChatMessage(**m) for m in history]
+        if extra and self.openai_based:
+            kwargs["extra_body"] = {**(kwargs.get("extra_body") or {}), **extra}
+        self.stripper = EchoStripper(prefix)
+        return inner, "chat", history, kwargs
+
+    def open_forcing(self) -> Any:
+        llm, kind, payload, kwargs = self._forcing_setup()
+        if kind == "chat":
+            return llm.stream_chat(payload, **kwargs)
+        return llm.stream_complete(payload, formatted=True, **kwargs)
+
+    async def aopen_forcing(self) -> Any:
+        llm, kind, payload, kwargs = self._forcing_setup()
+        if kind == "chat":
+            return await llm.astream_chat(payload, **kwargs)
+        return await llm.astream_complete(payload, formatted=True, **kwargs)
+
+    # -- responses --------------------------------------------------------------------------
+
+    def handle(self, response: Any) -> Any:
+        self.session.feed(parts_of(response))
+        self.session.drain()
+        self.last = response
+        return response
+
+    def handle_forced(self, response: Any) -> Any | None:
+        parts = parts_of(response)
+        self.forced_tokens += len(parts.tokens)
+        if parts.usage is not None:
+            self.forcing_usage = parts.usage
+        assert self.stripper is not None
+        piece = self.stripper.feed(parts.content)
+        return self._forced_piece(piece) if piece else None
+
+    def _forced_piece(self, piece: str) -> Any:
+        if not self.forced:
+            self.base_text = text_of(self.last)
+            if self.base_text.strip():
+                piece = self.forcing.cue + piece
+            else:
+                piece = piece.lstrip()
+        self.forced.append(piece)
+        return self._response(self.base_text + "".join(self.forced), piece)
+
+    def finish_forcing(self) -> Any | None:
+        rest = self.stripper.flush() if self.stripper is not None else ""
+        return self._forced_piece(rest) if rest else None
+
+    def _response(self, text: str, delta: str, **extra: Any) -> Any:
+        if self.mode == "chat":
+            message = self.last.message if self.last is not None else ChatMessage(role=MessageRole.ASSISTANT)
+            return ChatResponse(message=with_text(message, text), delta=delta, **extra)
+        return CompletionResponse(text=text, delta=delta, **extra)
+
+    def report(self) -> SavingsReport:
+        session = self.session
+        session.close_text()
+        forced_tokens = self.forced_tokens
+        if self.forcing_usage and self.forcing_usage.get("completion_tokens") is not None:
+            forced_tokens = int(self.forcing_usage["completion_tokens"])
+        prompt_tokens, estimated = self._prompt_tokens()
+        return session.report(
+            forced_answer_tokens=forced_tokens, prompt_tokens=prompt_tokens, prompt_tokens_estimated=estimated
+        )
+
+    def _prompt_tokens(self) -> tuple[int | None, bool]:
+        usage = self.session.usage
+        if usage and usage.get("prompt_tokens") is not None:
+            return int(usage["prompt_tokens"]), False
+        model = self.session.model
+        if self.mode == "chat":
+            messages = [{"role": str(m.role.value), "content": m.content or ""} for m in self.payload]
+            return count_message_tokens(messages, model).tokens, True
+        return count_tokens(str(self.payload), model).tokens, True
+
+    def final(self) -> Any:
+        """The last response: whole text, per-token logprobs, usage and the report."""
+        report = self.report()
+        if self.owner.ledger is not None:
+            self.owner.ledger.record(report)
+        self.owner._last_report = report
+        last = self.last
+        extra = dict(getattr(last, "additional_kwargs", None) or {})
+        extra.pop("thinking_delta", None)
+        usage = self.session.usage_block(report)
+        extra.update({k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if k in usage})
+        extra[REPORT_KEY] = report.to_dict()
+        text = text_of(last) if not self.forced else self.base_text + "".join(self.forced)
+        return self._response(
+            text,
+            "",
+            raw=getattr(last, "raw", None),
+            logprobs=to_llama_logprobs(self.session.tokens),
+            additional_kwargs=extra,
+        )
+
+
+def _pull(inner: Iterator[Any], capture: ResponseCapture) -> Iterator[Any]:
+    """Iterate ``inner`` with the capture active around each step (where the request is made)."""
+    while True:
+        with capture.active():
+            try:
+                item = next(inner)
+            except StopIteration:
+                return
+        yield item
+
+
+async def _apull(inner: AsyncIterator[Any], capture: ResponseCapture) -> AsyncIterator[Any]:
+    while True:
+        with capture.active():
+            try:
+                item = await inner.__anext__()
+            except StopAsyncIteration:
+                return
+        yield item
+
+
+def _close(inner: Any, capture: ResponseCapture) -> None:
+    close = getattr(inner, "close", None)
+    if close is not None:
+        close()
+    capture.close()
+
+
+async def _aclose(inner: Any, capture: ResponseCapture) -> None:
+    aclose = getattr(inner, "aclose", None)
+    if aclose is not None:
+        await aclose()
+    await capture.aclose()
+
+
+def run(call: Call) -> Iterator[Any]:
+    """The sync generator behind every sync call style."""
+    inner = None
+    try:
+        with call.capture.active():
+            inner = call.open()
+        for response in _pull(inner, call.capture):
+            yield call.handle(response)
+            if call.session.should_stop:
+                break
+    finally:
+        _close(inner, call.capture)
+    if call.wants_forcing():
+        inner = None
+        try:
+            with call.capture.active():
+                inner = call.open_forcing()
+            for response in _pull(inner, call.capture):
+                piece = call.handle_forced(response)
+                if piece is not None:
+                    yield piece
+        finally:
+            _close(inner, call.capture)
+        piece = call.finish_forcing()
+        if piece is not None:
+            yield piece
+    yield call.final()
+
+
+async def arun(call: Call) -> AsyncIterator[Any]:
+    """The async generator behind every async call style."""
+    inner = None
+    try:
+        with call.capture.active():
+            inner = await call.aopen()
+        async for response in _apull(inner, call.capture):
+            yield call.handle(response)
+            if call.session.should_stop:
+                break
+    finally:
+        await _aclose(inner, call.capture)
+    if call.wants_forcing():
+        inner = None
+        try:
+            with call.capture.active():
+                inner = await call.aopen_forcing()
+            async for response in _apull(inner, call.capture):
+                piece = call.handle_forced(response)
+                if piece is not None:
+                    yield piece
+        finally:
+            await _aclose(inner, call.capture)
+        piece = call.finish_forcing()
+        if piece is not None:
+            yield piece
+    yield call.final()

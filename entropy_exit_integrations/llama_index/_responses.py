@@ -1,0 +1,100 @@
+"""LlamaIndex responses <-> ChunkParts and LlamaIndex's own logprob type.
+
+A streamed ``ChatResponse``/``CompletionResponse`` is read from ``response.raw`` (the provider's
+chunk: llama-index-llms-openai fills ``.logprobs`` only when not streaming) and, when the raw chunk
+says nothing, from LlamaIndex's own fields: ``delta``, ``.logprobs`` (per token, the top
+candidates) and ``additional_kwargs["thinking_delta"]`` (reasoning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from llama_index.core.base.llms.types import LogProb, TextBlock
+
+from ..core.tokens import Phase, TokenLogprob, token_from_candidates
+from ..providers.frameworks import parse_llama_index_response
+from ..providers.parts import ChunkParts
+
+REPORT_KEY = "entropy_exit"
+"""``additional_kwargs`` key of the report on the final response."""
+
+
+def parts_of(response: Any) -> ChunkParts:
+    """The ChunkParts of one streamed LlamaIndex response."""
+    parts = parse_llama_index_response(response)
+    extra = getattr(response, "additional_kwargs", None) or {}
+    thinking = extra.get("thinking_delta") if isinstance(extra, dict) else None
+    if not (parts.generated_text or parts.tokens):
+        content = getattr(response, "delta", None) or ""
+        reasoning = thinking if isinstance(thinking, str) else ""
+        phase = Phase.REASONING if reasoning and not content else Phase.ANSWER
+        tokens = tokens_from_llama_logprobs(getattr(response, "logprobs", None), phase)
+        if content or reasoning or tokens:
+            return parts._replace(
+                content=content, reasoning=reasoning, tokens=tokens, has_logprobs=bool(tokens)
+            )
+        return parts
+    if thinking and not parts.reasoning and not parts.content:
+        tokens = tuple(replace(t, phase=Phase.REASONING) for t in parts.tokens)
+        return parts._replace(reasoning=thinking, tokens=tokens)
+    return parts
+
+
+def tokens_from_llama_logprobs(logprobs: Any, phase: Phase = Phase.ANSWER) -> tuple[TokenLogprob, ...]:
+    """LlamaIndex's ``List[List[LogProb]]`` (top candidates per token) -> TokenLogprob records.
+
+    The type does not say which candidate was sampled: the most likely one is taken as the token.
+    """
+    if not logprobs:
+        return ()
+    tokens = []
+    for candidates in logprobs:
+        pairs = [(c.token, float(c.logprob)) for c in candidates or ()]
+        if not pairs:
+            continue
+        best = max(pairs, key=lambda pair: pair[1])
+        tokens.append(token_from_candidates(best[0], best[1], pairs, phase))
+    return tuple(tokens)
+
+
+def to_llama_logprobs(tokens: list[TokenLogprob]) -> list[list[LogProb]]:
+    """Per-token top candidates in LlamaIndex's type (what non-streaming OpenAI calls return)."""
+    result = []
+    for token in tokens:
+        if token.top_tokens:
+            result.append(
+                [
+                    LogProb(token=text, logprob=value, bytes=list(text.encode("utf-8")))
+                    for text, value in zip(token.top_tokens, token.top_logprobs, strict=True)
+                ]
+            )
+        elif token.logprob is not None:
+            result.append([LogProb(token=token.token, logprob=token.logprob, bytes=list(token.token.encode()))])
+    return result
+
+
+def text_of(response: Any) -> str:
+    """Accumulated text of a response: the message content (chat) or ``text`` (completion)."""
+    if response is None:
+        return ""
+    message = getattr(response, "message", None)
+    if message is not None:
+        return message.content or ""
+    return getattr(response, "text", None) or ""
+
+
+def with_text(message: Any, text: str) -> Any:
+    """A copy of a ChatMessage whose (last) text block reads ``text``; other blocks are kept."""
+    blocks = list(message.blocks)
+    for i in range(len(blocks) - 1, -1, -1):
+        if isinstance(blocks[i], TextBlock):
+            blocks[i] = TextBlock(text=text)
+            break
+    else:
+        blocks.append(TextBlock(text=text))
+    others = [b for b in blocks if isinstance(b, TextBlock)]
+    if len(others) > 1:  # several text blocks: the content is their concatenation; keep one
+        blocks = [b for b in blocks if not isinstance(b, TextBlock)] + [TextBlock(text=text)]
+    return message.model_copy(update={"blocks": blocks})

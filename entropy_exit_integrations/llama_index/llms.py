@@ -1,0 +1,228 @@
+"""``EntropyExitLLM``: any LlamaIndex LLM, stopped early once its token entropy says it is sure.
+
+Example (against the embedded server, ``entropy-exit serve``)::
+
+    from llama_index.llms.openai_like import OpenAILike
+    from entropy_exit_integrations import ExitPolicy
+    from entropy_exit_integrations.llama_index import EntropyExitLLM
+
+    inner = OpenAILike(model="smollm2", api_base="http://127.0.0.1:8080/v1", api_key="none",
+                       is_chat_model=True, max_tokens=200, temperature=0)
+    llm = EntropyExitLLM(llm=inner, policy=ExitPolicy(threshold=1.0, min_tokens=8))
+    response = llm.complete("What is 7 + 5?")
+    print(response.text, response.additional_kwargs["entropy_exit"])
+
+Every call streams from the inner LLM, even ``chat``/``complete``, so that the monitor can act.
+On exit the inner generator is closed and, for openai-SDK based LLMs (``OpenAI``, ``OpenAILike``
+and their relatives), the HTTP response too, so the server stops generating. Logprobs are
+requested through the inner LLM's own fields (``logprobs=True``, ``top_logprobs=policy.top_k``,
+on a shallow copy: the original is not changed). The final response carries the per-token
+logprobs in ``.logprobs`` (LlamaIndex's type) and the report in
+``additional_kwargs["entropy_exit"]`` (a dict; ``SavingsReport.from_dict`` rebuilds it).
+Streaming calls yield the inner responses as they come, then that final response (``delta=""``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+)
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, SerializeAsAny
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import LLM, ToolSelection
+
+from ..core.policy import ExitPolicy
+from ..core.savings import SavingsLedger, SavingsReport
+from ..forcing import AnswerForcing
+from ._drive import Call, arun, run
+from .closing import install_hooks
+
+
+class EntropyExitLLM(FunctionCallingLLM):
+    """Wraps a LlamaIndex LLM; stops its generations early once the entropy policy says so.
+
+    Args:
+        llm: the inner LLM. For a real stop and automatic logprob requests use an openai-SDK
+            based one (``OpenAI``, ``OpenAILike``); any other LLM works as a monitor when its
+            streamed responses carry logprobs (``raw`` chunks in the OpenAI shape or
+            ``.logprobs``), else ``LogprobsUnavailableError`` is raised.
+        policy: the exit rule (``ExitPolicy``).
+        force_answer: after an exit, ask for the final answer: None (default) when the exit cut
+            the reasoning phase, True after any exit, False never.
+        forcing: how the answer is forced (style, budget, cue, stop).
+        ledger: records the report of every call (per-step savings of an agent).
+        close_http: install the httpx hooks that let an exit close the HTTP response.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    llm: SerializeAsAny[LLM] = Field(description="The inner LLM that does the generating.")
+    policy: Any = Field(description="The ExitPolicy deciding when to stop.")
+    force_answer: bool | None = Field(default=None, description="Force a final answer after an exit.")
+    forcing: Any = Field(default_factory=AnswerForcing, description="AnswerForcing settings.")
+    ledger: Any = Field(default=None, description="SavingsLedger recording every call's report.")
+    close_http: bool = Field(default=True, description="Close the HTTP response on exit.")
+
+    _last_report: SavingsReport | None = PrivateAttr(default=None)
+    _can_close: bool = PrivateAttr(default=False)
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        if not isinstance(self.policy, ExitPolicy):
+            raise TypeError(f"policy must be an ExitPolicy, got {type(self.policy).__name__}")
+        if not isinstance(self.forcing, AnswerForcing):
+            raise TypeError(f"forcing must be an AnswerForcing, got {type(self.forcing).__name__}")
+        if self.ledger is not None and not isinstance(self.ledger, SavingsLedger):
+            raise TypeError(f"ledger must be a SavingsLedger, got {type(self.ledger).__name__}")
+        if self.close_http:
+            self._can_close = install_hooks(self.llm)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "EntropyExitLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return self.llm.metadata
+
+    @property
+    def last_report(self) -> SavingsReport | None:
+        """Report of the most recent call (use ``ledger`` when calls run concurrently)."""
+        return self._last_report
+
+    @property
+    def closes_http(self) -> bool:
+        """True when an exit closes the HTTP response (the inner LLM is openai-SDK based)."""
+        return self._can_close
+
+    # -- chat -------------------------------------------------------------------------------
+
+    def _call(self, mode: str, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Call:
+        return Call(self, mode, payload, kwargs, formatted)  # type: ignore[arg-type]
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return _last(run(self._call("chat", messages, kwargs)))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return run(self._call("chat", messages, kwargs))
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await _alast(arun(self._call("chat", messages, kwargs)))
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        return arun(self._call("chat", messages, kwargs))
+
+    # -- completion -------------------------------------------------------------------------
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return _last(run(self._call("completion", prompt, kwargs, formatted)))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        return run(self._call("completion", prompt, kwargs, formatted))
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await _alast(arun(self._call("completion", prompt, kwargs, formatted)))
+
+    @llm_completion_callback()
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        return arun(self._call("completion", prompt, kwargs, formatted))
+
+    # -- tools: prepared and read by the inner LLM ------------------------------------------
+
+    def _tool_llm(self) -> FunctionCallingLLM:
+        if not isinstance(self.llm, FunctionCallingLLM):
+            raise TypeError(
+                f"{type(self.llm).__name__} is not a FunctionCallingLLM: tool calling needs an inner LLM "
+                "that supports it (e.g. OpenAILike(..., is_function_calling_model=True))"
+            )
+        return self.llm
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[Any],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        return self._tool_llm()._prepare_chat_with_tools_compat(
+            tools,
+            user_msg=user_msg,
+            chat_history=chat_history,
+            verbose=verbose,
+            allow_parallel_tool_calls=allow_parallel_tool_calls,
+            tool_required=tool_required,
+            **kwargs,
+        )
+
+    def _validate_chat_with_tools_response(
+        self, response: ChatResponse, tools: Sequence[Any], allow_parallel_tool_calls: bool = False, **kwargs: Any
+    ) -> ChatResponse:
+        return self._tool_llm()._validate_chat_with_tools_response(
+            response, tools, allow_parallel_tool_calls=allow_parallel_tool_calls, **kwargs
+        )
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        return self._tool_llm().get_tool_calls_from_response(
+            response, error_on_no_tool_call=error_on_no_tool_call, **kwargs
+        )
+
+    async def astream_chat_with_tools(
+        self,
+        tools: Sequence[Any],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        **kwargs: Any,
+    ) -> ChatResponseAsyncGen:
+        """Tools prepared by the inner LLM, streamed through this wrapper's monitor."""
+        chat_kwargs = self._prepare_chat_with_tools(
+            tools,
+            user_msg=user_msg,
+            chat_history=chat_history,
+            verbose=verbose,
+            allow_parallel_tool_calls=allow_parallel_tool_calls,
+            tool_required=tool_required,
+            **kwargs,
+        )
+        return await self.astream_chat(**chat_kwargs)
+
+
+def _last(responses: Any) -> Any:
+    last = None
+    for last in responses:
+        pass
+    return last
+
+
+async def _alast(responses: Any) -> Any:
+    last = None
+    async for last in responses:
+        pass
+    return last

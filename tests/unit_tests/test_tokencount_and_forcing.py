@@ -1,0 +1,70 @@
+import os
+import subprocess
+import sys
+
+import httpx
+import openai
+
+from entropy_exit_integrations.forcing import AnswerForcing, EchoStripper
+from entropy_exit_integrations.openai import _refusal
+from entropy_exit_integrations.tokencount import bundled_tiktoken_cache, count_message_tokens, count_tokens
+
+
+def test_tiktoken_works_offline_from_the_bundled_cache() -> None:
+    assert bundled_tiktoken_cache() is not None
+    # A fresh interpreter with an empty home and no network proxy: the BPE files must come from
+    # llama-index-core's bundled cache, not a download.
+    code = (
+        "from entropy_exit_integrations.tokencount import count_tokens;"
+        "print(count_tokens('hello world, how are you?', 'gpt-4o'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TIKTOKEN_CACHE_DIR"}
+    env.update(HOME="/nonexistent", HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "estimated=False" in out.stdout and "o200k_base" in out.stdout
+    assert "TIKTOKEN_CACHE_DIR" not in os.environ  # the override is not left behind
+
+
+def test_unknown_models_fall_back_and_say_estimated() -> None:
+    exact = count_tokens("The quick brown fox", "gpt-4o")
+    guess = count_tokens("The quick brown fox", "smollm2-135m-instruct")
+    assert not exact.estimated and guess.estimated and guess.tokens == exact.tokens
+    prompt = count_message_tokens([{"role": "user", "content": "The quick brown fox"}], "gpt-4o")
+    assert prompt.estimated and prompt.tokens > exact.tokens
+
+
+def test_echo_stripper_drops_an_echoed_prefix_split_across_chunks() -> None:
+    stripper = EchoStripper("abc Final answer:")
+    assert stripper.feed("abc Fin") == ""
+    assert stripper.feed("al answer: 12") == " 12"
+    assert stripper.feed(" more") == " more"
+    other = EchoStripper("abc")
+    assert other.feed("ab") == "" and other.feed("x 12") == "abx 12"  # no echo: nothing lost
+
+
+def test_forcing_request_shapes() -> None:
+    forcing = AnswerForcing()
+    messages = [{"role": "user", "content": "q"}]
+    history, extra, prefix = forcing.chat_request(messages, reasoning="r", text="", inline_think=False,
+                                                  base_url="http://127.0.0.1:8080/v1")
+    assert history[-1] == {"role": "assistant", "content": "Final answer:", "reasoning_content": "r"}
+    assert extra == {"continue_final_message": True, "add_generation_prompt": False}
+    assert prefix == "Final answer:"
+    history, _, prefix = forcing.chat_request(messages, reasoning="r", text="a", inline_think=True,
+                                              base_url=None)
+    assert prefix == "<think>\nr\n</think>\n\na\n\nFinal answer:"
+    history, extra, prefix = forcing.chat_request(messages, reasoning="", text="partial", inline_think=False,
+                                                  base_url="https://api.openai.com/v1")
+    assert [m["role"] for m in history] == ["user", "assistant", "user"] and extra == {} and prefix == ""
+
+
+def test_provider_refusal_maps_to_logprobs_unavailable() -> None:
+    request = httpx.Request("POST", "https://api.openai.com/v1/chat/completions")
+    body = {"error": {"message": "This model does not support logprobs.", "type": "invalid_request_error"}}
+    response = httpx.Response(400, json=body, request=request)
+    error = openai.BadRequestError("This model does not support logprobs.", response=response, body=body)
+    mapped = _refusal(error)
+    assert mapped is not None and "does not support logprobs" in str(mapped)
+    other = openai.BadRequestError("bad temperature", response=httpx.Response(400, request=request), body=None)
+    assert _refusal(other) is None
