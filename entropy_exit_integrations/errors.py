@@ -31,9 +31,7 @@ class LogprobsUnavailableError(EntropyExitError):
         "returns them (vLLM needs --max-logprobs >= k)"
     )
 
-    def __init__(
-        self, message: str, *, provider_message: str | None = None, partial_text: str = ""
-    ) -> None:
+    def __init__(self, message: str, *, provider_message: str | None = None, partial_text: str = "") -> None:
         self.provider_message = provider_message
         self.partial_text = partial_text
         text = f"{message}; {self.HINT}"

@@ -541,9 +541,7 @@ def stream_completion(client: openai.OpenAI, *, policy: ExitPolicy, **kwargs: An
     return _drain(iter_completion(client, policy=policy, **kwargs))
 
 
-async def astream_completion(
-    client: openai.AsyncOpenAI, *, policy: ExitPolicy, **kwargs: Any
-) -> ExitResult:
+async def astream_completion(client: openai.AsyncOpenAI, *, policy: ExitPolicy, **kwargs: Any) -> ExitResult:
     """Async twin of ``stream_completion``."""
     return await _adrain(aiter_completion(client, policy=policy, **kwargs))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from .core.monitor import Decision, EntropyMonitor
@@ -220,4 +219,4 @@ class ExitSession:
 
 
 def _with_phase(tokens: Sequence[TokenLogprob], phase: Phase) -> tuple[TokenLogprob, ...]:
-    return tuple(t if t.phase is phase else replace(t, phase=phase) for t in tokens)
+    return tuple(t if t.phase is phase else t._replace(phase=phase) for t in tokens)

@@ -22,6 +22,7 @@ Input rules, the same for the scalar and the vectorised forms:
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,6 +36,7 @@ _POSITIVE_TOLERANCE = 1e-4
 _LN2 = math.log(2.0)
 _exp = math.exp
 _log = math.log
+_mul = operator.mul
 
 
 def _checked(logprobs: Sequence[float]) -> list[float]:
@@ -60,6 +62,10 @@ def token_entropy(logprobs: Sequence[float], *, tail_aware: bool = False) -> flo
     >>> token_entropy([]) is None
     True
     """
+    if not tail_aware and logprobs:
+        bits = _fast_renormalised_bits(logprobs)
+        if bits is not None:
+            return bits
     kept = _checked(logprobs)
     if not kept:
         return None
@@ -68,9 +74,27 @@ def token_entropy(logprobs: Sequence[float], *, tail_aware: bool = False) -> flo
     top = max(kept)
     weights = [_exp(value - top) for value in kept]
     total = sum(weights)
-    # H = log Z - E[l - top] with Z the sum of the shifted weights: one exp per candidate.
+    # H = log Z - E[l - top] with Z the sum of the shifted weights.
     expected = sum(w * (v - top) for w, v in zip(weights, kept)) / total
     bits = (_log(total) - expected) / _LN2
+    return bits if bits > 0.0 else 0.0
+
+
+def _fast_renormalised_bits(logprobs: Sequence[float]) -> float | None:
+    """The common case in one pass of C-level loops; None sends the input to the careful path.
+
+    Logprobs are <= 0, so ``exp`` cannot overflow and no max-shift is needed:
+    with p = exp(l) and S = sum p, H = ln S - sum(p l) / S (nats). NaN anywhere, an -inf
+    (0 * -inf is NaN), a positive value (S may exceed 1) or a total underflow all fall back.
+    """
+    probabilities = list(map(_exp, logprobs))
+    total = sum(probabilities)
+    if not 1e-300 < total <= 1.0 + _POSITIVE_TOLERANCE:
+        return None
+    weighted = sum(map(_mul, probabilities, logprobs))
+    if weighted != weighted:
+        return None
+    bits = (_log(total) - weighted / total) / _LN2
     return bits if bits > 0.0 else 0.0
 
 

@@ -92,9 +92,7 @@ class ExitPolicy:
         return cls(**data)
 
     @classmethod
-    def from_calibration(
-        cls, calibration: Any, *, allow_weak: bool = False, **overrides: Any
-    ) -> ExitPolicy:
+    def from_calibration(cls, calibration: Any, *, allow_weak: bool = False, **overrides: Any) -> ExitPolicy:
         """A policy with ``calibration.tau`` as threshold, tagged with its model and length.
 
         Refuses (``PolicyError``) a calibration whose verdict is "no signal" unless

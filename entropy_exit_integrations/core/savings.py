@@ -151,11 +151,7 @@ class SavingsReport:
         return cls(entropy=EntropySummary(**summary), **values)
 
     def __str__(self) -> str:
-        head = (
-            f"exit at token {self.exit_token_index}"
-            if self.exited
-            else f"no exit ({self.exit_reason})"
-        )
+        head = f"exit at token {self.exit_token_index}" if self.exited else f"no exit ({self.exit_reason})"
         saved = (
             f", saved {self.tokens_saved_vs_budget} of {self.max_tokens} budget"
             if self.tokens_saved_vs_budget is not None

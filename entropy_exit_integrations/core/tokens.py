@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 
 class Phase(str, Enum):
@@ -13,9 +13,11 @@ class Phase(str, Enum):
     ANSWER = "answer"
 
 
-@dataclass(frozen=True, slots=True)
-class TokenLogprob:
+class TokenLogprob(NamedTuple):
     """One generated token with the logprobs of its top candidates.
+
+    Immutable and cheap to create (a named tuple: no per-instance dict), since adapters make one
+    per generated token.
 
     Attributes:
         token: the token's text as the provider sent it.
@@ -56,15 +58,22 @@ def token_from_candidates(
     """
     texts = [text for text, _ in candidates]
     values = [value for _, value in candidates]
-    if len(set(candidates)) != len(candidates):
-        seen: set[tuple[str, float]] = set()
-        texts, values = [], []
-        for pair in candidates:
-            if pair not in seen:
-                seen.add(pair)
-                texts.append(pair[0])
-                values.append(pair[1])
-    if candidates and logprob is not None and token not in texts:
+    return normalised_token(token, logprob, texts, values, phase)
+
+
+def normalised_token(
+    token: str,
+    logprob: float | None,
+    texts: list[str],
+    values: list[float],
+    phase: Phase = Phase.ANSWER,
+) -> TokenLogprob:
+    """``token_from_candidates`` over parallel lists (the adapters' fast path); may modify them."""
+    if len(set(texts)) != len(texts):
+        pairs = list(dict.fromkeys(zip(texts, values)))
+        texts = [text for text, _ in pairs]
+        values = [value for _, value in pairs]
+    if texts and logprob is not None and token not in texts:
         texts.append(token)
         values.append(logprob)
     return TokenLogprob(token, logprob, tuple(texts), tuple(values), phase)

@@ -267,6 +267,8 @@ class LocalServer:
             ServerError: metrics are disabled or the server does not answer.
         """
         status, body = _http_get(self.root_url + "/metrics", timeout)
+        if status == 0:
+            raise ServerError(f"no server answers at {self.root_url}")
         if status != 200:
             raise ServerError(
                 f"GET /metrics answered {status}: start the server with metrics=True ({body[:200]!r})"

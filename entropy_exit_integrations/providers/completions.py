@@ -64,7 +64,9 @@ def tokens_from_legacy_logprobs(logprobs: Any, phase: Phase = Phase.ANSWER) -> t
         if top is None:
             top = {}
         if not isinstance(top, dict):
-            raise LogprobsFormatError(f"choices[].logprobs.top_logprobs[{i}]", "expected a {token: logprob} dict")
+            raise LogprobsFormatError(
+                f"choices[].logprobs.top_logprobs[{i}]", "expected a {token: logprob} dict"
+            )
         candidates = [
             (alt, _number(value, f"choices[].logprobs.top_logprobs[{i}][{alt!r}]"))
             for alt, value in top.items()

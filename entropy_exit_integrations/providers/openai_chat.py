@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.tokens import Phase, TokenLogprob, token_from_candidates
+from ..core.tokens import Phase, TokenLogprob, normalised_token, token_from_candidates
 from ..errors import LogprobsFormatError
 from ._fields import field
 from .parts import EMPTY, ChunkParts
@@ -60,26 +60,50 @@ def tokens_from_content_entries(
     """Convert a ``logprobs.content`` list (dicts or SDK objects) to TokenLogprob records."""
     if not isinstance(entries, (list, tuple)):
         raise LogprobsFormatError(where, f"expected a list, got {type(entries).__name__}")
-    tokens = []
-    for i, entry in enumerate(entries):
-        token = field(entry, "token")
-        if not isinstance(token, str):
-            raise LogprobsFormatError(f"{where}[{i}].token", f"expected a string, got {token!r}")
-        logprob = _number(field(entry, "logprob"), f"{where}[{i}].logprob", optional=True)
-        top = field(entry, "top_logprobs") or ()
-        if not isinstance(top, (list, tuple)):
-            raise LogprobsFormatError(f"{where}[{i}].top_logprobs", "expected a list")
-        candidates = []
-        for j, alt in enumerate(top):
-            text = field(alt, "token")
-            if not isinstance(text, str):
-                raise LogprobsFormatError(
-                    f"{where}[{i}].top_logprobs[{j}].token", f"expected a string, got {text!r}"
-                )
-            value = _number(field(alt, "logprob"), f"{where}[{i}].top_logprobs[{j}].logprob")
-            candidates.append((text, value))
-        tokens.append(token_from_candidates(token, logprob, candidates, phase))
-    return tuple(tokens)
+    try:
+        return tuple(_trusting_token(entry, phase) for entry in entries)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        pass  # something is off: the checking path below names the field
+    return tuple(_checked_token(entry, i, phase, where) for i, entry in enumerate(entries))
+
+
+def _trusting_token(entry: dict[str, Any], phase: Phase) -> TokenLogprob:
+    """The per-token hot path for JSON dicts: well-formed input costs a few C-level loops.
+
+    Anything malformed raises here (KeyError, TypeError, ValueError) and is re-read by
+    ``_checked_token``: ``sum`` makes non-numbers and NaN show themselves, ``join`` non-strings.
+    SDK objects are not subscriptable and take the checking path too (pydantic checked them).
+    """
+    token = entry["token"]
+    logprob = entry["logprob"]
+    top = entry["top_logprobs"] or ()
+    texts = [alt["token"] for alt in top]
+    values = [alt["logprob"] for alt in top]
+    total = sum(values) + (0.0 if logprob is None else logprob)
+    "".join(texts)
+    if total != total or token.__class__ is not str:
+        raise ValueError
+    return normalised_token(token, logprob, texts, values, phase)
+
+
+def _checked_token(entry: Any, i: int, phase: Phase, where: str) -> TokenLogprob:
+    token = field(entry, "token")
+    if not isinstance(token, str):
+        raise LogprobsFormatError(f"{where}[{i}].token", f"expected a string, got {token!r}")
+    logprob = _number(field(entry, "logprob"), f"{where}[{i}].logprob", optional=True)
+    top = field(entry, "top_logprobs") or ()
+    if not isinstance(top, (list, tuple)):
+        raise LogprobsFormatError(f"{where}[{i}].top_logprobs", "expected a list")
+    candidates = []
+    for j, alt in enumerate(top):
+        text = field(alt, "token")
+        if not isinstance(text, str):
+            raise LogprobsFormatError(
+                f"{where}[{i}].top_logprobs[{j}].token", f"expected a string, got {text!r}"
+            )
+        value = _number(field(alt, "logprob"), f"{where}[{i}].top_logprobs[{j}].logprob")
+        candidates.append((text, value))
+    return token_from_candidates(token, logprob, candidates, phase)
 
 
 def _number(value: Any, where: str, *, optional: bool = False) -> Any:

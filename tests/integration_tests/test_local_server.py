@@ -162,18 +162,24 @@ def test_port_in_use_is_a_clear_error(llama_server: LocalServer) -> None:
             LocalServer(port=sock.getsockname()[1], build_if_missing=False).start()
 
 
-def test_crash_on_start_invalid_argument_has_log_tail() -> None:
-    server = LocalServer(parallel=1, build_if_missing=False, extra_args=["--definitely-not-a-flag"])
+def test_crash_on_start_invalid_argument_has_log_tail(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    server = LocalServer(
+        parallel=1, build_if_missing=False, extra_args=["--definitely-not-a-flag"], log_path=log
+    )
     with pytest.raises(ServerError, match="exited with code") as info:
         server.start()
     assert "--definitely-not-a-flag" in str(info.value).split("last log lines:")[1]
     assert server.process is not None and server.process.poll() is not None
+    assert str(log) in str(info.value) and "--definitely-not-a-flag" in log.read_text()  # log kept
 
 
 def test_crash_on_start_non_gguf_model_has_log_tail(tmp_path: Path) -> None:
     fake = tmp_path / "not-a-model.gguf"
     fake.write_bytes(b"this is not a gguf file\n" * 100)
     with pytest.raises(ServerError, match="exited with code") as info:
-        LocalServer(parallel=1, build_if_missing=False, model_path=fake).start()
+        LocalServer(
+            parallel=1, build_if_missing=False, model_path=fake, log_path=tmp_path / "server.log"
+        ).start()
     tail = str(info.value).split("last log lines:")[1]
     assert "failed to load model" in tail or "invalid magic" in tail

@@ -8,6 +8,7 @@ from entropy_exit_integrations.providers import ChunkParts, parse_chat_chunk
 from entropy_exit_integrations.session import ExitSession
 from tests.unit_tests.recordings import load_chunks
 
+
 def chunk(text: str = "", *, reasoning: str = "", role: bool = False, tool: bool = False) -> dict:
     """A llama.cpp-shaped chat chunk whose one token is near certain (0.002 bits)."""
     delta: dict = {"content": text or None}
@@ -30,7 +31,9 @@ def feed_all(session: ExitSession, chunks: list[dict]) -> None:
 
 def test_inline_think_tags_split_text_and_tag_tokens() -> None:
     session = ExitSession(ExitPolicy(threshold=0.0))
-    feed_all(session, [chunk("<th"), chunk("ink>"), chunk("7+5"), chunk("=12</th"), chunk("ink>"), chunk("12")])
+    feed_all(
+        session, [chunk("<th"), chunk("ink>"), chunk("7+5"), chunk("=12</th"), chunk("ink>"), chunk("12")]
+    )
     session.close_text()
     assert session.reasoning == "7+5=12" and session.text == "12"
     # "ink>" completes the opening tag (reasoning from there); the "ink>" that completes the
@@ -60,7 +63,9 @@ def test_missing_logprobs_raise_with_partial_text() -> None:
     chunks = load_chunks("llamacpp_chat_nologprobs.jsonl")
     with pytest.raises(LogprobsUnavailableError, match="top_logprobs=k") as error:
         feed_all(session, chunks)
-    first_text = next(c["choices"][0]["delta"]["content"] for c in chunks if c["choices"][0]["delta"].get("content"))
+    first_text = next(
+        c["choices"][0]["delta"]["content"] for c in chunks if c["choices"][0]["delta"].get("content")
+    )
     assert error.value.partial_text == first_text  # raised at the first text chunk, which it keeps
 
 

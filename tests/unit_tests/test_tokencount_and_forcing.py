@@ -46,16 +46,19 @@ def test_echo_stripper_drops_an_echoed_prefix_split_across_chunks() -> None:
 def test_forcing_request_shapes() -> None:
     forcing = AnswerForcing()
     messages = [{"role": "user", "content": "q"}]
-    history, extra, prefix = forcing.chat_request(messages, reasoning="r", text="", inline_think=False,
-                                                  base_url="http://127.0.0.1:8080/v1")
+    history, extra, prefix = forcing.chat_request(
+        messages, reasoning="r", text="", inline_think=False, base_url="http://127.0.0.1:8080/v1"
+    )
     assert history[-1] == {"role": "assistant", "content": "Final answer:", "reasoning_content": "r"}
     assert extra == {"continue_final_message": True, "add_generation_prompt": False}
     assert prefix == "Final answer:"
-    history, _, prefix = forcing.chat_request(messages, reasoning="r", text="a", inline_think=True,
-                                              base_url=None)
+    history, _, prefix = forcing.chat_request(
+        messages, reasoning="r", text="a", inline_think=True, base_url=None
+    )
     assert prefix == "<think>\nr\n</think>\n\na\n\nFinal answer:"
-    history, extra, prefix = forcing.chat_request(messages, reasoning="", text="partial", inline_think=False,
-                                                  base_url="https://api.openai.com/v1")
+    history, extra, prefix = forcing.chat_request(
+        messages, reasoning="", text="partial", inline_think=False, base_url="https://api.openai.com/v1"
+    )
     assert [m["role"] for m in history] == ["user", "assistant", "user"] and extra == {} and prefix == ""
 
 
@@ -66,5 +69,7 @@ def test_provider_refusal_maps_to_logprobs_unavailable() -> None:
     error = openai.BadRequestError("This model does not support logprobs.", response=response, body=body)
     mapped = _refusal(error)
     assert mapped is not None and "does not support logprobs" in str(mapped)
-    other = openai.BadRequestError("bad temperature", response=httpx.Response(400, request=request), body=None)
+    other = openai.BadRequestError(
+        "bad temperature", response=httpx.Response(400, request=request), body=None
+    )
     assert _refusal(other) is None

@@ -24,9 +24,15 @@ def test_server_death_mid_stream_keeps_every_token() -> None:
                 server.process.kill()  # a crash, not a clean stop
 
         with pytest.raises(StreamInterrupted) as error:
-            stream_chat(client, policy=ExitPolicy(threshold=0.0), on_token=kill_after_ten,
-                        model=server.model, max_tokens=400, temperature=0,
-                        messages=[{"role": "user", "content": "Write a long story about the sea."}])
+            stream_chat(
+                client,
+                policy=ExitPolicy(threshold=0.0),
+                on_token=kill_after_ten,
+                model=server.model,
+                max_tokens=400,
+                temperature=0,
+                messages=[{"role": "user", "content": "Write a long story about the sea."}],
+            )
     finally:
         server.stop()
     partial = error.value.partial

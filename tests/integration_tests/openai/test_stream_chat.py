@@ -52,8 +52,14 @@ def test_high_threshold_exits_early_and_the_server_stops(client, llama_server) -
     llama_server.wait_until_idle(timeout=30)
     before = tokens_predicted(llama_server)
     result = stream_chat(
-        client, policy=EAGER, force_answer=False, model=llama_server.model, messages=STORY,
-        max_tokens=400, temperature=0, seed=1,
+        client,
+        policy=EAGER,
+        force_answer=False,
+        model=llama_server.model,
+        messages=STORY,
+        max_tokens=400,
+        temperature=0,
+        seed=1,
     )
     assert result.finish_reason == ENTROPY_EXIT
     assert result.report.exited and result.report.tokens_generated < 400
@@ -68,8 +74,14 @@ async def test_async_exit_closes_the_stream_and_the_server_stops(aclient, llama_
     llama_server.wait_until_idle(timeout=30)
     before = tokens_predicted(llama_server)
     result = await astream_chat(
-        aclient, policy=EAGER, force_answer=False, model=llama_server.model, messages=STORY,
-        max_tokens=400, temperature=0, seed=1,
+        aclient,
+        policy=EAGER,
+        force_answer=False,
+        model=llama_server.model,
+        messages=STORY,
+        max_tokens=400,
+        temperature=0,
+        seed=1,
     )
     assert result.finish_reason == ENTROPY_EXIT and result.report.tokens_generated < 400
     assert_server_stopped(llama_server, before, 400)
@@ -89,24 +101,39 @@ def test_threshold_zero_never_exits_and_matches_a_plain_call(client, llama_serve
 
 
 def test_iterator_form_streams_deltas_then_gives_the_result(client, llama_server) -> None:
-    with iter_chat(client, policy=EAGER, force_answer=False, model=llama_server.model, messages=STORY,
-                   max_tokens=200, temperature=0) as stream:
+    with iter_chat(
+        client,
+        policy=EAGER,
+        force_answer=False,
+        model=llama_server.model,
+        messages=STORY,
+        max_tokens=200,
+        temperature=0,
+    ) as stream:
         deltas = [d.text for d in stream]
     assert "".join(deltas) == stream.result.text
     assert stream.result.finish_reason == ENTROPY_EXIT
 
 
 async def test_async_iterator_form(aclient, llama_server) -> None:
-    async with aiter_chat(aclient, policy=NEVER, model=llama_server.model, messages=STORY,
-                          max_tokens=16, temperature=0) as stream:
+    async with aiter_chat(
+        aclient, policy=NEVER, model=llama_server.model, messages=STORY, max_tokens=16, temperature=0
+    ) as stream:
         deltas = [d.text async for d in stream]
     assert "".join(deltas) == stream.result.text and stream.result.report.tokens_generated == 16
 
 
 def test_answer_forcing_after_an_answer_phase_exit(client, llama_server) -> None:
     question = [{"role": "user", "content": "What is 7 + 5? Explain step by step."}]
-    result = stream_chat(client, policy=EAGER, force_answer=True, model=llama_server.model,
-                         messages=question, max_tokens=200, temperature=0)
+    result = stream_chat(
+        client,
+        policy=EAGER,
+        force_answer=True,
+        model=llama_server.model,
+        messages=question,
+        max_tokens=200,
+        temperature=0,
+    )
     assert result.finish_reason == ENTROPY_EXIT
     assert result.forced_answer is not None and result.forced_answer.strip()
     assert result.text.endswith(result.forced_answer)
@@ -122,8 +149,9 @@ def test_inline_think_tags_exit_in_reasoning_and_force_the_answer(client, llama_
         {"role": "user", "content": "What is 7 + 5?"},
         {"role": "assistant", "content": "<think>"},  # prefill: the model continues its thinking
     ]
-    result = stream_chat(client, policy=EAGER, model=llama_server.model, messages=messages,
-                         max_tokens=200, temperature=0)
+    result = stream_chat(
+        client, policy=EAGER, model=llama_server.model, messages=messages, max_tokens=200, temperature=0
+    )
     # llama.cpp echoes the prefilled "<think>", so the splitter sees the tag open.
     assert result.finish_reason == ENTROPY_EXIT
     assert result.report.reasoning_tokens > 0
@@ -134,11 +162,13 @@ def test_inline_think_tags_exit_in_reasoning_and_force_the_answer(client, llama_
 def test_reasoning_content_exit_forces_the_answer(reasoning_server) -> None:
     client = openai.OpenAI(base_url=reasoning_server.base_url, api_key="sk-no-key")
     question = [{"role": "user", "content": "What is 7 + 5? Think step by step."}]
-    full = stream_chat(client, policy=NEVER, model=reasoning_server.model, messages=question,
-                       max_tokens=60, temperature=0)
+    full = stream_chat(
+        client, policy=NEVER, model=reasoning_server.model, messages=question, max_tokens=60, temperature=0
+    )
     assert full.reasoning and full.report.reasoning_tokens == len(full.tokens)
-    cut = stream_chat(client, policy=EAGER, model=reasoning_server.model, messages=question,
-                      max_tokens=60, temperature=0)
+    cut = stream_chat(
+        client, policy=EAGER, model=reasoning_server.model, messages=question, max_tokens=60, temperature=0
+    )
     assert cut.finish_reason == ENTROPY_EXIT
     assert full.reasoning.startswith(cut.reasoning) and len(cut.reasoning) < len(full.reasoning)
     assert all(t.phase is Phase.REASONING for t in cut.tokens)
@@ -148,13 +178,25 @@ def test_reasoning_content_exit_forces_the_answer(reasoning_server) -> None:
 
 async def test_eight_concurrent_streams_keep_separate_monitors(aclient, llama_server) -> None:
     ledger = SavingsLedger()
-    policies = [ExitPolicy(threshold=t, min_tokens=m) for t, m in
-                [(0.0, 1), (3.0, 4), (3.0, 12), (0.0, 1), (3.0, 20), (0.0, 1), (3.0, 8), (3.0, 30)]]
-    results = await asyncio.gather(*(
-        astream_chat(aclient, policy=p, force_answer=False, ledger=ledger, model=llama_server.model,
-                     messages=STORY, max_tokens=40, temperature=0)
-        for p in policies
-    ))
+    policies = [
+        ExitPolicy(threshold=t, min_tokens=m)
+        for t, m in [(0.0, 1), (3.0, 4), (3.0, 12), (0.0, 1), (3.0, 20), (0.0, 1), (3.0, 8), (3.0, 30)]
+    ]
+    results = await asyncio.gather(
+        *(
+            astream_chat(
+                aclient,
+                policy=p,
+                force_answer=False,
+                ledger=ledger,
+                model=llama_server.model,
+                messages=STORY,
+                max_tokens=40,
+                temperature=0,
+            )
+            for p in policies
+        )
+    )
     assert len(ledger) == 8
     for policy, result in zip(policies, results):
         assert result.report.threshold == policy.threshold
@@ -178,13 +220,27 @@ def test_legacy_completions_path(client, llama_server) -> None:
 
 async def test_async_legacy_completions(llama_server) -> None:
     aclient = openai.AsyncOpenAI(base_url=llama_server.base_url, api_key="sk-no-key")
-    cut = await astream_completion(aclient, policy=EAGER, force_answer=True, model=llama_server.model,
-                                   prompt="The recipe for bread is", max_tokens=100, temperature=0)
+    cut = await astream_completion(
+        aclient,
+        policy=EAGER,
+        force_answer=True,
+        model=llama_server.model,
+        prompt="The recipe for bread is",
+        max_tokens=100,
+        temperature=0,
+    )
     assert cut.finish_reason == ENTROPY_EXIT and cut.forced_answer is not None
 
 
 def test_a_stream_without_logprobs_raises_with_the_fix(client, llama_server) -> None:
     with pytest.raises(LogprobsUnavailableError, match="logprobs=True, top_logprobs=k") as error:
-        stream_chat(client, policy=EAGER, model=llama_server.model, messages=STORY, max_tokens=50,
-                    logprobs=False, top_logprobs=None)
+        stream_chat(
+            client,
+            policy=EAGER,
+            model=llama_server.model,
+            messages=STORY,
+            max_tokens=50,
+            logprobs=False,
+            top_logprobs=None,
+        )
     assert error.value.partial_text  # what arrived is kept

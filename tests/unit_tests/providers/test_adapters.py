@@ -114,8 +114,16 @@ def mutated(path: list, value):
 @pytest.mark.parametrize(
     ("path", "value", "field"),
     [
-        (["choices", 0, "logprobs", "content", 0, "top_logprobs", 3, "logprob"], math.nan, "top_logprobs[3].logprob"),
-        (["choices", 0, "logprobs", "content", 0, "top_logprobs", 2, "logprob"], "x", "top_logprobs[2].logprob"),
+        (
+            ["choices", 0, "logprobs", "content", 0, "top_logprobs", 3, "logprob"],
+            math.nan,
+            "top_logprobs[3].logprob",
+        ),
+        (
+            ["choices", 0, "logprobs", "content", 0, "top_logprobs", 2, "logprob"],
+            "x",
+            "top_logprobs[2].logprob",
+        ),
         (["choices", 0, "logprobs", "content", 0, "token"], None, "content[0].token"),
         (["choices", 0, "logprobs", "content", 0, "logprob"], math.nan, "content[0].logprob"),
         (["choices", 0, "logprobs", "content"], {"a": 1}, "logprobs.content"),

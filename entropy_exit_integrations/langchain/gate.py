@@ -1,0 +1,91 @@
+"""EntropyGate as a LangChain Runnable: a first pass, and the extended step only when unsure.
+
+>>> from langchain_openai import ChatOpenAI                                   # doctest: +SKIP
+>>> from entropy_exit_integrations.gate import EntropyGate, Refine            # doctest: +SKIP
+>>> llm = ChatOpenAI(base_url=url, api_key="x", model=model, max_tokens=256)  # doctest: +SKIP
+>>> gated = EntropyGateRunnable.from_chat_openai(llm, EntropyGate(calibration, Refine()))  # doctest: +SKIP
+>>> (prompt | gated).invoke({"question": "..."}).response_metadata["entropy_gate"]  # doctest: +SKIP
+
+The runnable talks to the endpoint through the openai helpers (the same code path as
+``EntropyGate.run``), so entropy comes from the streamed top-k logprobs; the answer is an
+``AIMessage`` whose ``response_metadata["entropy_gate"]`` says whether the gate passed, the first
+pass's entropy, tau and the tokens used against always running the extended step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_messages
+from langchain_core.prompt_values import PromptValue
+from langchain_core.runnables import Runnable, RunnableConfig
+
+from ..gate import EntropyGate, GateResult
+
+
+def _openai_messages(value: LanguageModelInput) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if isinstance(value, PromptValue):
+        value = value.to_messages()
+    if isinstance(value, BaseMessage):
+        value = [value]
+    return list(convert_to_openai_messages(list(value)))  # type: ignore[arg-type]
+
+
+def gate_metadata(result: GateResult) -> dict[str, Any]:
+    """The gate's report as plain JSON-ready data."""
+    return {
+        "passed": result.passed,
+        "entropy": result.entropy,
+        "tau": result.tau,
+        "first_tokens": result.first_tokens,
+        "extended_tokens": result.extended_tokens,
+        "tokens_used": result.tokens_used,
+        "tokens_always_extended": result.tokens_always_extended,
+        "tokens_saved": result.tokens_saved,
+        "first_report": result.first.report.to_dict(),
+    }
+
+
+class EntropyGateRunnable(Runnable[LanguageModelInput, AIMessage]):
+    """Runs ``gate`` on a string, messages or a prompt value; returns the answer as an AIMessage.
+
+    Args:
+        gate: the ``EntropyGate`` (tau or calibration, extended step).
+        client: an ``openai.OpenAI`` client for an endpoint that streams logprobs.
+        model: model id. **create_kwargs: more request settings (max_tokens, temperature, seed).
+    """
+
+    def __init__(self, gate: EntropyGate, *, client: Any, model: str, **create_kwargs: Any) -> None:
+        self.gate = gate
+        self.client = client
+        self.model = model
+        self.create_kwargs = create_kwargs
+
+    @classmethod
+    def from_chat_openai(cls, llm: Any, gate: EntropyGate, **create_kwargs: Any) -> EntropyGateRunnable:
+        """Reuse a ``ChatOpenAI``'s client, model, max_tokens and temperature."""
+        settings: dict[str, Any] = {}
+        if getattr(llm, "max_tokens", None) is not None:
+            settings["max_tokens"] = llm.max_tokens
+        if getattr(llm, "temperature", None) is not None:
+            settings["temperature"] = llm.temperature
+        settings.update(create_kwargs)
+        return cls(gate, client=llm.root_client, model=llm.model_name, **settings)
+
+    def _gate(self, value: LanguageModelInput) -> AIMessage:
+        result = self.gate.run(self.client, model=self.model, messages=_openai_messages(value),
+                               **self.create_kwargs)
+        usage = result.first.usage or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        return AIMessage(
+            content=result.text,
+            response_metadata={"entropy_gate": gate_metadata(result), "model_name": self.model},
+            usage_metadata={"input_tokens": prompt, "output_tokens": result.tokens_used,
+                            "total_tokens": prompt + result.tokens_used},
+        )
+
+    def invoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:
+        return self._call_with_config(self._gate, input, config, run_type="llm")
