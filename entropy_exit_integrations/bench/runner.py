@@ -112,7 +112,7 @@ def run_live(client: Any, problems: Sequence[Problem], traces: Sequence[Trace], 
 
     def work(pair: tuple[Problem, Trace]) -> tuple[Outcome, bool]:
         problem, trace = pair
-        result = stream_chat(client, policy=policy, force_answer=True, forcing=forcing,
+        result = stream_chat(client, policy=policy, force_answer=True, forcing=forcing or forcing_for(problem.kind),
                              **config.create_kwargs(problem))
         exited = result.finish_reason == "entropy_exit"
         index = result.decision.token_index if exited else None
@@ -131,10 +131,18 @@ def run_live(client: Any, problems: Sequence[Problem], traces: Sequence[Trace], 
     return [o for o, _ in pairs], time.perf_counter() - started, agreement
 
 
+def forcing_for(kind: str) -> AnswerForcing:
+    """Answer forcing sized for the grader: a number needs a few tokens, LaTeX a few more."""
+    return AnswerForcing(max_tokens=16 if kind == "numeric" else 48)
+
+
 def force_answers(client: Any, traces: Sequence[Trace], outcomes: Sequence[Outcome], config: RunConfig,
                   problems: Sequence[Problem], forcing: AnswerForcing | None = None) -> list[Outcome]:
-    """For every exit, ask the model for its answer given the prefix (one short request each)."""
-    forcing = forcing or AnswerForcing()
+    """For every exit, ask the model for its answer given the prefix (one short request each).
+
+    The same request ``stream_chat`` makes after a live exit (``AnswerForcing.chat_request``).
+    """
+    forcing = forcing or forcing_for(problems[0].kind if problems else "numeric")
     base_url = str(getattr(client, "base_url", "") or "")
 
     def work(item: tuple[Trace, Outcome, Problem]) -> Outcome:
@@ -147,7 +155,7 @@ def force_answers(client: Any, traces: Sequence[Trace], outcomes: Sequence[Outco
                                                     base_url=base_url)
         response = client.chat.completions.create(
             model=config.model, messages=history, max_tokens=forcing.max_tokens, temperature=0.0,
-            seed=config.seed, extra_body=extra or None)
+            seed=config.seed, extra_body=extra or None, stop=list(forcing.stop) or None)
         answer = response.choices[0].message.content or ""
         if echo and answer.startswith(echo):
             answer = answer[len(echo):]

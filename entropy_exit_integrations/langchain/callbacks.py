@@ -63,8 +63,7 @@ REPORT_KEY = "entropy_exit"
 """Key of the report in ``response_metadata`` / ``generation_info`` / run metadata."""
 
 LANGCHAIN_HINT = (
-    "with LangChain: ChatOpenAI(logprobs=True, top_logprobs=20) or "
-    "model.bind(logprobs=True, top_logprobs=20)"
+    "with LangChain: ChatOpenAI(logprobs=True, top_logprobs=20) or model.bind(logprobs=True, top_logprobs=20)"
 )
 
 
@@ -105,13 +104,13 @@ def openai_usage(usage: Any) -> dict[str, Any]:
     }
 
 
-def feed_with_hint(session: ExitSession, parts: ChunkParts) -> None:
+def feed_with_hint(session: ExitSession, parts: ChunkParts, hint: str = LANGCHAIN_HINT) -> None:
     """``session.feed`` with the LangChain way of asking for logprobs added to the error."""
     try:
         session.feed(parts)
     except LogprobsUnavailableError as error:
         raise LogprobsUnavailableError(
-            f"the chat model streamed text but no logprobs ({LANGCHAIN_HINT})",
+            f"the chat model streamed text but no logprobs ({hint})",
             partial_text=error.partial_text,
         ) from error
 

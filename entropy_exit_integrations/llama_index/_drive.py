@@ -8,6 +8,8 @@ one extra response carrying the whole text, the per-token logprobs and the repor
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
@@ -19,6 +21,7 @@ from llama_index.core.base.llms.types import (
 )
 
 from ..core.savings import SavingsReport
+from ..errors import EntropyExitWarning, LogprobsUnavailableError
 from ..forcing import AnswerForcing, EchoStripper
 from ..session import ExitSession
 from ..tokencount import count_message_tokens, count_tokens
@@ -84,6 +87,24 @@ class Call:
         if self.mode == "chat":
             return await self.inner.astream_chat(self.payload, **self.kwargs)
         return await self.inner.astream_complete(self.payload, formatted=self.formatted, **self.kwargs)
+
+    def refused(self, error: BaseException) -> bool:
+        """True to retry without logprobs after ``error``; raises when logprobs were refused."""
+        message = str(getattr(error, "message", "") or error)
+        status = getattr(error, "status_code", None)
+        if not (self.openai_based and status in (400, 403, 422) and "logprob" in message.lower()):
+            return False
+        if self.owner.policy.on_missing != "pass_through":
+            raise LogprobsUnavailableError(
+                "the provider refused to return logprobs for this request", provider_message=message
+            ) from error
+        warnings.warn(
+            f"the provider refused logprobs ({message}); passing the call through unmonitored",
+            EntropyExitWarning,
+            stacklevel=2,
+        )
+        self.inner = self.owner.llm.model_copy(update={"logprobs": False})
+        return True
 
     def wants_forcing(self) -> bool:
         force = self.owner.force_answer
@@ -244,13 +265,52 @@ async def _aclose(inner: Any, capture: ResponseCapture) -> None:
     await capture.aclose()
 
 
+def _start(call: Call) -> tuple[Any, list[Any]]:
+    """Open the main stream and read its first response (where the request is made).
+
+    A provider that refuses logprobs (llama.cpp does with tools + stream) raises
+    ``LogprobsUnavailableError``, or, with ``on_missing="pass_through"``, is asked again
+    without logprobs and passed through unmonitored.
+    """
+    for attempt in (0, 1):
+        inner = None
+        try:
+            with call.capture.active():
+                inner = call.open()
+                try:
+                    return inner, [next(inner)]
+                except StopIteration:
+                    return inner, []
+        except Exception as error:
+            _close(inner, call.capture)
+            if attempt or not call.refused(error):
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _astart(call: Call) -> tuple[Any, list[Any]]:
+    for attempt in (0, 1):
+        inner = None
+        try:
+            with call.capture.active():
+                inner = await call.aopen()
+                try:
+                    return inner, [await inner.__anext__()]
+                except StopAsyncIteration:
+                    return inner, []
+        except Exception as error:
+            await _aclose(inner, call.capture)
+            if attempt or not call.refused(error):
+                raise
+    raise AssertionError("unreachable")
+
+
 def run(call: Call) -> Iterator[Any]:
     """The sync generator behind every sync call style."""
     inner = None
     try:
-        with call.capture.active():
-            inner = call.open()
-        for response in _pull(inner, call.capture):
+        inner, first = _start(call)
+        for response in itertools.chain(first, _pull(inner, call.capture)):
             yield call.handle(response)
             if call.session.should_stop:
                 break
@@ -277,12 +337,14 @@ async def arun(call: Call) -> AsyncIterator[Any]:
     """The async generator behind every async call style."""
     inner = None
     try:
-        with call.capture.active():
-            inner = await call.aopen()
-        async for response in _apull(inner, call.capture):
+        inner, first = await _astart(call)
+        for response in first:
             yield call.handle(response)
-            if call.session.should_stop:
-                break
+        if not call.session.should_stop:
+            async for response in _apull(inner, call.capture):
+                yield call.handle(response)
+                if call.session.should_stop:
+                    break
     finally:
         await _aclose(inner, call.capture)
     if call.wants_forcing():

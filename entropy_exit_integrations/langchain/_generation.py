@@ -1,0 +1,251 @@
+"""The I/O-free part of one ``ChatEntropyExit`` call: request, chunks in, chunks out, report.
+
+``ChatEntropyExit._stream``/``_astream`` only iterate the inner model's stream and act on
+``should_stop``; everything else (the logprobs request, the session, answer forcing, the final
+chunk with usage and report) lives here, shared by the sync and async paths.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.messages.utils import convert_to_openai_messages
+from langchain_core.outputs import ChatGenerationChunk
+
+from ..core.savings import SavingsLedger, SavingsReport
+from ..forcing import AnswerForcing, EchoStripper
+from ..session import ExitSession
+from ..tokencount import count_message_tokens
+from .callbacks import REPORT_KEY, feed_with_hint, parts_from_chunk
+
+ENTROPY_EXIT = "entropy_exit"
+WRAPPER_HINT = (
+    "ChatEntropyExit asked the inner model for them with its logprobs_kwargs "
+    "(default logprobs=True, top_logprobs=policy.top_k) and it ignored them: use a model class "
+    "that supports logprobs (ChatOpenAI against a server that returns them), or pass the "
+    "arguments your model needs as logprobs_kwargs"
+)
+_CLASSES: dict[type, type] = {}
+
+
+def openai_base(model: BaseChatModel) -> type | None:
+    """langchain-openai's ``BaseChatOpenAI`` when ``model`` is one (OpenAI-compatible), else None."""
+    try:
+        from langchain_openai.chat_models.base import BaseChatOpenAI
+    except ImportError:  # pragma: no cover - langchain-openai not installed
+        return None
+    return BaseChatOpenAI if isinstance(model, BaseChatOpenAI) else None
+
+
+def with_reasoning_capture(model: BaseChatModel) -> BaseChatModel:
+    """A copy of a ChatOpenAI-family model that keeps ``delta.reasoning_content``.
+
+    ChatOpenAI drops the ``reasoning_content``/``reasoning`` deltas of vLLM, DeepSeek and
+    llama.cpp (``--reasoning-format deepseek``); the copy's ``_convert_chunk_to_generation_chunk``
+    reads them from the raw chunk into ``additional_kwargs["reasoning_content"]``. Subclasses
+    that already convert chunks themselves (ChatDeepSeek...) and other models are returned as is.
+    """
+    base = openai_base(model)
+    if (
+        base is None
+        or type(model)._convert_chunk_to_generation_chunk is not base._convert_chunk_to_generation_chunk
+    ):
+        return model
+    cls = type(model)
+    sub = _CLASSES.get(cls)
+    if sub is None:
+
+        def _convert_chunk_to_generation_chunk(self: Any, chunk: dict, *args: Any, **kwargs: Any) -> Any:
+            generation = super(sub, self)._convert_chunk_to_generation_chunk(chunk, *args, **kwargs)
+            choices = chunk.get("choices") or (chunk.get("chunk") or {}).get("choices") or []
+            delta = (choices[0].get("delta") or {}) if choices else {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if generation is not None and isinstance(reasoning, str) and reasoning:
+                generation.message.additional_kwargs["reasoning_content"] = reasoning
+            return generation
+
+        sub = type(
+            cls.__name__,
+            (cls,),
+            {
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "_convert_chunk_to_generation_chunk": _convert_chunk_to_generation_chunk,
+            },
+        )
+        _CLASSES[cls] = sub
+    clone = copy.copy(model)
+    object.__setattr__(clone, "__class__", sub)
+    return clone
+
+
+class Generation:
+    """One monitored call of the inner model (and, after an exit, its forcing request)."""
+
+    def __init__(
+        self,
+        inner: BaseChatModel,
+        policy: Any,
+        messages: list[BaseMessage],
+        kwargs: dict[str, Any],
+        *,
+        logprobs_kwargs: dict[str, Any] | None,
+        force_answer: bool | None,
+        forcing: AnswerForcing,
+        ledger: SavingsLedger | None,
+    ) -> None:
+        self.inner = inner
+        self.messages = messages
+        self.openai = openai_base(inner) is not None
+        self.base_url = str(getattr(inner, "openai_api_base", "") or "") if self.openai else ""
+        request = dict(kwargs)
+        if logprobs_kwargs is None:
+            logprobs_kwargs = {"logprobs": True}
+            if getattr(inner, "top_logprobs", None) is None:
+                logprobs_kwargs["top_logprobs"] = policy.top_k
+        for key, value in logprobs_kwargs.items():
+            request.setdefault(key, value)
+        if self.openai:
+            request.setdefault("stream_usage", True)
+        self.request = request
+        self.force_answer = force_answer
+        self.forcing = forcing if self.openai else dataclasses.replace(forcing, style="followup")
+        self.ledger = ledger
+        budget = request.get(
+            "max_tokens", request.get("max_completion_tokens", getattr(inner, "max_tokens", None))
+        )
+        self.model_name = str(
+            request.get("model") or getattr(inner, "model_name", None) or getattr(inner, "model", "") or ""
+        )
+        if "response_format" in request:  # a cut JSON document would not parse: monitor only
+            policy = dataclasses.replace(policy, threshold=0.0)
+        self.session = ExitSession(
+            policy, max_tokens=budget if isinstance(budget, int) else None, model=self.model_name or None
+        )
+        self.inner_usage: dict[str, Any] | None = None
+        self.saw_model_name = False
+        self.stripper: EchoStripper | None = None
+        self.forced_tokens = 0
+        self.forced_usage: dict[str, Any] | None = None
+        self.forced_text = ""
+        self.report: SavingsReport | None = None
+
+    @property
+    def should_stop(self) -> bool:
+        return self.session.should_stop
+
+    def handle(self, chunk: ChatGenerationChunk) -> ChatGenerationChunk:
+        """Account for one inner chunk; returns it with its usage held back for the last chunk."""
+        feed_with_hint(self.session, parts_from_chunk(chunk), WRAPPER_HINT)
+        message = chunk.message
+        self.saw_model_name |= bool(
+            (chunk.generation_info or {}).get("model_name") or message.response_metadata.get("model_name")
+        )
+        if isinstance(message, AIMessageChunk) and message.usage_metadata:
+            self.inner_usage = dict(message.usage_metadata)
+            message = message.model_copy(update={"usage_metadata": None})
+        return ChatGenerationChunk(message=message, generation_info=chunk.generation_info)
+
+    def wants_forcing(self) -> bool:
+        if not self.should_stop or self.force_answer is False:
+            return False
+        return self.force_answer is True or self.session.exited_in_reasoning
+
+    def forcing_call(self) -> tuple[list[BaseMessage], dict[str, Any]]:
+        """Messages and kwargs of the short request that asks for the final answer."""
+        session = self.session
+        inline = session.inline_think or (
+            self.openai and bool(session.reasoning)
+        )  # ChatOpenAI drops the field
+        tail, extra, prefix = self.forcing.chat_request(
+            [], reasoning=session.reasoning, text=session.text, inline_think=inline, base_url=self.base_url
+        )
+        messages = list(self.messages)
+        for item in tail:
+            if item["role"] == "user":
+                messages.append(HumanMessage(item["content"]))
+            else:
+                thought = (
+                    {"reasoning_content": item["reasoning_content"]} if "reasoning_content" in item else {}
+                )
+                messages.append(AIMessage(item["content"], additional_kwargs=thought))
+        drop = ("max_tokens", "max_completion_tokens", "n", "stop", "tool_choice", "stream_options")
+        kwargs = {k: v for k, v in self.request.items() if k not in drop}
+        kwargs.update(max_tokens=self.forcing.max_tokens, logprobs=True, top_logprobs=1)
+        if extra and self.openai:
+            kwargs["extra_body"] = {
+                **(getattr(self.inner, "extra_body", None) or {}),
+                **(kwargs.get("extra_body") or {}),
+                **extra,
+            }
+        self.stripper = EchoStripper(prefix)
+        return messages, kwargs
+
+    def handle_forced(self, chunk: ChatGenerationChunk) -> ChatGenerationChunk | None:
+        """Only the text of a forcing chunk goes on (its metadata would clash with the first call's)."""
+        parts = parts_from_chunk(chunk)
+        self.forced_tokens += len(parts.tokens)
+        if parts.usage is not None:
+            self.forced_usage = parts.usage
+        assert self.stripper is not None
+        return self._forced_chunk(self.stripper.feed(parts.content))
+
+    def _forced_chunk(self, text: str) -> ChatGenerationChunk | None:
+        if not text:
+            return None
+        first = not self.forced_text
+        if first and self.session.text.strip():
+            text = f"{self.forcing.cue}{text}"  # a cut answer keeps the cue so that it reads on
+        elif first:
+            text = text.lstrip()
+        self.forced_text += text
+        return ChatGenerationChunk(message=AIMessageChunk(content=text))
+
+    def final_chunk(self) -> ChatGenerationChunk:
+        """The last chunk: usage, the report (plain data, once), the exit's finish reason."""
+        session = self.session
+        tail = None
+        if self.stripper is not None:
+            tail = self._forced_chunk(self.stripper.flush())
+        session.close_text()
+        if self.forced_text:
+            session.add_forced_answer(self.forced_text)
+        forced_tokens = self.forced_tokens
+        if self.forced_usage and self.forced_usage.get("completion_tokens") is not None:
+            forced_tokens = int(self.forced_usage["completion_tokens"])
+        prompt, estimated = self._prompt_tokens()
+        self.report = session.report(
+            forced_answer_tokens=forced_tokens, prompt_tokens=prompt, prompt_tokens_estimated=estimated
+        )
+        if self.ledger is not None:
+            self.ledger.record(self.report)
+        usage = session.usage_block(self.report)
+        metadata: dict[str, Any] = {REPORT_KEY: self.report.to_dict()}
+        if self.should_stop and session.finish_reason is None:
+            metadata["finish_reason"] = ENTROPY_EXIT
+        if not self.saw_model_name and self.model_name:
+            metadata["model_name"] = self.model_name
+        message = AIMessageChunk(
+            content=tail.message.content if tail is not None else "",
+            response_metadata=metadata,
+            usage_metadata={
+                "input_tokens": int(usage.get("prompt_tokens") or 0),
+                "output_tokens": int(usage.get("completion_tokens") or 0),
+                "total_tokens": int(usage.get("total_tokens") or 0),
+            },
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=message)
+
+    def _prompt_tokens(self) -> tuple[int | None, bool]:
+        if self.inner_usage is not None:
+            return int(self.inner_usage.get("input_tokens") or 0), False
+        try:
+            dicts = convert_to_openai_messages(self.messages)
+        except Exception:  # noqa: BLE001 - exotic content: a rough count is all that is needed
+            dicts = [{"content": m.text} for m in self.messages]
+        return count_message_tokens(list(dicts), self.model_name or None).tokens, True

@@ -1,0 +1,362 @@
+"""ChatEntropyExit: any LangChain chat model, stopped early once its tokens say it is sure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableParallel, RunnableSequence
+from langchain_core.tools import BaseTool
+from pydantic import ConfigDict, Field, SkipValidation, model_validator
+
+from ..core.policy import ExitPolicy
+from ..core.savings import SavingsLedger
+from ..forcing import AnswerForcing
+from ._generation import Generation, with_reasoning_capture
+from .callbacks import REPORT_KEY
+
+
+class ChatEntropyExit(BaseChatModel):
+    """Wraps a chat model; stops its stream once the model is confident, and reports the savings.
+
+    Every call streams the inner model with logprobs requested (``logprobs=True,
+    top_logprobs=policy.top_k`` unless ``logprobs_kwargs`` says otherwise), feeds each chunk to
+    an ``ExitSession`` and, when the policy says "confident", closes the inner stream (the HTTP
+    response, so the server stops generating). When the exit cut the reasoning (or always, with
+    ``force_answer=True``) a short second request asks for the final answer: for OpenAI-compatible
+    inner models the cut text goes back as a trailing assistant message the server continues
+    (llama.cpp, vLLM); elsewhere as a follow-up user turn. The last chunk carries
+    ``usage_metadata`` (counted from the logprob entries when the stream was cut) and
+    ``response_metadata["entropy_exit"]``: the ``SavingsReport`` as plain data.
+
+    Tool calls are never cut in the middle; ``bind_tools``, ``with_structured_output``, ``stop``,
+    callbacks, tags and metadata pass through. Reasoning that vLLM/DeepSeek-style servers send in
+    ``delta.reasoning_content`` (dropped by ChatOpenAI) is kept in
+    ``additional_kwargs["reasoning_content"]``.
+
+    Setup:
+        ``pip install "entropy-exit-integrations[langchain]"``; any chat model whose provider
+        streams logprobs (ChatOpenAI against OpenAI, vLLM, llama.cpp, SGLang, Together...).
+
+    Key init args:
+        model: the inner ``BaseChatModel``, or a ``"provider:model"`` string for
+            ``init_chat_model`` (extra keyword arguments such as ``temperature``, ``max_tokens``
+            or ``base_url`` then go to it).
+        policy: the ``ExitPolicy``.
+        force_answer: None (after an exit in the reasoning), True (after any exit), False.
+        forcing: ``AnswerForcing`` (style, budget, cue of the forcing request).
+        ledger: a ``SavingsLedger`` that records every call's report.
+        logprobs_kwargs: call kwargs that ask the inner model for logprobs.
+
+    Instantiate (the embedded server: ``entropy-exit serve`` prints its URL):
+        .. code-block:: python
+
+            from langchain_openai import ChatOpenAI
+            from entropy_exit_integrations import ExitPolicy
+            from entropy_exit_integrations.langchain import ChatEntropyExit
+
+            inner = ChatOpenAI(base_url="http://127.0.0.1:8080/v1", api_key="none",
+                               model="smollm2-135m-instruct", temperature=0, max_tokens=200)
+            llm = ChatEntropyExit(model=inner, policy=ExitPolicy(threshold=1.0, min_tokens=8))
+
+    Invoke:
+        .. code-block:: python
+
+            msg = llm.invoke("What is 7 + 5? Explain.")
+            report = msg.response_metadata["entropy_exit"]
+            print(msg.content, report["exited"], report["tokens_saved_vs_budget"])
+
+    Stream:
+        .. code-block:: python
+
+            for chunk in llm.stream("Name three colours."):
+                print(chunk.content, end="")
+
+    In a chain, with tools:
+        .. code-block:: python
+
+            from langchain_core.output_parsers import StrOutputParser
+            from langchain_core.prompts import ChatPromptTemplate
+
+            chain = ChatPromptTemplate.from_template("{q}") | llm | StrOutputParser()
+            print(chain.batch([{"q": "2+2?"}, {"q": "3+3?"}]))
+            llm.bind_tools([my_tool]).invoke("...")
+
+    Usage metadata:
+        .. code-block:: python
+
+            msg.usage_metadata  # {'input_tokens': ..., 'output_tokens': ..., 'total_tokens': ...}
+
+    Observability: the report is in the message's ``response_metadata`` (tracers record it with
+    the run's outputs); when the model is invoked without streaming it is also written into the
+    run's metadata of every attached tracer (LangSmith shows it next to ``usage_metadata``).
+    """
+
+    model: BaseChatModel
+    policy: SkipValidation[ExitPolicy]
+    force_answer: bool | None = None
+    forcing: SkipValidation[AnswerForcing] = Field(default_factory=AnswerForcing)
+    ledger: SkipValidation[SavingsLedger | None] = None  # noqa: UP007 - pydantic needs it at runtime
+    logprobs_kwargs: dict[str, Any] | None = None
+    capture_reasoning: bool = True
+    """Keep ``reasoning_content`` deltas that ChatOpenAI drops (ChatOpenAI-family models only)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _build_model(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        own = set(cls.model_fields) | {
+            "callbacks",
+            "tags",
+            "metadata",
+            "verbose",
+            "cache",
+            "rate_limiter",
+            "disable_streaming",
+            "output_version",
+            "profile",
+        }
+        extra = {k: v for k, v in values.items() if k not in own}
+        if not extra:
+            return values
+        if not isinstance(values.get("model"), str):
+            raise TypeError(
+                f"ChatEntropyExit got {sorted(extra)}: set them on the inner model (or pass "
+                "model='provider:model-name' to build it with init_chat_model)"
+            )
+        from langchain.chat_models import init_chat_model
+
+        rest = {k: v for k, v in values.items() if k in own}
+        return {**rest, "model": init_chat_model(values["model"], **extra)}
+
+    @property
+    def _llm_type(self) -> str:
+        return "entropy-exit"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model": self.model._llm_type,
+            **self.model._identifying_params,
+            "policy": self.policy.to_dict(),
+            "force_answer": self.force_answer,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        return self.model._get_ls_params(stop=stop, **kwargs)
+
+    def _inner(self) -> BaseChatModel:
+        return with_reasoning_capture(self.model) if self.capture_reasoning else self.model
+
+    def _generation(
+        self, inner: BaseChatModel, messages: list[BaseMessage], kwargs: dict[str, Any]
+    ) -> Generation:
+        return Generation(
+            inner,
+            self.policy,
+            messages,
+            kwargs,
+            logprobs_kwargs=self.logprobs_kwargs,
+            force_answer=self.force_answer,
+            forcing=self.forcing,
+            ledger=self.ledger,
+        )
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        inner = self._inner()
+        run = self._generation(inner, messages, kwargs)
+        stream = _inner_stream(inner, messages, stop, run.request)
+        try:
+            for chunk in stream:
+                yield run.handle(chunk)
+                if run.should_stop:
+                    break
+        finally:
+            stream.close()  # closes the HTTP response: the server stops generating
+        if run.wants_forcing():
+            forced_messages, forced_kwargs = run.forcing_call()
+            stream = _inner_stream(inner, forced_messages, list(self.forcing.stop) or None, forced_kwargs)
+            try:
+                for chunk in stream:
+                    out = run.handle_forced(chunk)
+                    if out is not None:
+                        yield out
+            finally:
+                stream.close()
+        yield run.final_chunk()
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        inner = self._inner()
+        run = self._generation(inner, messages, kwargs)
+        stream = inner._astream(messages, stop=stop, **run.request)
+        try:
+            async for chunk in stream:
+                yield run.handle(chunk)
+                if run.should_stop:
+                    break
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        if run.wants_forcing():
+            forced_messages, forced_kwargs = run.forcing_call()
+            stream = inner._astream(forced_messages, stop=list(self.forcing.stop) or None, **forced_kwargs)
+            try:
+                async for chunk in stream:
+                    out = run.handle_forced(chunk)
+                    if out is not None:
+                        yield out
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+        yield run.final_chunk()
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        chunks = []
+        for chunk in self._stream(messages, stop=stop, **kwargs):
+            if run_manager is not None:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            chunks.append(chunk)
+        _to_run_metadata(run_manager, chunks)
+        return generate_from_stream(iter(chunks))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        chunks = []
+        async for chunk in self._astream(messages, stop=stop, **kwargs):
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            chunks.append(chunk)
+        _to_run_metadata(run_manager, chunks)
+        return await agenerate_from_stream(_aiter(chunks))
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """The inner model's ``bind_tools`` (its tool format), bound to this wrapper."""
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        bound = self.model.bind_tools(tools, **kwargs)
+        if not isinstance(bound, RunnableBinding):
+            raise TypeError(f"{type(self.model).__name__}.bind_tools returned {type(bound).__name__}")
+        return self.bind(**bound.kwargs)
+
+    def with_structured_output(self, schema: Any = None, **kwargs: Any) -> Runnable:
+        """The inner model's structured output (its methods: json_schema, function_calling...).
+
+        The inner model builds the runnable; its model step is rebound to this wrapper.
+        """
+        built = self.model.with_structured_output(schema, **kwargs)
+        swapped = _swap_model(built, self.model, self)
+        if swapped is None:
+            return super().with_structured_output(schema, **kwargs)
+        return swapped
+
+
+def _inner_stream(
+    inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+) -> Iterator[ChatGenerationChunk]:
+    if type(inner)._stream is not BaseChatModel._stream:
+        return inner._stream(messages, stop=stop, **kwargs)
+    return _not_streaming(inner, messages, stop, kwargs)
+
+
+def _not_streaming(
+    inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+) -> Iterator[ChatGenerationChunk]:
+    """A model without ``_stream``: its whole answer as one chunk (monitored, never cut)."""
+    result = inner._generate(messages, stop=stop, **kwargs)
+    for generation in result.generations:
+        msg = generation.message
+        calls = [
+            tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c.get("id"), index=i)
+            for i, c in enumerate(getattr(msg, "tool_calls", None) or [])
+        ]
+        chunk = AIMessageChunk(
+            content=msg.content,
+            additional_kwargs=msg.additional_kwargs,
+            response_metadata=msg.response_metadata,
+            usage_metadata=getattr(msg, "usage_metadata", None),
+            tool_call_chunks=calls,
+        )
+        yield ChatGenerationChunk(message=chunk, generation_info=generation.generation_info)
+
+
+async def _aiter(chunks: list[ChatGenerationChunk]) -> AsyncIterator[ChatGenerationChunk]:
+    for chunk in chunks:
+        yield chunk
+
+
+def _to_run_metadata(run_manager: Any, chunks: list[ChatGenerationChunk]) -> None:
+    """Put the report into the run's metadata of every attached tracer (LangSmith shows it)."""
+    if run_manager is None or not chunks:
+        return
+    report = chunks[-1].message.response_metadata.get(REPORT_KEY)
+    for handler in getattr(run_manager, "handlers", ()):
+        run_map = getattr(handler, "run_map", None)
+        run = run_map.get(str(run_manager.run_id)) if isinstance(run_map, dict) else None
+        extra = getattr(run, "extra", None)
+        if report is not None and isinstance(extra, dict):
+            extra.setdefault("metadata", {})[REPORT_KEY] = report
+
+
+def _swap_model(runnable: Any, old: BaseChatModel, new: BaseChatModel) -> Any:
+    """``runnable`` with its ``RunnableBinding(bound=old)`` steps bound to ``new``; None if none."""
+    if isinstance(runnable, RunnableBinding) and runnable.bound is old:
+        return runnable.__class__(
+            bound=new,
+            kwargs=runnable.kwargs,
+            config=runnable.config,
+            config_factories=runnable.config_factories,
+            custom_input_type=runnable.custom_input_type,
+            custom_output_type=runnable.custom_output_type,
+        )
+    if runnable is old:
+        return new
+    if isinstance(runnable, RunnableSequence):
+        steps = [_swap_model(step, old, new) for step in runnable.steps]
+        if all(s is None for s in steps):
+            return None
+        return RunnableSequence(
+            *[s if s is not None else o for s, o in zip(steps, runnable.steps)], name=runnable.name
+        )
+    if isinstance(runnable, RunnableParallel):
+        swapped = {k: _swap_model(v, old, new) for k, v in runnable.steps__.items()}
+        if all(s is None for s in swapped.values()):
+            return None
+        return RunnableParallel({k: s if s is not None else runnable.steps__[k] for k, s in swapped.items()})
+    return None

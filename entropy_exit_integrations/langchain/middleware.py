@@ -1,0 +1,125 @@
+"""EntropyExitMiddleware: early exit on every model call of a ``create_agent`` agent loop.
+
+Example (the embedded server: ``entropy-exit serve`` prints its URL)::
+
+    from langchain.agents import create_agent
+    from langchain_openai import ChatOpenAI
+    from entropy_exit_integrations import ExitPolicy
+    from entropy_exit_integrations.langchain import EntropyExitMiddleware
+
+    middleware = EntropyExitMiddleware(ExitPolicy(threshold=1.0, min_tokens=8))
+    agent = create_agent(ChatOpenAI(base_url=url, api_key="none", model=model, max_tokens=200),
+                         tools=[get_weather], middleware=[middleware])
+    result = agent.invoke({"messages": [{"role": "user", "content": "Weather in Paris?"}]})
+    print(result["entropy_exit"])                   # one report per model call (step)
+    print(EntropyExitMiddleware.summary(result))    # saved tokens over the whole run
+    print(middleware.ledger)                        # every run this middleware has seen
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Any
+
+from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
+from langchain.agents.middleware.types import ExtendedModelResponse
+from langchain_core.messages import AIMessage
+from langgraph.types import Command
+from typing_extensions import NotRequired
+
+from ..core.policy import ExitPolicy
+from ..core.savings import SavingsLedger
+from ..forcing import AnswerForcing
+from .callbacks import REPORT_KEY
+from .chat_models import ChatEntropyExit
+
+STATE_KEY = "entropy_exit"
+"""Agent state key (and result key) holding one report per model call."""
+
+
+class EntropyExitState(AgentState):
+    """Agent state with the per-step exit reports of this run (appended, never overwritten)."""
+
+    entropy_exit: NotRequired[Annotated[list[dict[str, Any]], operator.add]]
+
+
+class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
+    """Wraps each model call of the agent in ``ChatEntropyExit`` and keeps the run's ledger.
+
+    Every step's ``SavingsReport`` (plain data, plus ``"step"``: the model call's index in the
+    run) is appended to ``result["entropy_exit"]``; ``EntropyExitMiddleware.summary(result)``
+    totals them. Each AIMessage also carries its own report in
+    ``response_metadata["entropy_exit"]``, and ``middleware.ledger`` collects every report of
+    every run. Tool calls are never cut in the middle.
+
+    Args:
+        policy: the exit rule.
+        force_answer, forcing, logprobs_kwargs: as for ``ChatEntropyExit``.
+        ledger: the ledger to record into (a new one by default).
+    """
+
+    state_schema = EntropyExitState
+
+    def __init__(
+        self,
+        policy: ExitPolicy,
+        *,
+        force_answer: bool | None = None,
+        forcing: AnswerForcing | None = None,
+        logprobs_kwargs: dict[str, Any] | None = None,
+        ledger: SavingsLedger | None = None,
+    ) -> None:
+        super().__init__()
+        self.policy = policy
+        self.force_answer = force_answer
+        self.forcing = forcing or AnswerForcing()
+        self.logprobs_kwargs = logprobs_kwargs
+        self.ledger = ledger if ledger is not None else SavingsLedger()
+
+    def _wrapped(self, request: ModelRequest) -> ModelRequest:
+        if isinstance(request.model, ChatEntropyExit):
+            return request
+        model = ChatEntropyExit(
+            model=request.model,
+            policy=self.policy,
+            force_answer=self.force_answer,
+            forcing=self.forcing,
+            logprobs_kwargs=self.logprobs_kwargs,
+            ledger=self.ledger,
+        )
+        return request.override(model=model)
+
+    def _with_reports(self, request: ModelRequest, response: Any) -> Any:
+        messages = response.result if isinstance(response, ModelResponse) else [response]
+        step = len((request.state or {}).get(STATE_KEY) or [])
+        reports = []
+        for message in messages:
+            report = message.response_metadata.get(REPORT_KEY) if isinstance(message, AIMessage) else None
+            if report is not None:
+                reports.append({"step": step + len(reports), **report})
+        if not reports:
+            return response
+        if isinstance(response, AIMessage):
+            response = ModelResponse(result=[response])
+        return ExtendedModelResponse(model_response=response, command=Command(update={STATE_KEY: reports}))
+
+    def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
+        return self._with_reports(request, handler(self._wrapped(request)))
+
+    async def awrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
+    ) -> Any:
+        return self._with_reports(request, await handler(self._wrapped(request)))
+
+    @staticmethod
+    def summary(result: Mapping[str, Any]) -> dict[str, Any]:
+        """Totals over an agent result's steps: tokens generated and saved, exits, per step."""
+        steps = list(result.get(STATE_KEY) or [])
+        return {
+            "steps": len(steps),
+            "exits": sum(bool(s.get("exited")) for s in steps),
+            "tokens_generated": sum(s.get("tokens_generated") or 0 for s in steps),
+            "tokens_saved_vs_budget": sum(s.get("tokens_saved_vs_budget") or 0 for s in steps),
+            "saved_per_step": [s.get("tokens_saved_vs_budget") or 0 for s in steps],
+        }
