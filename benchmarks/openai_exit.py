@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -91,10 +92,14 @@ def main() -> None:
             kwargs = dict(
                 model=model, messages=messages_for(problem), max_tokens=args.max_tokens, temperature=0
             )
-            base, base_tok, base_s = measured(server, lambda: stream_chat(client, policy=never, **kwargs))
+            base, base_tok, base_s = measured(
+                server, functools.partial(stream_chat, client, policy=never, **kwargs)
+            )
             cut, cut_tok, cut_s = measured(
                 server,
-                lambda: stream_chat(client, policy=policy, force_answer=True, keep_chunks=True, **kwargs),
+                functools.partial(
+                    stream_chat, client, policy=policy, force_answer=True, keep_chunks=True, **kwargs
+                ),
             )
             overhead = client_processing_seconds(cut, policy) / cut.report.wall_time_s
             rows.append((problem, base, base_tok, base_s, cut, cut_tok, cut_s, overhead))

@@ -30,7 +30,7 @@ def _add_serve_parser(subparsers: Subparsers) -> None:
     )
     parser.add_argument("--port", type=int, default=None, help="port to listen on (default: a free one)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp decides)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: half the CPUs)")
     parser.add_argument("--ctx-size", type=int, default=4096, help="context size per slot (default: 4096)")
     parser.add_argument("--parallel", type=int, default=2, help="slots = streams served at once (default: 2)")
     parser.set_defaults(func=_run_serve)
@@ -71,13 +71,21 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 def _add_model_arguments(parser: argparse.ArgumentParser, *, n: int, dataset: str) -> None:
     """Options shared by ``calibrate`` and ``bench``: endpoint, model, questions, request settings."""
-    parser.add_argument("--base-url", default=None, help="OpenAI-compatible base URL (default: start the embedded server)")
+    parser.add_argument(
+        "--base-url", default=None, help="OpenAI-compatible base URL (default: start the embedded server)"
+    )
     parser.add_argument("--model", default=None, help="model id (default: the server's first model)")
     parser.add_argument("--api-key", default="sk-no-key", help="API key for the endpoint")
-    parser.add_argument("--dataset", default=dataset, help="arithmetic, gsm8k, math500, aime24 or a JSONL path "
-                        f"(default: {dataset}; SmolLM2-135M solves no GSM8K, arithmetic is its demo set)")
+    parser.add_argument(
+        "--dataset",
+        default=dataset,
+        help="arithmetic, gsm8k, math500, aime24 or a JSONL path "
+        f"(default: {dataset}; SmolLM2-135M solves no GSM8K, arithmetic is its demo set)",
+    )
     parser.add_argument("--n", type=int, default=n, help=f"questions (default: {n})")
-    parser.add_argument("--max-tokens", type=int, default=64, help="generation budget per question (default: 64)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=64, help="generation budget per question (default: 64)"
+    )
     parser.add_argument("--system-prompt", default=None, help="override the dataset's system prompt")
     parser.add_argument("--concurrency", type=int, default=2, help="requests in flight (default: 2)")
     parser.add_argument("--retries", type=int, default=3, help="retries per request (default: 3)")
@@ -88,19 +96,32 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, n: int, dataset: st
 def _run_config(args: argparse.Namespace, model: str) -> Any:
     from .bench.runner import RunConfig
 
-    return RunConfig(model=model, max_tokens=args.max_tokens, seed=args.seed, system_prompt=args.system_prompt,
-                     concurrency=args.concurrency, retries=args.retries, progress=not args.no_progress)
+    return RunConfig(
+        model=model,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        system_prompt=args.system_prompt,
+        concurrency=args.concurrency,
+        retries=args.retries,
+        progress=not args.no_progress,
+    )
 
 
 def _add_calibrate_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
-        "calibrate", help="set the entropy threshold from a few graded questions and save a profile",
+        "calibrate",
+        help="set the entropy threshold from a few graded questions and save a profile",
         description="Run the model on n calibration questions (train split where one exists), grade them, "
         "print per-class entropy statistics, AUROC (95%% bootstrap CI), length-only AUROC, tau per method and "
-        "a verdict, and save the profile as JSON.")
+        "a verdict, and save the profile as JSON.",
+    )
     _add_model_arguments(parser, n=16, dataset="arithmetic")
-    parser.add_argument("--method", default="mean", choices=["mean", "info", "bayes", "quantile", "deepconf"],
-                        help="method whose tau the profile uses (default: mean, the paper's)")
+    parser.add_argument(
+        "--method",
+        default="mean",
+        choices=["mean", "info", "bayes", "quantile", "deepconf"],
+        help="method whose tau the profile uses (default: mean, the paper's)",
+    )
     parser.add_argument("--out", default="profile.json", help="profile path (default: profile.json)")
     parser.add_argument("--traces", default=None, help="also save the recorded traces (JSONL)")
     parser.set_defaults(func=_run_calibrate)
@@ -110,8 +131,16 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from .bench.commands import connect, run_calibration
 
     with connect(args.base_url, args.model, args.api_key) as (client, model):
-        cal = run_calibration(client, _run_config(args, model), dataset=args.dataset, n=args.n,
-                              method=args.method, seed=args.seed, out=args.out, traces_out=args.traces)
+        cal = run_calibration(
+            client,
+            _run_config(args, model),
+            dataset=args.dataset,
+            n=args.n,
+            method=args.method,
+            seed=args.seed,
+            out=args.out,
+            traces_out=args.traces,
+        )
     print(cal.summary())
     print(f"profile saved to {args.out}")
     return 0
@@ -119,10 +148,12 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
 def _add_bench_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
-        "bench", help="measure token savings against accuracy for every exit rule on one model",
+        "bench",
+        help="measure token savings against accuracy for every exit rule on one model",
         description="Record full greedy traces (top-20 logprobs), replay every rule offline (no exit, our gate "
         "and streaming exit, budget cut, DeepConf online, fixed 0.15 bits), confirm the chosen ones live with "
-        "answer forcing, and write results.json, results.md and PNG plots.")
+        "answer forcing, and write results.json, results.md and PNG plots.",
+    )
     _add_model_arguments(parser, n=100, dataset="arithmetic")
     parser.add_argument("--profile", default=None, help="calibration profile from `entropy-exit calibrate`")
     parser.add_argument("--out", default="bench-out", help="output directory (default: bench-out)")
@@ -139,12 +170,22 @@ def _run_bench(args: argparse.Namespace) -> int:
     profile = Calibration.load(args.profile) if args.profile else None
     options = BenchOptions(window=args.window, min_tokens=args.min_tokens, live=not args.no_live)
     with connect(args.base_url, args.model, args.api_key) as (client, model):
-        rows = run_bench(client, _run_config(args, model), dataset=args.dataset, n=args.n, out_dir=args.out,
-                         profile=profile, options=options, seed=args.seed)
+        rows = run_bench(
+            client,
+            _run_config(args, model),
+            dataset=args.dataset,
+            n=args.n,
+            out_dir=args.out,
+            profile=profile,
+            options=options,
+            seed=args.seed,
+        )
     for row in rows:
-        print(f"{row.rule:<40} acc {row.accuracy:6.1%}  tokens {row.tokens:>7}  saved {row.saved_pct:5.1f}% "
-              f"(kept {row.saved_kept_pct:5.1f}%)  exits {row.exits:>4} (before answer {row.exits_before_answer})"
-              f"  {row.verdict}")
+        print(
+            f"{row.rule:<40} acc {row.accuracy:6.1%}  tokens {row.tokens:>7}  saved {row.saved_pct:5.1f}% "
+            f"(kept {row.saved_kept_pct:5.1f}%)  exits {row.exits:>4} (before answer {row.exits_before_answer})"
+            f"  {row.verdict}"
+        )
     print(f"results: {args.out}/results.json, {args.out}/results.md, plots in {args.out}/")
     return 0
 

@@ -19,7 +19,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .core.calibration import Calibration, sequence_entropy
 from .core.policy import ExitPolicy
@@ -35,8 +35,9 @@ def _default_extract(text: str) -> str:
 class Refine:
     """Second round: the first attempt goes back as an assistant turn, then this instruction."""
 
-    instruction: str = ("Check your reasoning above step by step, fix any mistake, and state the final "
-                        "answer again.")
+    instruction: str = (
+        "Check your reasoning above step by step, fix any mistake, and state the final answer again."
+    )
     max_tokens: int | None = None
 
 
@@ -56,7 +57,7 @@ class BiggerBudget:
     factor: float = 4.0
 
 
-ExtendedStep = Union[Refine, Vote, BiggerBudget]
+ExtendedStep = Refine | Vote | BiggerBudget
 
 
 @dataclass
@@ -115,8 +116,15 @@ class EntropyGate:
         expected_extended_tokens: cost of the extended step for savings before any was observed.
     """
 
-    def __init__(self, tau: float | Calibration, extended: ExtendedStep | None = None, *, top_k: int = 20,
-                 allow_weak: bool = False, expected_extended_tokens: float | None = None) -> None:
+    def __init__(
+        self,
+        tau: float | Calibration,
+        extended: ExtendedStep | None = None,
+        *,
+        top_k: int = 20,
+        allow_weak: bool = False,
+        expected_extended_tokens: float | None = None,
+    ) -> None:
         if isinstance(tau, Calibration):
             policy = ExitPolicy.from_calibration(tau, allow_weak=allow_weak, top_k=min(top_k, tau.k))
             self.tau = policy.threshold
@@ -143,8 +151,15 @@ class EntropyGate:
         first = stream_chat(client, policy=self.record_policy, **create_kwargs)
         entropy = sequence_entropy(first.tokens, k=self.record_policy.top_k)
         if entropy is not None and entropy <= self.tau:
-            return GateResult(first.text, True, entropy, self.tau, first, first_tokens=_tokens(first),
-                              estimated_extended_tokens=self.expected_extended_tokens)
+            return GateResult(
+                first.text,
+                True,
+                entropy,
+                self.tau,
+                first,
+                first_tokens=_tokens(first),
+                estimated_extended_tokens=self.expected_extended_tokens,
+            )
         text, runs = self.extend(client, first, entropy, create_kwargs)
         spent = sum(_tokens(r) for r in runs)
         with self._lock:
@@ -153,15 +168,19 @@ class EntropyGate:
 
     __call__ = run
 
-    def extend(self, client: Any, first: Any, entropy: float | None,
-               create_kwargs: dict[str, Any]) -> tuple[str, list[Any]]:
+    def extend(
+        self, client: Any, first: Any, entropy: float | None, create_kwargs: dict[str, Any]
+    ) -> tuple[str, list[Any]]:
         """Run the extended step after ``first``; returns the final text and the runs it made."""
         from .openai import stream_chat
 
         step, policy = self.extended, self.record_policy
         if isinstance(step, Refine):
-            messages = [*create_kwargs["messages"], {"role": "assistant", "content": first.text},
-                        {"role": "user", "content": step.instruction}]
+            messages = [
+                *create_kwargs["messages"],
+                {"role": "assistant", "content": first.text},
+                {"role": "user", "content": step.instruction},
+            ]
             kwargs = {**create_kwargs, "messages": messages}
             if step.max_tokens is not None:
                 kwargs["max_tokens"] = step.max_tokens
@@ -188,7 +207,8 @@ class EntropyGate:
         return winner, runs
 
 
-def entropy_gate(client: Any, *, tau: float | Calibration, extended: ExtendedStep | None = None,
-                 **create_kwargs: Any) -> GateResult:
+def entropy_gate(
+    client: Any, *, tau: float | Calibration, extended: ExtendedStep | None = None, **create_kwargs: Any
+) -> GateResult:
     """One-shot form of ``EntropyGate(tau, extended).run(client, **create_kwargs)``."""
     return EntropyGate(tau, extended).run(client, **create_kwargs)

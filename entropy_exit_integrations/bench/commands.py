@@ -41,8 +41,17 @@ def connect(base_url: str | None, model: str | None, api_key: str = "sk-no-key")
         yield client, model
 
 
-def run_calibration(client: Any, config: RunConfig, *, dataset: str, n: int, method: str = "mean",
-                    seed: int = 0, out: str | Path | None = None, traces_out: str | Path | None = None) -> Calibration:
+def run_calibration(
+    client: Any,
+    config: RunConfig,
+    *,
+    dataset: str,
+    n: int,
+    method: str = "mean",
+    seed: int = 0,
+    out: str | Path | None = None,
+    traces_out: str | Path | None = None,
+) -> Calibration:
     """Run n calibration questions (train split where one exists), grade, calibrate, save."""
     problems = load_dataset(dataset, split="train", n=n, seed=seed)
     traces = record_traces(client, problems, config)
@@ -79,7 +88,9 @@ def _replayed(rule: Any, traces: list[Trace]) -> tuple[list[Outcome], RuleSummar
     threshold = getattr(getattr(rule, "policy", None), "threshold", getattr(rule, "threshold", None))
     if isinstance(rule, BudgetCut):
         threshold = float(rule.budget)
-    return outcomes, summarise(rule.name, rule.family, outcomes, traces, wall_time_s=wall, threshold=threshold)
+    return outcomes, summarise(
+        rule.name, rule.family, outcomes, traces, wall_time_s=wall, threshold=threshold
+    )
 
 
 def _policy(tau: float, options: BenchOptions, cal: Calibration | None = None) -> ExitPolicy:
@@ -94,8 +105,17 @@ def _policy(tau: float, options: BenchOptions, cal: Calibration | None = None) -
     return policy
 
 
-def run_bench(client: Any, config: RunConfig, *, dataset: str, n: int, out_dir: str | Path,
-              profile: Calibration | None = None, options: BenchOptions | None = None, seed: int = 0) -> list[RuleSummary]:
+def run_bench(
+    client: Any,
+    config: RunConfig,
+    *,
+    dataset: str,
+    n: int,
+    out_dir: str | Path,
+    profile: Calibration | None = None,
+    options: BenchOptions | None = None,
+    seed: int = 0,
+) -> list[RuleSummary]:
     """Record, replay every rule, confirm the chosen ones live, write results, table and plots."""
     options = options or BenchOptions()
     out = Path(out_dir)
@@ -105,8 +125,15 @@ def run_bench(client: Any, config: RunConfig, *, dataset: str, n: int, out_dir: 
     traces = record_traces(client, problems, config)
     save_traces(traces, out / "traces.jsonl")
     base_wall = sum(t.wall_time_s for t in traces)
-    rows = [summarise("no exit (baseline)", "baseline", [replay_rule(BudgetCut(10**9), t) for t in traces],
-                      traces, wall_time_s=base_wall)]
+    rows = [
+        summarise(
+            "no exit (baseline)",
+            "baseline",
+            [replay_rule(BudgetCut(10**9), t) for t in traces],
+            traces,
+            wall_time_s=base_wall,
+        )
+    ]
     rows[0].extra["wall_measured"] = True
     entropies = [t.entropy for t in traces if t.entropy is not None]
     grid = sorted(set(np.round(np.linspace(min(entropies), max(entropies), options.sweep), 4)))
@@ -118,8 +145,15 @@ def run_bench(client: Any, config: RunConfig, *, dataset: str, n: int, out_dir: 
         chosen = PolicyRule(f"stream exit tau[{profile.method}]", policy)
         if options.live:
             outcomes, wall, agreement = run_live(client, problems, traces, policy, config)
-            row = summarise(chosen.name + " (live, forced)", chosen.family, outcomes, traces, forced=True,
-                            wall_time_s=wall, threshold=policy.threshold)
+            row = summarise(
+                chosen.name + " (live, forced)",
+                chosen.family,
+                outcomes,
+                traces,
+                forced=True,
+                wall_time_s=wall,
+                threshold=policy.threshold,
+            )
             row.extra.update(wall_measured=True, replay_agreement=agreement)
             rows.append(row)
     for name, tau in [(f"tau[{m}]", taus[m]) for m in METHODS if m in taus] + [(f"{t:.3f}", t) for t in grid]:
@@ -131,7 +165,11 @@ def run_bench(client: Any, config: RunConfig, *, dataset: str, n: int, out_dir: 
         rows.append(gate_summary(f"gate {name}", float(tau), traces, extended))
     rows.append(gate_summary("always extend", None, traces, extended))
     # peers on the same model
-    warm = (profile.deepconf_threshold, profile.deepconf_window) if profile and profile.deepconf_threshold else None
+    warm = (
+        (profile.deepconf_threshold, profile.deepconf_window)
+        if profile and profile.deepconf_threshold
+        else None
+    )
     peers: list[Any] = [BudgetCut(max(1, int(config.max_tokens * f))) for f in options.budgets]
     for keep in options.deepconf_keep:
         window = min(options.window, max(4, config.max_tokens // 4))
@@ -148,13 +186,30 @@ def run_bench(client: Any, config: RunConfig, *, dataset: str, n: int, out_dir: 
             t0 = time.perf_counter()
             forced = force_answers(client, traces, outcomes, config, problems)
             extra = time.perf_counter() - t0
-            rows.append(summarise(rule.name + " (forced)", rule.family, forced, traces, forced=True,
-                                  wall_time_s=(row.wall_time_s or 0.0) + extra, threshold=row.threshold))
-    meta = {"dataset": dataset, "n": len(problems), "model": config.model, "max_tokens": config.max_tokens,
-            "temperature": config.temperature, "k": 20, "profile": None if profile is None else
-            f"{profile.model}: tau[{profile.method}]={profile.tau:.3f}, verdict {profile.verdict}",
-            "policy shape": f"window {options.window}, min_tokens {options.min_tokens}",
-            "wall time s": round(time.perf_counter() - started, 1)}
+            rows.append(
+                summarise(
+                    rule.name + " (forced)",
+                    rule.family,
+                    forced,
+                    traces,
+                    forced=True,
+                    wall_time_s=(row.wall_time_s or 0.0) + extra,
+                    threshold=row.threshold,
+                )
+            )
+    meta = {
+        "dataset": dataset,
+        "n": len(problems),
+        "model": config.model,
+        "max_tokens": config.max_tokens,
+        "temperature": config.temperature,
+        "k": 20,
+        "profile": None
+        if profile is None
+        else f"{profile.model}: tau[{profile.method}]={profile.tau:.3f}, verdict {profile.verdict}",
+        "policy shape": f"window {options.window}, min_tokens {options.min_tokens}",
+        "wall time s": round(time.perf_counter() - started, 1),
+    }
     write_results(out, rows, meta=meta, extra={"calibration": profile.to_dict() if profile else None})
     savings_vs_accuracy(rows, out / "savings_vs_accuracy.png")
     entropy_distributions(traces, out / "entropy_distributions.png", profile.tau if profile else None)

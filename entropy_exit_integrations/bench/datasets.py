@@ -49,8 +49,10 @@ def find_data_dir() -> Path:
     for path in candidates:
         if (path / "gsm8k_test.jsonl").exists():
             return path.resolve()
-    raise EntropyExitError("shared data not found: set ENTROPY_EXIT_DATA to the directory holding "
-                           "gsm8k_test.jsonl, math500_test.jsonl and aime24_test.jsonl")
+    raise EntropyExitError(
+        "shared data not found: set ENTROPY_EXIT_DATA to the directory holding "
+        "gsm8k_test.jsonl, math500_test.jsonl and aime24_test.jsonl"
+    )
 
 
 def _gsm8k_answer(text: str) -> str:
@@ -73,8 +75,14 @@ def read_jsonl(path: str | Path, *, kind: str | None = None, prefix: str | None 
             guess = kind or ("numeric" if "####" in answer or _is_number(answer) else "math")
             if "####" in answer:
                 answer = _gsm8k_answer(answer)
-            problems.append(Problem(f"{prefix or path.stem}-{row.get('id', row.get('unique_id', number))}",
-                                    str(question), answer, guess))
+            problems.append(
+                Problem(
+                    f"{prefix or path.stem}-{row.get('id', row.get('unique_id', number))}",
+                    str(question),
+                    answer,
+                    guess,
+                )
+            )
     return problems
 
 
@@ -107,8 +115,9 @@ def arithmetic(n: int, *, seed: int = 0) -> list[Problem]:
     return problems
 
 
-def load_dataset(name: str, *, split: str = "test", n: int | None = None, seed: int = 0,
-                 offset: int = 0) -> list[Problem]:
+def load_dataset(
+    name: str, *, split: str = "test", n: int | None = None, seed: int = 0, offset: int = 0
+) -> list[Problem]:
     """Load ``name`` (a built-in name or a JSONL path); the first ``n`` rows after ``offset``.
 
     ``split="train"`` uses the GSM8K train head where it exists (for calibration) and falls back to

@@ -29,8 +29,9 @@ class Extended:
     wall_time_s: float
 
 
-def run_extended(client: Any, problems: Sequence[Problem], traces: Sequence[Trace], gate: EntropyGate,
-                 config: RunConfig) -> list[Extended]:
+def run_extended(
+    client: Any, problems: Sequence[Problem], traces: Sequence[Trace], gate: EntropyGate, config: RunConfig
+) -> list[Extended]:
     """Run the gate's extended step after every recorded first pass."""
     import time
 
@@ -53,7 +54,9 @@ class _FirstPass:
         self.tokens = trace.tokens
 
 
-def gate_summary(name: str, tau: float | None, traces: Sequence[Trace], extended: Sequence[Extended]) -> RuleSummary:
+def gate_summary(
+    name: str, tau: float | None, traces: Sequence[Trace], extended: Sequence[Extended]
+) -> RuleSummary:
     """The gate at ``tau`` (None: always extend) against always running the extended step."""
     always_tokens = sum(len(t.tokens) + e.tokens for t, e in zip(traces, extended))
     always_correct = [e.correct for e in extended]
@@ -75,13 +78,21 @@ def gate_summary(name: str, tau: float | None, traces: Sequence[Trace], extended
             kept += len(trace.tokens) + ext.tokens - cost
     n = max(len(traces), 1)
     return RuleSummary(
-        rule=name, family="gate (paper)" if tau is not None else "always extend", n=len(traces),
-        accuracy=sum(correct) / n, baseline_accuracy=sum(always_correct) / n, tokens=used,
+        rule=name,
+        family="gate (paper)" if tau is not None else "always extend",
+        n=len(traces),
+        accuracy=sum(correct) / n,
+        baseline_accuracy=sum(always_correct) / n,
+        tokens=used,
         baseline_tokens=always_tokens,
         saved_pct=100.0 * (always_tokens - used) / always_tokens if always_tokens else 0.0,
         saved_kept_pct=100.0 * kept / always_tokens if always_tokens else 0.0,
-        exits=passed, exits_before_answer=0, recovered_by_forcing=None,
+        exits=passed,
+        exits_before_answer=0,
+        recovered_by_forcing=None,
         answers_lost=sum(a and not c for a, c in zip(always_correct, correct)),
         answers_gained=sum(c and not a for a, c in zip(always_correct, correct)),
-        wall_time_s=wall, threshold=tau, extra={"versus": "always extended", "wall_measured": True},
+        wall_time_s=wall,
+        threshold=tau,
+        extra={"versus": "always extended", "wall_measured": True},
     )

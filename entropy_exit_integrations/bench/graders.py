@@ -29,9 +29,7 @@ def parse_number(text: str) -> Fraction | None:
     sign = 1
     if s.startswith("-"):
         sign, s = -1, s[1:]
-    m = re.fullmatch(r"\\frac\{(-?[\d.]+)\}\{(-?[\d.]+)\}", s) or re.fullmatch(
-        r"(-?[\d.]+)/(-?[\d.]+)", s
-    )
+    m = re.fullmatch(r"\\frac\{(-?[\d.]+)\}\{(-?[\d.]+)\}", s) or re.fullmatch(r"(-?[\d.]+)/(-?[\d.]+)", s)
     try:
         if m:
             den = Fraction(m.group(2))

@@ -30,7 +30,9 @@ def savings_vs_accuracy(rows: Sequence[RuleSummary], path: Path) -> Path:
         families[row.family].append(row)
     for family, items in families.items():
         items = sorted(items, key=lambda r: r.saved_pct)
-        ax.plot([r.saved_pct for r in items], [100 * r.accuracy for r in items], "o-", label=family, alpha=0.8)
+        ax.plot(
+            [r.saved_pct for r in items], [100 * r.accuracy for r in items], "o-", label=family, alpha=0.8
+        )
     baseline = [r.baseline_accuracy for r in rows if r.extra.get("versus", "no exit") == "no exit"]
     if baseline:
         ax.axhline(100 * baseline[0], color="grey", linestyle="--", label="no exit")
@@ -51,7 +53,9 @@ def entropy_distributions(traces: Sequence[Trace], path: Path, tau: float | None
     for label, correct in (("correct", True), ("incorrect", False)):
         values = [t.entropy for t in traces if t.correct is correct and t.entropy is not None]
         if values:
-            ax.hist(values, bins=min(20, max(5, len(values) // 2)), alpha=0.55, label=f"{label} (n={len(values)})")
+            ax.hist(
+                values, bins=min(20, max(5, len(values) // 2)), alpha=0.55, label=f"{label} (n={len(values)})"
+            )
     if tau is not None:
         ax.axvline(tau, color="black", linestyle="--", label=f"tau = {tau:.3f}")
     ax.set_xlabel("sequence entropy (bits, mean over tokens)")

@@ -108,8 +108,15 @@ def replay_rule(rule: Rule, trace: Trace) -> Outcome:
         return Outcome(trace.problem_id, False, None, len(trace.tokens), trace.correct, trace.correct, True)
     prefix = trace.prefix(index)
     complete = answer_of(trace.kind, prefix) == answer_of(trace.kind, trace.text)
-    return Outcome(trace.problem_id, True, index, index + 1, grade(trace.kind, prefix, trace.reference),
-                   trace.correct, complete)
+    return Outcome(
+        trace.problem_id,
+        True,
+        index,
+        index + 1,
+        grade(trace.kind, prefix, trace.reference),
+        trace.correct,
+        complete,
+    )
 
 
 @dataclass
@@ -143,26 +150,44 @@ class RuleSummary:
         return "keeps accuracy" if self.accuracy >= self.baseline_accuracy else "loses accuracy"
 
 
-def summarise(rule: str, family: str, outcomes: Sequence[Outcome], baseline: Sequence[Trace], *,
-              forced: bool = False, wall_time_s: float | None = None,
-              threshold: float | None = None) -> RuleSummary:
+def summarise(
+    rule: str,
+    family: str,
+    outcomes: Sequence[Outcome],
+    baseline: Sequence[Trace],
+    *,
+    forced: bool = False,
+    wall_time_s: float | None = None,
+    threshold: float | None = None,
+) -> RuleSummary:
     """Aggregate per-question outcomes against the baseline (no-exit) traces."""
     base_tokens = sum(len(t.tokens) for t in baseline)
     used = sum(o.tokens_used + o.forced_tokens for o in outcomes)
-    kept = sum(len(t.tokens) - (o.tokens_used + o.forced_tokens)
-               for o, t in zip(outcomes, baseline) if o.correct or not o.baseline_correct)
+    kept = sum(
+        len(t.tokens) - (o.tokens_used + o.forced_tokens)
+        for o, t in zip(outcomes, baseline)
+        if o.correct or not o.baseline_correct
+    )
     exits = [o for o in outcomes if o.exited]
     n = max(len(outcomes), 1)
     return RuleSummary(
-        rule=rule, family=family, n=len(outcomes),
+        rule=rule,
+        family=family,
+        n=len(outcomes),
         accuracy=sum(o.correct for o in outcomes) / n,
         baseline_accuracy=sum(t.correct for t in baseline) / max(len(baseline), 1),
-        tokens=used, baseline_tokens=base_tokens,
+        tokens=used,
+        baseline_tokens=base_tokens,
         saved_pct=100.0 * (base_tokens - used) / base_tokens if base_tokens else 0.0,
         saved_kept_pct=100.0 * kept / base_tokens if base_tokens else 0.0,
-        exits=len(exits), exits_before_answer=sum(not o.answer_complete for o in exits),
-        recovered_by_forcing=sum(bool(o.recovered) for o in exits if not o.answer_complete) if forced else None,
+        exits=len(exits),
+        exits_before_answer=sum(not o.answer_complete for o in exits),
+        recovered_by_forcing=sum(bool(o.recovered) for o in exits if not o.answer_complete)
+        if forced
+        else None,
         answers_lost=sum(o.baseline_correct and not o.correct for o in outcomes),
         answers_gained=sum(o.correct and not o.baseline_correct for o in outcomes),
-        forced=forced, wall_time_s=wall_time_s, threshold=threshold,
+        forced=forced,
+        wall_time_s=wall_time_s,
+        threshold=threshold,
     )

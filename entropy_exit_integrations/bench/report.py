@@ -13,8 +13,8 @@ from .replay import RuleSummary
 NOTES = (
     "Entropies are renormalised top-k estimates (k = 20 candidates per token), a truncated view of the "
     "model's distribution. Greedy decoding: replayed rules stop on the same tokens a live run would; "
-    "\"forced\" rows ran one short live request per exit to ask for the answer. \"saved\" counts every "
-    "token not generated; \"saved (kept)\" only tokens saved on questions whose answer did not get worse, "
+    '"forced" rows ran one short live request per exit to ask for the answer. "saved" counts every '
+    'token not generated; "saved (kept)" only tokens saved on questions whose answer did not get worse, '
     "so a rule cannot look good by losing answers. Gate rows compare with always running the extended step."
 )
 
@@ -23,27 +23,56 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}%"
 
 
-def markdown_table(rows: Sequence[RuleSummary], *, title: str = "", meta: dict[str, Any] | None = None) -> str:
+def markdown_table(
+    rows: Sequence[RuleSummary], *, title: str = "", meta: dict[str, Any] | None = None
+) -> str:
     """One line per rule: accuracy, tokens, saved %, exits and what they cost, wall time."""
     lines = [f"# {title or 'entropy-exit benchmark'}", ""]
     for key, value in (meta or {}).items():
         lines.append(f"- {key}: {value}")
     if meta:
         lines.append("")
-    head = ("rule", "family", "versus", "tau/param", "accuracy", "baseline acc", "tokens", "saved",
-            "saved (kept)", "exits", "exits before answer", "recovered by forcing", "answers lost",
-            "wall s", "verdict")
+    head = (
+        "rule",
+        "family",
+        "versus",
+        "tau/param",
+        "accuracy",
+        "baseline acc",
+        "tokens",
+        "saved",
+        "saved (kept)",
+        "exits",
+        "exits before answer",
+        "recovered by forcing",
+        "answers lost",
+        "wall s",
+        "verdict",
+    )
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:
-        wall = "" if r.wall_time_s is None else f"{r.wall_time_s:.1f}{'' if r.extra.get('wall_measured') else ' est'}"
+        wall = (
+            ""
+            if r.wall_time_s is None
+            else f"{r.wall_time_s:.1f}{'' if r.extra.get('wall_measured') else ' est'}"
+        )
         cells = (
-            r.rule, r.family, r.extra.get("versus", "no exit"),
+            r.rule,
+            r.family,
+            r.extra.get("versus", "no exit"),
             "" if r.threshold is None else f"{r.threshold:.3g}",
-            f"{r.accuracy:.1%}", f"{r.baseline_accuracy:.1%}", str(r.tokens), _pct(r.saved_pct),
-            _pct(r.saved_kept_pct), str(r.exits), str(r.exits_before_answer),
+            f"{r.accuracy:.1%}",
+            f"{r.baseline_accuracy:.1%}",
+            str(r.tokens),
+            _pct(r.saved_pct),
+            _pct(r.saved_kept_pct),
+            str(r.exits),
+            str(r.exits_before_answer),
             "" if r.recovered_by_forcing is None else str(r.recovered_by_forcing),
-            f"{r.answers_lost} (+{r.answers_gained} gained)", wall, r.verdict,
+            f"{r.answers_lost} (+{r.answers_gained} gained)",
+            wall,
+            r.verdict,
         )
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", NOTES, ""]
@@ -56,8 +85,13 @@ def summary_dict(row: RuleSummary) -> dict[str, Any]:
     return data
 
 
-def write_results(out_dir: str | Path, rows: Sequence[RuleSummary], *, meta: dict[str, Any],
-                  extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+def write_results(
+    out_dir: str | Path,
+    rows: Sequence[RuleSummary],
+    *,
+    meta: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> tuple[Path, Path]:
     """Write ``results.json`` and ``results.md`` into ``out_dir``; returns both paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -96,8 +96,9 @@ class DeepConfOnline:
         return int(below[0]) + self.window - 1 if below.size else None
 
 
-def deepconf_threshold(warmup: Sequence[Sequence[TokenLogprob]], *, keep: float = 0.9,
-                       window: int = 32) -> float:
+def deepconf_threshold(
+    warmup: Sequence[Sequence[TokenLogprob]], *, keep: float = 0.9, window: int = 32
+) -> float:
     """DeepConf's warm-up threshold: the (1 - keep) percentile of the lowest group confidences."""
     from ..core.calibration import lowest_group_confidence
 

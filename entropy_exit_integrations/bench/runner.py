@@ -41,8 +41,11 @@ class RunConfig:
 
     def create_kwargs(self, problem: Problem, **overrides: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
-            "model": self.model, "messages": messages_for(problem, self.system_prompt),
-            "max_tokens": self.max_tokens, "temperature": self.temperature, "seed": self.seed,
+            "model": self.model,
+            "messages": messages_for(problem, self.system_prompt),
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "seed": self.seed,
         }
         kwargs.update(overrides)
         return kwargs
@@ -92,15 +95,30 @@ def record_traces(client: Any, problems: Sequence[Problem], config: RunConfig) -
         result = stream_chat(client, policy=RECORD_POLICY, **config.create_kwargs(problem))
         if not result.tokens:
             raise EntropyExitError(f"{problem.id}: the server returned no tokens with logprobs")
-        return Trace(problem.id, problem.question, problem.answer, problem.kind, result.text,
-                     result.finish_reason, list(result.tokens), grade(problem.kind, result.text, problem.answer),
-                     time.perf_counter() - started, result.reasoning)
+        return Trace(
+            problem.id,
+            problem.question,
+            problem.answer,
+            problem.kind,
+            result.text,
+            result.finish_reason,
+            list(result.tokens),
+            grade(problem.kind, result.text, problem.answer),
+            time.perf_counter() - started,
+            result.reasoning,
+        )
 
     return run_all(problems, work, config, "recording traces")
 
 
-def run_live(client: Any, problems: Sequence[Problem], traces: Sequence[Trace], policy: ExitPolicy,
-             config: RunConfig, forcing: AnswerForcing | None = None) -> tuple[list[Outcome], float, float]:
+def run_live(
+    client: Any,
+    problems: Sequence[Problem],
+    traces: Sequence[Trace],
+    policy: ExitPolicy,
+    config: RunConfig,
+    forcing: AnswerForcing | None = None,
+) -> tuple[list[Outcome], float, float]:
     """The policy live with answer forcing; returns outcomes, wall time and replay agreement.
 
     Agreement is the share of problems where the live exit point equals the replayed one.
@@ -112,17 +130,31 @@ def run_live(client: Any, problems: Sequence[Problem], traces: Sequence[Trace], 
 
     def work(pair: tuple[Problem, Trace]) -> tuple[Outcome, bool]:
         problem, trace = pair
-        result = stream_chat(client, policy=policy, force_answer=True, forcing=forcing or forcing_for(problem.kind),
-                             **config.create_kwargs(problem))
+        result = stream_chat(
+            client,
+            policy=policy,
+            force_answer=True,
+            forcing=forcing or forcing_for(problem.kind),
+            **config.create_kwargs(problem),
+        )
         exited = result.finish_reason == "entropy_exit"
         index = result.decision.token_index if exited else None
         full = "".join(t.token for t in result.tokens)
         complete = answer_of(problem.kind, full) == answer_of(problem.kind, trace.text)
         correct = grade(problem.kind, result.text, problem.answer)
         forced = result.report.forced_answer_tokens
-        outcome = Outcome(problem.id, exited, index, len(result.tokens), correct, trace.correct,
-                          complete or not exited, result.forced_answer, forced,
-                          correct == trace.correct if result.forced_answer is not None else None)
+        outcome = Outcome(
+            problem.id,
+            exited,
+            index,
+            len(result.tokens),
+            correct,
+            trace.correct,
+            complete or not exited,
+            result.forced_answer,
+            forced,
+            correct == trace.correct if result.forced_answer is not None else None,
+        )
         return outcome, index == rule.exit_index(trace.tokens)
 
     started = time.perf_counter()
@@ -136,8 +168,14 @@ def forcing_for(kind: str) -> AnswerForcing:
     return AnswerForcing(max_tokens=16 if kind == "numeric" else 48)
 
 
-def force_answers(client: Any, traces: Sequence[Trace], outcomes: Sequence[Outcome], config: RunConfig,
-                  problems: Sequence[Problem], forcing: AnswerForcing | None = None) -> list[Outcome]:
+def force_answers(
+    client: Any,
+    traces: Sequence[Trace],
+    outcomes: Sequence[Outcome],
+    config: RunConfig,
+    problems: Sequence[Problem],
+    forcing: AnswerForcing | None = None,
+) -> list[Outcome]:
     """For every exit, ask the model for its answer given the prefix (one short request each).
 
     The same request ``stream_chat`` makes after a live exit (``AnswerForcing.chat_request``).
@@ -151,18 +189,34 @@ def force_answers(client: Any, traces: Sequence[Trace], outcomes: Sequence[Outco
             return outcome
         prefix = trace.prefix(outcome.exit_index)
         messages = messages_for(problem, config.system_prompt)
-        history, extra, echo = forcing.chat_request(messages, reasoning="", text=prefix, inline_think=False,
-                                                    base_url=base_url)
+        history, extra, echo = forcing.chat_request(
+            messages, reasoning="", text=prefix, inline_think=False, base_url=base_url
+        )
         response = client.chat.completions.create(
-            model=config.model, messages=history, max_tokens=forcing.max_tokens, temperature=0.0,
-            seed=config.seed, extra_body=extra or None, stop=list(forcing.stop) or None)
+            model=config.model,
+            messages=history,
+            max_tokens=forcing.max_tokens,
+            temperature=0.0,
+            seed=config.seed,
+            extra_body=extra or None,
+            stop=list(forcing.stop) or None,
+        )
         answer = response.choices[0].message.content or ""
         if echo and answer.startswith(echo):
-            answer = answer[len(echo):]
+            answer = answer[len(echo) :]
         used = response.usage.completion_tokens if response.usage else len(answer.split())
         correct = grade(trace.kind, prefix + forcing.cue + answer, trace.reference)
-        return Outcome(outcome.problem_id, True, outcome.exit_index, outcome.tokens_used, correct,
-                       outcome.baseline_correct, outcome.answer_complete, answer, int(used),
-                       correct == outcome.baseline_correct)
+        return Outcome(
+            outcome.problem_id,
+            True,
+            outcome.exit_index,
+            outcome.tokens_used,
+            correct,
+            outcome.baseline_correct,
+            outcome.answer_complete,
+            answer,
+            int(used),
+            correct == outcome.baseline_correct,
+        )
 
     return run_all(list(zip(traces, outcomes, problems)), work, config, "forcing answers")

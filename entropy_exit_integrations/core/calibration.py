@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 
@@ -36,7 +36,7 @@ Method = Literal["mean", "info", "bayes", "quantile", "deepconf"]
 METHODS: tuple[str, ...] = ("mean", "info", "bayes", "quantile", "deepconf")
 STRONG, WEAK, NO_SIGNAL = "strong", "weak signal: early exit will cost accuracy on this model", "no signal"
 UNMEASURED = "unmeasured: every example was correct, the signal cannot be tested"
-Signal = Union[float, Sequence[float], Sequence[TokenLogprob], np.ndarray]
+Signal = float | Sequence[float] | Sequence[TokenLogprob] | np.ndarray
 MIN_EXAMPLES = 4
 
 
@@ -66,8 +66,14 @@ class ClassStats:
         if entropies.size == 0:
             return cls(0, None, None, None, None, None)
         std = float(entropies.std(ddof=1)) if entropies.size > 1 else 0.0
-        return cls(int(entropies.size), float(entropies.mean()), std, float(entropies.min()),
-                   float(entropies.max()), float(tokens.mean()))
+        return cls(
+            int(entropies.size),
+            float(entropies.mean()),
+            std,
+            float(entropies.min()),
+            float(entropies.max()),
+            float(tokens.mean()),
+        )
 
 
 @dataclass(frozen=True)
@@ -127,8 +133,7 @@ class Calibration:
 
 def sequence_entropy(tokens: Sequence[TokenLogprob], *, k: int = 20, phase: str = "auto") -> float | None:
     """Mean token entropy over the watched tokens, computed by the same monitor as live runs."""
-    monitor = EntropyMonitor(ExitPolicy(threshold=0.0, min_tokens=0, top_k=min(max(k, 1), 20),
-                                        phase=phase))  # type: ignore[arg-type]
+    monitor = EntropyMonitor(ExitPolicy(threshold=0.0, min_tokens=0, top_k=min(max(k, 1), 20), phase=phase))  # type: ignore[arg-type]
     for token in tokens:
         monitor.observe(token)
     return monitor.decision.entropy
@@ -158,6 +163,7 @@ def _example(item: Any, k: int, window: int) -> CalibrationExample:
     else:
         signal, correct, tokens_used = item[0], item[1], item[2]
     lowest = None
+    entropy: float | None
     if isinstance(signal, (int, float, np.floating)):
         entropy = float(signal)
     elif len(signal) and isinstance(signal[0], TokenLogprob):
@@ -188,8 +194,9 @@ def _comparisons(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
     return (diff > 0) + 0.5 * (diff == 0)
 
 
-def bootstrap_auroc_ci(positive: np.ndarray, negative: np.ndarray, *, n_boot: int = 1000,
-                       level: float = 0.95, seed: int = 0) -> tuple[float, float] | None:
+def bootstrap_auroc_ci(
+    positive: np.ndarray, negative: np.ndarray, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float] | None:
     """Percentile interval of the AUROC under stratified resampling (class sizes kept)."""
     if positive.size == 0 or negative.size == 0:
         return None
@@ -226,8 +233,13 @@ def _tau_bayes(c: np.ndarray, i: np.ndarray, priors: tuple[float, float] | None)
     return float(max(candidates[best[len(best) // 2]], 0.0))
 
 
-def _verdict(score: float | None, ci: tuple[float, float] | None, length: float | None,
-             n_correct: int, n_incorrect: int) -> tuple[str, str]:
+def _verdict(
+    score: float | None,
+    ci: tuple[float, float] | None,
+    length: float | None,
+    n_correct: int,
+    n_incorrect: int,
+) -> tuple[str, str]:
     if n_correct == 0:
         return NO_SIGNAL, "no correct examples: there is no confident answer to keep"
     if score is None or ci is None:
@@ -286,16 +298,23 @@ def calibrate(
     if c.size == 0:
         for name in ("mean", "info", "bayes", "quantile"):
             taus[name], fallbacks[name] = taus["deepconf"], "deepconf"
-        warnings.warn("no correct examples: mean, info, bayes and quantile fall back to deepconf "
-                      "(label-free); the verdict is 'no signal'", EntropyExitWarning, stacklevel=2)
+        warnings.warn(
+            "no correct examples: mean, info, bayes and quantile fall back to deepconf "
+            "(label-free); the verdict is 'no signal'",
+            EntropyExitWarning,
+            stacklevel=2,
+        )
     else:
         taus["mean"] = float(c.mean())
         taus["quantile"] = float(np.quantile(c, q))
         if i.size == 0:
             taus["info"] = taus["bayes"] = taus["mean"]
             fallbacks.update(info="mean", bayes="mean")
-            warnings.warn("no incorrect examples: info and bayes fall back to mean; the signal "
-                          "cannot be tested", EntropyExitWarning, stacklevel=2)
+            warnings.warn(
+                "no incorrect examples: info and bayes fall back to mean; the signal cannot be tested",
+                EntropyExitWarning,
+                stacklevel=2,
+            )
         else:
             taus["info"] = _tau_info(c, i)
             taus["bayes"] = _tau_bayes(c, i, priors)
@@ -306,11 +325,23 @@ def calibrate(
     lows = [e.lowest_group_confidence for e in items if e.lowest_group_confidence is not None]
     deepconf = float(np.quantile(lows, 1 - deepconf_keep)) if lows else None
     return Calibration(
-        tau=float(taus[method]), method=method, n=len(items),  # type: ignore[arg-type]
-        correct=ClassStats.of(c, used[ok]), incorrect=ClassStats.of(i, used[~ok]),
-        auroc=score, auroc_ci=ci, length_auroc=length, verdict=verdict, verdict_detail=detail,
-        expected_tokens=float(used.mean()), k=k, model=model, taus=taus, fallbacks=fallbacks,
-        deepconf_threshold=deepconf, deepconf_window=deepconf_window if lows else None,
+        tau=float(taus[method]),
+        method=method,
+        n=len(items),  # type: ignore[arg-type]
+        correct=ClassStats.of(c, used[ok]),
+        incorrect=ClassStats.of(i, used[~ok]),
+        auroc=score,
+        auroc_ci=ci,
+        length_auroc=length,
+        verdict=verdict,
+        verdict_detail=detail,
+        expected_tokens=float(used.mean()),
+        k=k,
+        model=model,
+        taus=taus,
+        fallbacks=fallbacks,
+        deepconf_threshold=deepconf,
+        deepconf_window=deepconf_window if lows else None,
     )
 
 
@@ -320,21 +351,29 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 def format_calibration(cal: Calibration) -> str:
     """The plain report the ``calibrate`` command prints."""
-    lines = [f"calibration for {cal.model or '(unnamed model)'}: n={cal.n}, k={cal.k} "
-             f"({cal.estimator} entropy, bits)"]
+    lines = [
+        f"calibration for {cal.model or '(unnamed model)'}: n={cal.n}, k={cal.k} "
+        f"({cal.estimator} entropy, bits)"
+    ]
     for name, s in (("correct", cal.correct), ("incorrect", cal.incorrect)):
-        lines.append(f"  {name:<9} n={s.n:<4} mean={_num(s.mean)} std={_num(s.std)} "
-                     f"min={_num(s.minimum)} max={_num(s.maximum)} tokens={_num(s.mean_tokens, 1)}")
+        lines.append(
+            f"  {name:<9} n={s.n:<4} mean={_num(s.mean)} std={_num(s.std)} "
+            f"min={_num(s.minimum)} max={_num(s.maximum)} tokens={_num(s.mean_tokens, 1)}"
+        )
     ci = "n/a" if cal.auroc_ci is None else f"{cal.auroc_ci[0]:.2f}-{cal.auroc_ci[1]:.2f}"
-    lines.append(f"  AUROC of -entropy: {_num(cal.auroc, 2)} (95% bootstrap CI {ci}); "
-                 f"length-only AUROC: {_num(cal.length_auroc, 2)}")
+    lines.append(
+        f"  AUROC of -entropy: {_num(cal.auroc, 2)} (95% bootstrap CI {ci}); "
+        f"length-only AUROC: {_num(cal.length_auroc, 2)}"
+    )
     for name in METHODS:
         mark = " <- tau" if name == cal.method else ""
         via = f" (fallback: {cal.fallbacks[name]})" if name in cal.fallbacks else ""
         lines.append(f"  tau[{name}] = {_num(cal.taus.get(name))}{via}{mark}")
     if cal.deepconf_threshold is not None:
-        lines.append(f"  DeepConf lowest-group-confidence threshold: {cal.deepconf_threshold:.3f} "
-                     f"(window {cal.deepconf_window})")
+        lines.append(
+            f"  DeepConf lowest-group-confidence threshold: {cal.deepconf_threshold:.3f} "
+            f"(window {cal.deepconf_window})"
+        )
     lines.append(f"  expected tokens: {cal.expected_tokens:.1f}")
     lines.append(f"  verdict: {cal.verdict} - {cal.verdict_detail}")
     return "\n".join(lines)
@@ -343,16 +382,24 @@ def format_calibration(cal: Calibration) -> str:
 def policy_kwargs(cal: Calibration, *, allow_weak: bool, overrides: dict[str, Any]) -> dict[str, Any]:
     """ExitPolicy arguments from a calibration (used by ``ExitPolicy.from_calibration``)."""
     if cal.verdict == NO_SIGNAL:
-        message = (f"calibration for {cal.model!r} found no signal ({cal.verdict_detail}); "
-                   "an entropy exit would cut answers at random")
+        message = (
+            f"calibration for {cal.model!r} found no signal ({cal.verdict_detail}); "
+            "an entropy exit would cut answers at random"
+        )
         if not allow_weak:
             raise PolicyError(message + "; pass allow_weak=True to use it anyway")
         warnings.warn("USING A NO-SIGNAL CALIBRATION: " + message, EntropyExitWarning, stacklevel=3)
     elif cal.verdict != STRONG:
-        warnings.warn(f"calibration for {cal.model!r}: {cal.verdict} ({cal.verdict_detail})",
-                      EntropyExitWarning, stacklevel=3)
-    values: dict[str, Any] = {"threshold": max(cal.tau, 0.0), "top_k": min(max(cal.k, 1), 20),
-                              "calibrated_for": cal.model or "unknown",
-                              "expected_tokens": cal.expected_tokens if cal.expected_tokens > 0 else None}
+        warnings.warn(
+            f"calibration for {cal.model!r}: {cal.verdict} ({cal.verdict_detail})",
+            EntropyExitWarning,
+            stacklevel=3,
+        )
+    values: dict[str, Any] = {
+        "threshold": max(cal.tau, 0.0),
+        "top_k": min(max(cal.k, 1), 20),
+        "calibrated_for": cal.model or "unknown",
+        "expected_tokens": cal.expected_tokens if cal.expected_tokens > 0 else None,
+    }
     values.update(overrides)
     return values

@@ -7,7 +7,6 @@ chunk with usage and report) lives here, shared by the sync and async paths.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any
 
@@ -20,6 +19,7 @@ from ..core.savings import SavingsLedger, SavingsReport
 from ..forcing import AnswerForcing, EchoStripper
 from ..session import ExitSession
 from ..tokencount import count_message_tokens
+from ._inner import openai_base
 from .callbacks import REPORT_KEY, feed_with_hint, parts_from_chunk
 
 ENTROPY_EXIT = "entropy_exit"
@@ -29,58 +29,6 @@ WRAPPER_HINT = (
     "that supports logprobs (ChatOpenAI against a server that returns them), or pass the "
     "arguments your model needs as logprobs_kwargs"
 )
-_CLASSES: dict[type, type] = {}
-
-
-def openai_base(model: BaseChatModel) -> type | None:
-    """langchain-openai's ``BaseChatOpenAI`` when ``model`` is one (OpenAI-compatible), else None."""
-    try:
-        from langchain_openai.chat_models.base import BaseChatOpenAI
-    except ImportError:  # pragma: no cover - langchain-openai not installed
-        return None
-    return BaseChatOpenAI if isinstance(model, BaseChatOpenAI) else None
-
-
-def with_reasoning_capture(model: BaseChatModel) -> BaseChatModel:
-    """A copy of a ChatOpenAI-family model that keeps ``delta.reasoning_content``.
-
-    ChatOpenAI drops the ``reasoning_content``/``reasoning`` deltas of vLLM, DeepSeek and
-    llama.cpp (``--reasoning-format deepseek``); the copy's ``_convert_chunk_to_generation_chunk``
-    reads them from the raw chunk into ``additional_kwargs["reasoning_content"]``. Subclasses
-    that already convert chunks themselves (ChatDeepSeek...) and other models are returned as is.
-    """
-    base = openai_base(model)
-    if (
-        base is None
-        or type(model)._convert_chunk_to_generation_chunk is not base._convert_chunk_to_generation_chunk
-    ):
-        return model
-    cls = type(model)
-    sub = _CLASSES.get(cls)
-    if sub is None:
-
-        def _convert_chunk_to_generation_chunk(self: Any, chunk: dict, *args: Any, **kwargs: Any) -> Any:
-            generation = super(sub, self)._convert_chunk_to_generation_chunk(chunk, *args, **kwargs)
-            choices = chunk.get("choices") or (chunk.get("chunk") or {}).get("choices") or []
-            delta = (choices[0].get("delta") or {}) if choices else {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if generation is not None and isinstance(reasoning, str) and reasoning:
-                generation.message.additional_kwargs["reasoning_content"] = reasoning
-            return generation
-
-        sub = type(
-            cls.__name__,
-            (cls,),
-            {
-                "__module__": cls.__module__,
-                "__qualname__": cls.__qualname__,
-                "_convert_chunk_to_generation_chunk": _convert_chunk_to_generation_chunk,
-            },
-        )
-        _CLASSES[cls] = sub
-    clone = copy.copy(model)
-    object.__setattr__(clone, "__class__", sub)
-    return clone
 
 
 class Generation:

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableBinding, RunnableParallel, RunnableSequence
+from langchain_core.runnables import Runnable, RunnableBinding
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, SkipValidation, model_validator
 
 from ..core.policy import ExitPolicy
 from ..core.savings import SavingsLedger
 from ..forcing import AnswerForcing
-from ._generation import Generation, with_reasoning_capture
-from .callbacks import REPORT_KEY
+from ._generation import Generation
+from ._inner import aiter_list, inner_stream, swap_model, to_run_metadata, with_reasoning_capture
 
 
 class ChatEntropyExit(BaseChatModel):
@@ -181,7 +179,7 @@ class ChatEntropyExit(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         inner = self._inner()
         run = self._generation(inner, messages, kwargs)
-        stream = _inner_stream(inner, messages, stop, run.request)
+        stream = inner_stream(inner, messages, stop, run.request)
         try:
             for chunk in stream:
                 yield run.handle(chunk)
@@ -191,7 +189,7 @@ class ChatEntropyExit(BaseChatModel):
             stream.close()  # closes the HTTP response: the server stops generating
         if run.wants_forcing():
             forced_messages, forced_kwargs = run.forcing_call()
-            stream = _inner_stream(inner, forced_messages, list(self.forcing.stop) or None, forced_kwargs)
+            stream = inner_stream(inner, forced_messages, list(self.forcing.stop) or None, forced_kwargs)
             try:
                 for chunk in stream:
                     out = run.handle_forced(chunk)
@@ -242,7 +240,7 @@ class ChatEntropyExit(BaseChatModel):
             if run_manager is not None:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
-        _to_run_metadata(run_manager, chunks)
+        to_run_metadata(run_manager, chunks)
         return generate_from_stream(iter(chunks))
 
     async def _agenerate(
@@ -257,8 +255,8 @@ class ChatEntropyExit(BaseChatModel):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
-        _to_run_metadata(run_manager, chunks)
-        return await agenerate_from_stream(_aiter(chunks))
+        to_run_metadata(run_manager, chunks)
+        return await agenerate_from_stream(aiter_list(chunks))
 
     def bind_tools(
         self,
@@ -281,82 +279,7 @@ class ChatEntropyExit(BaseChatModel):
         The inner model builds the runnable; its model step is rebound to this wrapper.
         """
         built = self.model.with_structured_output(schema, **kwargs)
-        swapped = _swap_model(built, self.model, self)
+        swapped = swap_model(built, self.model, self)
         if swapped is None:
             return super().with_structured_output(schema, **kwargs)
         return swapped
-
-
-def _inner_stream(
-    inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-) -> Iterator[ChatGenerationChunk]:
-    if type(inner)._stream is not BaseChatModel._stream:
-        return inner._stream(messages, stop=stop, **kwargs)
-    return _not_streaming(inner, messages, stop, kwargs)
-
-
-def _not_streaming(
-    inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-) -> Iterator[ChatGenerationChunk]:
-    """A model without ``_stream``: its whole answer as one chunk (monitored, never cut)."""
-    result = inner._generate(messages, stop=stop, **kwargs)
-    for generation in result.generations:
-        msg = generation.message
-        calls = [
-            tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c.get("id"), index=i)
-            for i, c in enumerate(getattr(msg, "tool_calls", None) or [])
-        ]
-        chunk = AIMessageChunk(
-            content=msg.content,
-            additional_kwargs=msg.additional_kwargs,
-            response_metadata=msg.response_metadata,
-            usage_metadata=getattr(msg, "usage_metadata", None),
-            tool_call_chunks=calls,
-        )
-        yield ChatGenerationChunk(message=chunk, generation_info=generation.generation_info)
-
-
-async def _aiter(chunks: list[ChatGenerationChunk]) -> AsyncIterator[ChatGenerationChunk]:
-    for chunk in chunks:
-        yield chunk
-
-
-def _to_run_metadata(run_manager: Any, chunks: list[ChatGenerationChunk]) -> None:
-    """Put the report into the run's metadata of every attached tracer (LangSmith shows it)."""
-    if run_manager is None or not chunks:
-        return
-    report = chunks[-1].message.response_metadata.get(REPORT_KEY)
-    for handler in getattr(run_manager, "handlers", ()):
-        run_map = getattr(handler, "run_map", None)
-        run = run_map.get(str(run_manager.run_id)) if isinstance(run_map, dict) else None
-        extra = getattr(run, "extra", None)
-        if report is not None and isinstance(extra, dict):
-            extra.setdefault("metadata", {})[REPORT_KEY] = report
-
-
-def _swap_model(runnable: Any, old: BaseChatModel, new: BaseChatModel) -> Any:
-    """``runnable`` with its ``RunnableBinding(bound=old)`` steps bound to ``new``; None if none."""
-    if isinstance(runnable, RunnableBinding) and runnable.bound is old:
-        return runnable.__class__(
-            bound=new,
-            kwargs=runnable.kwargs,
-            config=runnable.config,
-            config_factories=runnable.config_factories,
-            custom_input_type=runnable.custom_input_type,
-            custom_output_type=runnable.custom_output_type,
-        )
-    if runnable is old:
-        return new
-    if isinstance(runnable, RunnableSequence):
-        steps = [_swap_model(step, old, new) for step in runnable.steps]
-        if all(s is None for s in steps):
-            return None
-        return RunnableSequence(
-            *[s if s is not None else o for s, o in zip(steps, runnable.steps)], name=runnable.name
-        )
-    if isinstance(runnable, RunnableParallel):
-        swapped = {k: _swap_model(v, old, new) for k, v in runnable.steps__.items()}
-        if all(s is None for s in swapped.values()):
-            return None
-        return RunnableParallel({k: s if s is not None else runnable.steps__[k] for k, s in swapped.items()})
-    return None

@@ -76,16 +76,22 @@ class EntropyGateRunnable(Runnable[LanguageModelInput, AIMessage]):
         return cls(gate, client=llm.root_client, model=llm.model_name, **settings)
 
     def _gate(self, value: LanguageModelInput) -> AIMessage:
-        result = self.gate.run(self.client, model=self.model, messages=_openai_messages(value),
-                               **self.create_kwargs)
+        result = self.gate.run(
+            self.client, model=self.model, messages=_openai_messages(value), **self.create_kwargs
+        )
         usage = result.first.usage or {}
         prompt = int(usage.get("prompt_tokens") or 0)
         return AIMessage(
             content=result.text,
             response_metadata={"entropy_gate": gate_metadata(result), "model_name": self.model},
-            usage_metadata={"input_tokens": prompt, "output_tokens": result.tokens_used,
-                            "total_tokens": prompt + result.tokens_used},
+            usage_metadata={
+                "input_tokens": prompt,
+                "output_tokens": result.tokens_used,
+                "total_tokens": prompt + result.tokens_used,
+            },
         )
 
-    def invoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:
+    def invoke(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AIMessage:
         return self._call_with_config(self._gate, input, config, run_type="llm")

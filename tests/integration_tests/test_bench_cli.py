@@ -23,8 +23,20 @@ COMMON = ["--dataset", "arithmetic", "--max-tokens", "32", "--no-progress", "--c
 @pytest.fixture(scope="module")
 def profile(llama_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cal") / "profile.json"
-    code = main(["calibrate", "--base-url", llama_server.base_url, "--model", llama_server.model, "--n", "8",
-                 "--out", str(path), *COMMON])
+    code = main(
+        [
+            "calibrate",
+            "--base-url",
+            llama_server.base_url,
+            "--model",
+            llama_server.model,
+            "--n",
+            "8",
+            "--out",
+            str(path),
+            *COMMON,
+        ]
+    )
     assert code == 0
     return path
 
@@ -40,20 +52,52 @@ def test_calibrate_prints_and_saves_a_profile(profile: Path, capsys: pytest.Capt
         assert needle in text
 
 
-def test_bench_writes_results_table_and_plots(llama_server: Any, profile: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_writes_results_table_and_plots(
+    llama_server: Any, profile: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "bench"
-    code = main(["bench", "--base-url", llama_server.base_url, "--model", llama_server.model, "--n", "4",
-                 "--profile", str(profile), "--out", str(out), "--window", "8", "--min-tokens", "8", *COMMON])
+    code = main(
+        [
+            "bench",
+            "--base-url",
+            llama_server.base_url,
+            "--model",
+            llama_server.model,
+            "--n",
+            "4",
+            "--profile",
+            str(profile),
+            "--out",
+            str(out),
+            "--window",
+            "8",
+            "--min-tokens",
+            "8",
+            *COMMON,
+        ]
+    )
     assert code == 0
-    for name in ("results.json", "results.md", "traces.jsonl", "savings_vs_accuracy.png",
-                 "entropy_distributions.png", "trajectories.png"):
+    for name in (
+        "results.json",
+        "results.md",
+        "traces.jsonl",
+        "savings_vs_accuracy.png",
+        "entropy_distributions.png",
+        "trajectories.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
     rules = {row["rule"]: row for row in results["rules"]}
     families = {row["family"] for row in results["rules"]}
-    assert {"baseline", "entropy exit", "gate (paper)", "always extend", "budget cut", "DeepConf online",
-            "fixed threshold"} <= families
+    assert {
+        "baseline",
+        "entropy exit",
+        "gate (paper)",
+        "always extend",
+        "budget cut",
+        "DeepConf online",
+        "fixed threshold",
+    } <= families
     live = next(row for name, row in rules.items() if name.endswith("(live, forced)"))
     assert live["exits_before_answer"] <= live["exits"]
     assert live["extra"]["replay_agreement"] >= 0.75  # greedy: the replay predicts the live exit
@@ -70,16 +114,27 @@ def test_gate_plain_and_langchain(llama_server: Any) -> None:
     from entropy_exit_integrations.langchain.gate import EntropyGateRunnable
 
     client = openai.OpenAI(base_url=llama_server.base_url, api_key="sk-no-key")
-    request = {"model": llama_server.model, "max_tokens": 24, "temperature": 0, "seed": 0,
-               "messages": [{"role": "user", "content": "What is 3 + 4?"}]}
+    request = {
+        "model": llama_server.model,
+        "max_tokens": 24,
+        "temperature": 0,
+        "seed": 0,
+        "messages": [{"role": "user", "content": "What is 3 + 4?"}],
+    }
     always = entropy_gate(client, tau=0.0, extended=Refine(), **request)  # tau 0: never confident
     assert not always.passed and always.extended_tokens > 0
     assert always.tokens_used == always.first_tokens + always.extended_tokens
     gate = EntropyGate(10.0, Refine())  # above any entropy: always confident
     passed = gate.run(client, **request)
     assert passed.passed and passed.extended_tokens == 0 and passed.text == always.first.text
-    runnable = EntropyGateRunnable(EntropyGate(0.0, Refine(), expected_extended_tokens=20.0), client=client,
-                                   model=llama_server.model, max_tokens=24, temperature=0, seed=0)
+    runnable = EntropyGateRunnable(
+        EntropyGate(0.0, Refine(), expected_extended_tokens=20.0),
+        client=client,
+        model=llama_server.model,
+        max_tokens=24,
+        temperature=0,
+        seed=0,
+    )
     message = runnable.invoke("What is 3 + 4?")
     meta = message.response_metadata["entropy_gate"]
     assert meta["passed"] is False and meta["tokens_used"] == message.usage_metadata["output_tokens"]

@@ -69,8 +69,9 @@ def test_exit_before_the_answer_is_counted_and_never_called_a_saving() -> None:
 def test_exit_after_the_answer_keeps_it() -> None:
     pieces = UNSURE + [(" 12", 0.999)] + [(" ok", 0.999)] * 10
     trace = make_trace("a", pieces, "12", True)
-    outcome = replay_rule(PolicyRule("o", ExitPolicy(threshold=0.2, aggregation="window", window=4, min_tokens=4)),
-                          trace)
+    outcome = replay_rule(
+        PolicyRule("o", ExitPolicy(threshold=0.2, aggregation="window", window=4, min_tokens=4)), trace
+    )
     assert outcome.exited and outcome.answer_complete and outcome.correct
 
 

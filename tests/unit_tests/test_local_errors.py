@@ -214,6 +214,8 @@ def test_command_line() -> None:
         assert part in joined
     assert cmd[-2:] == ["--seed", "7"]
     assert "--metrics" not in LocalServer(metrics=False).command("b", "m", 1)
+    default = LocalServer().command("b", "m", 1)
+    assert default[default.index("--threads") + 1] == str(max(1, (os.cpu_count() or 2) // 2))
     with pytest.raises(ServerError, match="parallel"):
         LocalServer(parallel=0)
 

@@ -13,12 +13,13 @@ from llama_index.core.base.llms.types import (
     ChatResponse,
     CompletionResponse,
     CompletionResponseGen,
+    ChatResponseGen,
     LLMMetadata,
     LogProb,
 )
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.llms import CustomLLM
-from llama_index.core.llms.callbacks import llm_completion_callback
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 
 from entropy_exit_integrations import ExitPolicy, LogprobsUnavailableError, SavingsLedger, SavingsReport
 from entropy_exit_integrations.llama_index import (
@@ -60,6 +61,19 @@ class ScriptedLLM(CustomLLM):
                 text += " w"
                 logprobs = [SURE if self.sure else UNSURE] if self.with_logprobs else None
                 yield CompletionResponse(text=text, delta=" w", logprobs=logprobs)
+
+        return gen()
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        # CustomLLM's own stream_chat drops .logprobs when it converts completions to chat
+        def gen() -> ChatResponseGen:
+            for response in self.stream_complete("", formatted=True):
+                yield ChatResponse(
+                    message=ChatMessage(role="assistant", content=response.text),
+                    delta=response.delta,
+                    logprobs=response.logprobs,
+                )
 
         return gen()
 

@@ -1,0 +1,144 @@
+"""How ChatEntropyExit reaches the inner model: its stream, its raw chunks, its runnables."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGenerationChunk
+from langchain_core.runnables import RunnableBinding, RunnableParallel, RunnableSequence
+
+from .callbacks import REPORT_KEY
+
+_CLASSES: dict[type, type] = {}
+
+
+def openai_base(model: BaseChatModel) -> type | None:
+    """langchain-openai's ``BaseChatOpenAI`` when ``model`` is one (OpenAI-compatible), else None."""
+    try:
+        from langchain_openai.chat_models.base import BaseChatOpenAI
+    except ImportError:  # pragma: no cover - langchain-openai not installed
+        return None
+    return BaseChatOpenAI if isinstance(model, BaseChatOpenAI) else None
+
+
+def with_reasoning_capture(model: BaseChatModel) -> BaseChatModel:
+    """A copy of a ChatOpenAI-family model that keeps ``delta.reasoning_content``.
+
+    ChatOpenAI drops the ``reasoning_content``/``reasoning`` deltas of vLLM, DeepSeek and
+    llama.cpp (``--reasoning-format deepseek``); the copy's ``_convert_chunk_to_generation_chunk``
+    reads them from the raw chunk into ``additional_kwargs["reasoning_content"]``. Subclasses
+    that already convert chunks themselves (ChatDeepSeek...) and other models are returned as is.
+    """
+    base = openai_base(model)
+    if (
+        base is None
+        or type(model)._convert_chunk_to_generation_chunk is not base._convert_chunk_to_generation_chunk
+    ):
+        return model
+    cls = type(model)
+    sub = _CLASSES.get(cls)
+    if sub is None:
+
+        def _convert_chunk_to_generation_chunk(self: Any, chunk: dict, *args: Any, **kwargs: Any) -> Any:
+            generation = super(sub, self)._convert_chunk_to_generation_chunk(chunk, *args, **kwargs)
+            choices = chunk.get("choices") or (chunk.get("chunk") or {}).get("choices") or []
+            delta = (choices[0].get("delta") or {}) if choices else {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if generation is not None and isinstance(reasoning, str) and reasoning:
+                generation.message.additional_kwargs["reasoning_content"] = reasoning
+            return generation
+
+        sub = type(
+            cls.__name__,
+            (cls,),
+            {
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "_convert_chunk_to_generation_chunk": _convert_chunk_to_generation_chunk,
+            },
+        )
+        _CLASSES[cls] = sub
+    clone = copy.copy(model)
+    object.__setattr__(clone, "__class__", sub)
+    return clone
+
+
+def inner_stream(
+    inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+) -> Iterator[ChatGenerationChunk]:
+    if type(inner)._stream is not BaseChatModel._stream:
+        return inner._stream(messages, stop=stop, **kwargs)
+    return _not_streaming(inner, messages, stop, kwargs)
+
+
+def _not_streaming(
+    inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+) -> Iterator[ChatGenerationChunk]:
+    """A model without ``_stream``: its whole answer as one chunk (monitored, never cut)."""
+    result = inner._generate(messages, stop=stop, **kwargs)
+    for generation in result.generations:
+        msg = generation.message
+        calls = [
+            tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c.get("id"), index=i)
+            for i, c in enumerate(getattr(msg, "tool_calls", None) or [])
+        ]
+        chunk = AIMessageChunk(
+            content=msg.content,
+            additional_kwargs=msg.additional_kwargs,
+            response_metadata=msg.response_metadata,
+            usage_metadata=getattr(msg, "usage_metadata", None),
+            tool_call_chunks=calls,
+        )
+        yield ChatGenerationChunk(message=chunk, generation_info=generation.generation_info)
+
+
+async def aiter_list(chunks: list[ChatGenerationChunk]) -> AsyncIterator[ChatGenerationChunk]:
+    for chunk in chunks:
+        yield chunk
+
+
+def to_run_metadata(run_manager: Any, chunks: list[ChatGenerationChunk]) -> None:
+    """Put the report into the run's metadata of every attached tracer (LangSmith shows it)."""
+    if run_manager is None or not chunks:
+        return
+    report = chunks[-1].message.response_metadata.get(REPORT_KEY)
+    for handler in getattr(run_manager, "handlers", ()):
+        run_map = getattr(handler, "run_map", None)
+        run = run_map.get(str(run_manager.run_id)) if isinstance(run_map, dict) else None
+        extra = getattr(run, "extra", None)
+        if report is not None and isinstance(extra, dict):
+            extra.setdefault("metadata", {})[REPORT_KEY] = report
+
+
+def swap_model(runnable: Any, old: BaseChatModel, new: BaseChatModel) -> Any:
+    """``runnable`` with its ``RunnableBinding(bound=old)`` steps bound to ``new``; None if none."""
+    if isinstance(runnable, RunnableBinding) and runnable.bound is old:
+        return runnable.__class__(
+            bound=new,
+            kwargs=runnable.kwargs,
+            config=runnable.config,
+            config_factories=runnable.config_factories,
+            custom_input_type=runnable.custom_input_type,
+            custom_output_type=runnable.custom_output_type,
+        )
+    if runnable is old:
+        return new
+    if isinstance(runnable, RunnableSequence):
+        steps = [swap_model(step, old, new) for step in runnable.steps]
+        if all(s is None for s in steps):
+            return None
+        return RunnableSequence(
+            *[s if s is not None else o for s, o in zip(steps, runnable.steps)], name=runnable.name
+        )
+    if isinstance(runnable, RunnableParallel):
+        swapped = {k: swap_model(v, old, new) for k, v in runnable.steps__.items()}
+        if all(s is None for s in swapped.values()):
+            return None
+        return RunnableParallel({k: s if s is not None else runnable.steps__[k] for k, s in swapped.items()})
+    return None
