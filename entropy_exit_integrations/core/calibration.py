@@ -28,14 +28,21 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import EntropyExitWarning, PolicyError
-from .monitor import EntropyMonitor
-from .policy import ExitPolicy
+from .signals import (
+    NO_SIGNAL,
+    STRONG,
+    UNMEASURED,
+    WEAK,
+    auroc,
+    bootstrap_auroc_ci,
+    lowest_group_confidence,
+    sequence_entropy,
+    verdict_of,
+)
 from .tokens import TokenLogprob
 
 Method = Literal["mean", "info", "bayes", "quantile", "deepconf"]
 METHODS: tuple[str, ...] = ("mean", "info", "bayes", "quantile", "deepconf")
-STRONG, WEAK, NO_SIGNAL = "strong", "weak signal: early exit will cost accuracy on this model", "no signal"
-UNMEASURED = "unmeasured: every example was correct, the signal cannot be tested"
 Signal = float | Sequence[float] | Sequence[TokenLogprob] | np.ndarray
 MIN_EXAMPLES = 4
 
@@ -131,29 +138,6 @@ class Calibration:
         return format_calibration(self)
 
 
-def sequence_entropy(tokens: Sequence[TokenLogprob], *, k: int = 20, phase: str = "auto") -> float | None:
-    """Mean token entropy over the watched tokens, computed by the same monitor as live runs."""
-    monitor = EntropyMonitor(ExitPolicy(threshold=0.0, min_tokens=0, top_k=min(max(k, 1), 20), phase=phase))  # type: ignore[arg-type]
-    for token in tokens:
-        monitor.observe(token)
-    return monitor.decision.entropy
-
-
-def lowest_group_confidence(tokens: Sequence[TokenLogprob], window: int = 32) -> float | None:
-    """DeepConf's trace score: the lowest sliding-window mean of token confidences.
-
-    Token confidence is ``-mean(top-k logprobs)`` (natural log, raw, as in DeepConf); tokens
-    without candidates are skipped. A trace shorter than the window is one group.
-    """
-    conf = np.array([-float(np.mean(t.top_logprobs)) for t in tokens if t.top_logprobs], dtype=float)
-    if conf.size == 0:
-        return None
-    if conf.size <= window:
-        return float(conf.mean())
-    sums = np.convolve(conf, np.ones(window), mode="valid") / window
-    return float(sums.min())
-
-
 def _example(item: Any, k: int, window: int) -> CalibrationExample:
     if isinstance(item, CalibrationExample):
         return item
@@ -182,34 +166,6 @@ def _example(item: Any, k: int, window: int) -> CalibrationExample:
     return CalibrationExample(entropy, bool(correct), int(tokens_used), lowest)
 
 
-def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
-    """P(score of a positive > score of a negative), ties count one half (Mann-Whitney U / n1 n2)."""
-    if positive.size == 0 or negative.size == 0:
-        return None
-    return float(_comparisons(positive, negative).mean())
-
-
-def _comparisons(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
-    diff = positive[:, None] - negative[None, :]
-    return (diff > 0) + 0.5 * (diff == 0)
-
-
-def bootstrap_auroc_ci(
-    positive: np.ndarray, negative: np.ndarray, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float] | None:
-    """Percentile interval of the AUROC under stratified resampling (class sizes kept)."""
-    if positive.size == 0 or negative.size == 0:
-        return None
-    rng = np.random.default_rng(seed)
-    table = _comparisons(positive, negative)
-    wp = rng.multinomial(positive.size, np.full(positive.size, 1 / positive.size), size=n_boot)
-    wn = rng.multinomial(negative.size, np.full(negative.size, 1 / negative.size), size=n_boot)
-    values = np.einsum("bi,ij,bj->b", wp, table, wn) / (positive.size * negative.size)
-    alpha = (1 - level) / 2
-    low, high = np.quantile(values, [alpha, 1 - alpha])
-    return float(low), float(high)
-
-
 def _tau_info(c: np.ndarray, i: np.ndarray) -> float:
     mu_c, sd_c = float(c.mean()), float(c.std(ddof=1)) if c.size > 1 else 0.0
     sd_i = float(i.std(ddof=1)) if i.size > 1 else 0.0
@@ -231,29 +187,6 @@ def _tau_bayes(c: np.ndarray, i: np.ndarray, priors: tuple[float, float] | None)
     error = p_c * missed + p_i * accepted
     best = np.flatnonzero(np.isclose(error, error.min()))
     return float(max(candidates[best[len(best) // 2]], 0.0))
-
-
-def _verdict(
-    score: float | None,
-    ci: tuple[float, float] | None,
-    length: float | None,
-    n_correct: int,
-    n_incorrect: int,
-) -> tuple[str, str]:
-    if n_correct == 0:
-        return NO_SIGNAL, "no correct examples: there is no confident answer to keep"
-    if score is None or ci is None:
-        return UNMEASURED, "no incorrect examples: exits cannot be shown to keep accuracy"
-    text = f"AUROC {score:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f})"
-    if length is not None:
-        text += f", length alone {length:.2f}"
-    if score < 0.6 and ci[0] <= 0.5:
-        return NO_SIGNAL, text + ": entropy does not separate right from wrong answers"
-    if score >= 0.75 and ci[0] > 0.6 and (length is None or score >= length - 0.05):
-        return STRONG, text
-    if length is not None and length > score + 0.05:
-        text += ": length predicts correctness better than entropy"
-    return WEAK, text
 
 
 def calibrate(
@@ -321,7 +254,7 @@ def calibrate(
     score = auroc(-c, -i)
     ci = bootstrap_auroc_ci(-c, -i, n_boot=n_boot, seed=seed)
     length = auroc(-used[ok], -used[~ok])
-    verdict, detail = _verdict(score, ci, length, int(c.size), int(i.size))
+    verdict, detail = verdict_of(score, ci, length, int(c.size), int(i.size))
     lows = [e.lowest_group_confidence for e in items if e.lowest_group_confidence is not None]
     deepconf = float(np.quantile(lows, 1 - deepconf_keep)) if lows else None
     return Calibration(

@@ -168,7 +168,11 @@ def test_capture_closes_only_its_own_responses() -> None:
 
     holder = Holder()
     assert install_hooks(holder)
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=b"data: x\n\n"))
+    class Endless(httpx.SyncByteStream):
+        def __iter__(self):  # an unfinished SSE body
+            yield b"data: x\n\n"
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=Endless()))
     client = httpx.Client(transport=transport, event_hooks=holder._http_client.event_hooks)
     outside = client.send(client.build_request("GET", "http://t/"), stream=True)
     capture = ResponseCapture()
