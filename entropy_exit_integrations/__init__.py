@@ -6,6 +6,7 @@ once a calibrated threshold says the model is sure. Integrations live in subpack
 """
 
 from .core import (
+    Calibration,
     Decision,
     EntropyMonitor,
     ExitPolicy,
@@ -13,6 +14,7 @@ from .core import (
     SavingsLedger,
     SavingsReport,
     TokenLogprob,
+    calibrate,
     token_entropy,
 )
 from .errors import (
@@ -27,6 +29,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Calibration",
     "Decision",
     "EntropyExit",
     "EntropyExitError",
@@ -40,5 +43,6 @@ __all__ = [
     "SavingsReport",
     "StreamInterrupted",
     "TokenLogprob",
+    "calibrate",
     "token_entropy",
 ]

@@ -91,6 +91,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, n: int, dataset: st
     parser.add_argument("--retries", type=int, default=3, help="retries per request (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="request and dataset seed (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--model-file", default=None, help="GGUF for the embedded server instead of SmolLM2, or "
+                        "'qwen2.5-coder-0.5b' to fetch and verify the opt-in benchmark model (491 MB)")
 
 
 def _run_config(args: argparse.Namespace, model: str) -> Any:
@@ -130,7 +132,7 @@ def _add_calibrate_parser(subparsers: Subparsers) -> None:
 def _run_calibrate(args: argparse.Namespace) -> int:
     from .bench.commands import connect, run_calibration
 
-    with connect(args.base_url, args.model, args.api_key) as (client, model):
+    with connect(args.base_url, args.model, args.api_key, args.model_file) as (client, model):
         cal = run_calibration(
             client,
             _run_config(args, model),
@@ -169,7 +171,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     profile = Calibration.load(args.profile) if args.profile else None
     options = BenchOptions(window=args.window, min_tokens=args.min_tokens, live=not args.no_live)
-    with connect(args.base_url, args.model, args.api_key) as (client, model):
+    with connect(args.base_url, args.model, args.api_key, args.model_file) as (client, model):
         rows = run_bench(
             client,
             _run_config(args, model),

@@ -107,3 +107,43 @@ class EchoStripper:
         held, self._held = self._held, ""
         self._deciding = False
         return held
+
+
+class ForcedAnswer:
+    """The streamed forced answer: echo dropped, and the cue kept where the cut answer needs it.
+
+    After a cut *answer* the cue (``"\\n\\nFinal answer:"``) is part of the text the user reads,
+    so it is streamed first (``preamble``); after a cut *reasoning* the answer stands alone, so
+    its leading whitespace is dropped. ``preamble + continuation`` is what gets appended.
+    """
+
+    def __init__(self, forcing: AnswerForcing, *, prefix: str, cut_answer: str) -> None:
+        self.preamble = forcing.cue if cut_answer.strip() else ""
+        self._stripper = EchoStripper(prefix)
+        self._parts: list[str] = []
+        self._started = bool(self.preamble)
+
+    def feed(self, text: str) -> str:
+        """Take a streamed delta; return the text to show now."""
+        return self._show(self._stripper.feed(text))
+
+    def finish(self) -> str:
+        """End of the forcing stream: return the text still held back."""
+        return self._show(self._stripper.flush())
+
+    def _show(self, text: str) -> str:
+        if not self._started:
+            text = text.lstrip()
+            self._started = bool(text)
+        if text:
+            self._parts.append(text)
+        return text
+
+    @property
+    def continuation(self) -> str:
+        """What the model wrote after the cue."""
+        return "".join(self._parts)
+
+    @property
+    def text(self) -> str:
+        return self.preamble + self.continuation

@@ -36,7 +36,7 @@ from .core.policy import ExitPolicy
 from .core.savings import SavingsLedger, SavingsReport
 from .core.tokens import Phase, TokenLogprob
 from .errors import LogprobsUnavailableError, StreamInterrupted
-from .forcing import AnswerForcing, EchoStripper
+from .forcing import AnswerForcing, ForcedAnswer
 from .providers.completions import parse_completion_chunk
 from .providers.openai_chat import parse_chat_chunk
 from .providers.parts import ChunkParts
@@ -119,10 +119,9 @@ class _Run:
             model=create_kwargs.get("model"),
         )
         self.chunks: list[Any] | None = [] if keep_chunks else None
-        self.forced_parts: list[str] = []
         self.forced_tokens = 0
         self.forcing_usage: dict[str, Any] | None = None
-        self.stripper: EchoStripper | None = None
+        self.forced: ForcedAnswer | None = None
 
     def handle(self, chunk: Any) -> list[TextDelta]:
         if self.chunks is not None:
@@ -132,6 +131,9 @@ class _Run:
         if self.on_token is not None:
             for token in parts.tokens:
                 self.on_token(token, decision)
+        return self.drained()
+
+    def drained(self) -> list[TextDelta]:
         return [TextDelta(text, phase) for phase, text in self.session.drain()]
 
     @property
@@ -157,7 +159,7 @@ class _Run:
         if self.api == "completions":
             request["prompt"] = self.forcing.completion_prompt(request["prompt"], session.text)
             request["logprobs"] = 1
-            self.stripper = EchoStripper("")
+            self.forced = ForcedAnswer(self.forcing, prefix="", cut_answer=session.text)
             return request
         messages, extra, prefix = self.forcing.chat_request(
             list(request["messages"]),
@@ -169,38 +171,34 @@ class _Run:
         request.update(messages=messages, logprobs=True, top_logprobs=1)
         if extra:
             request["extra_body"] = {**(request.get("extra_body") or {}), **extra}
-        self.stripper = EchoStripper(prefix)
+        self.forced = ForcedAnswer(self.forcing, prefix=prefix, cut_answer=session.text)
         return request
+
+    def forcing_preamble(self) -> list[TextDelta]:
+        """The cue that joins a cut answer to its forced end, streamed before the answer."""
+        if self.forced is None or not self.forced.preamble:
+            return []
+        return [TextDelta(self.forced.preamble, Phase.ANSWER, forced=True)]
 
     def handle_forced(self, chunk: Any) -> list[TextDelta]:
         parts: ChunkParts = self.parse(chunk)
         self.forced_tokens += len(parts.tokens)
         if parts.usage is not None:
             self.forcing_usage = parts.usage
-        assert self.stripper is not None
-        text = self.stripper.feed(parts.content)
-        if text:
-            self.forced_parts.append(text)
-            return [TextDelta(text, Phase.ANSWER, forced=True)]
-        return []
+        assert self.forced is not None
+        text = self.forced.feed(parts.content)
+        return [TextDelta(text, Phase.ANSWER, forced=True)] if text else []
 
-    def forced_answer(self) -> str | None:
-        if self.stripper is None:
-            return None
-        rest = self.stripper.flush()
-        if rest:
-            self.forced_parts.append(rest)
-        return "".join(self.forced_parts)
+    def finish_forced(self) -> list[TextDelta]:
+        text = self.forced.finish() if self.forced is not None else ""
+        return [TextDelta(text, Phase.ANSWER, forced=True)] if text else []
 
     def result(self, *, interrupted: bool = False) -> ExitResult:
         session = self.session
         session.close_text()
-        forced = self.forced_answer()
-        if forced is not None:
-            # A cut answer keeps the cue so that it reads on; a cut reasoning is followed by the answer alone.
-            session.add_forced_answer(
-                f"{self.forcing.cue}{forced}" if session.text.strip() else forced.strip()
-            )
+        forced = self.forced.continuation if self.forced is not None else None
+        if self.forced is not None:
+            session.add_forced_answer(self.forced.text)
         forced_tokens = self.forced_tokens
         if self.forcing_usage and self.forcing_usage.get("completion_tokens") is not None:
             forced_tokens = int(self.forcing_usage["completion_tokens"])
@@ -321,18 +319,20 @@ class ExitStream:
                 if run.should_stop:
                     break
             self.close()
+            run.session.close_text()
+            yield from run.drained()
             if run.wants_forcing():
                 self._stream = _open(self._client, run.api, run.forcing_request())
+                yield from run.forcing_preamble()
                 for chunk in self._stream:
                     yield from run.handle_forced(chunk)
                 self.close()
+                yield from run.finish_forced()
         except _STREAM_ERRORS as error:
             raise run.interrupted(error) from error
         finally:
             self.close()
         self._result = run.result()
-        for phase, text in run.session.drain():
-            yield TextDelta(text, phase)
 
 
 def _open(client: Any, api: Api, request: dict[str, Any]) -> Any:
@@ -382,19 +382,24 @@ class AsyncExitStream:
                 if run.should_stop:
                     break
             await self.aclose()
+            run.session.close_text()
+            for delta in run.drained():
+                yield delta
             if run.wants_forcing():
                 self._stream = await _aopen(self._client, run.api, run.forcing_request())
+                for delta in run.forcing_preamble():
+                    yield delta
                 async for chunk in self._stream:
                     for delta in run.handle_forced(chunk):
                         yield delta
                 await self.aclose()
+                for delta in run.finish_forced():
+                    yield delta
         except _STREAM_ERRORS as error:
             raise run.interrupted(error) from error
         finally:
             await self.aclose()
         self._result = run.result()
-        for phase, text in run.session.drain():
-            yield TextDelta(text, phase)
 
 
 async def _aopen(client: Any, api: Api, request: dict[str, Any]) -> Any:

@@ -25,15 +25,30 @@ from .runner import RunConfig, force_answers, record_traces, run_live
 
 
 @contextlib.contextmanager
-def connect(base_url: str | None, model: str | None, api_key: str = "sk-no-key") -> Iterator[tuple[Any, str]]:
-    """An openai client and model id; starts the embedded server when no base URL is given."""
+def connect(
+    base_url: str | None, model: str | None, api_key: str = "sk-no-key", model_file: str | None = None
+) -> Iterator[tuple[Any, str]]:
+    """An openai client and model id; starts the embedded server when no base URL is given.
+
+    ``model_file`` (a GGUF path, or ``"qwen2.5-coder-0.5b"`` to fetch the opt-in benchmark model
+    with ``models.fetch_qwen_coder_05b``) replaces the embedded SmolLM2 model.
+    """
     import openai
 
     with contextlib.ExitStack() as stack:
         if base_url is None:
             from ..local import LocalServer
 
-            server = stack.enter_context(LocalServer())
+            settings: dict[str, Any] = {}
+            if model_file:
+                path = Path(model_file)
+                if model_file == "qwen2.5-coder-0.5b":
+                    from ..local.pins import cache_dir
+                    from .models import fetch_qwen_coder_05b
+
+                    path = fetch_qwen_coder_05b(cache_dir() / "models")
+                settings = {"model_path": path, "alias": path.stem}
+            server = stack.enter_context(LocalServer(**settings))
             base_url, model = server.base_url, model or server.model
         client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
         if model is None:

@@ -95,7 +95,7 @@ def _unwrap_text(s: str) -> str:
 
 
 def _fix_fracs(s: str) -> str:
-    """``\\frac12`` -> ``\\frac{1}{2}``, ``\\frac{270}7`` -> ``\\frac{270}{7}``, ``\\sqrt2`` -> ``\\sqrt{2}``."""
+    """Brace bare arguments: ``\\frac12``, ``\\frac{270}7``, ``\\frac9{19}``, ``\\sqrt2``."""
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac(\{[^{}]*\})(\w)", r"\\frac\1{\2}", s)
     s = re.sub(r"\\frac(\w)(\{)", r"\\frac{\1}\2", s)

@@ -31,8 +31,6 @@ from ..errors import EntropyExitWarning, PolicyError
 from .signals import (
     NO_SIGNAL,
     STRONG,
-    UNMEASURED,
-    WEAK,
     auroc,
     bootstrap_auroc_ci,
     lowest_group_confidence,
@@ -258,7 +256,7 @@ def calibrate(
     lows = [e.lowest_group_confidence for e in items if e.lowest_group_confidence is not None]
     deepconf = float(np.quantile(lows, 1 - deepconf_keep)) if lows else None
     return Calibration(
-        tau=float(taus[method]),
+        tau=float(taus[method] or 0.0),
         method=method,
         n=len(items),  # type: ignore[arg-type]
         correct=ClassStats.of(c, used[ok]),

@@ -24,7 +24,8 @@ UNMEASURED = "unmeasured: every example was correct, the signal cannot be tested
 
 def sequence_entropy(tokens: Sequence[TokenLogprob], *, k: int = 20, phase: str = "auto") -> float | None:
     """Mean token entropy over the watched tokens, computed by the same monitor as live runs."""
-    monitor = EntropyMonitor(ExitPolicy(threshold=0.0, min_tokens=0, top_k=min(max(k, 1), 20), phase=phase))  # type: ignore[arg-type]
+    policy = ExitPolicy(threshold=0.0, min_tokens=0, top_k=min(max(k, 1), 20), phase=phase)  # type: ignore[arg-type]
+    monitor = EntropyMonitor(policy)
     for token in tokens:
         monitor.observe(token)
     return monitor.decision.entropy

@@ -31,7 +31,7 @@ def profile(llama_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Path
             "--model",
             llama_server.model,
             "--n",
-            "8",
+            "6",
             "--out",
             str(path),
             *COMMON,
@@ -43,8 +43,8 @@ def profile(llama_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 def test_calibrate_prints_and_saves_a_profile(profile: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cal = Calibration.load(profile)
-    assert cal.n == 8 and cal.k == 20 and cal.method == "mean"
-    assert cal.correct.n + cal.incorrect.n == 8
+    assert cal.n == 6 and cal.k == 20 and cal.method == "mean"
+    assert cal.correct.n + cal.incorrect.n == 6
     assert set(cal.taus) == {"mean", "info", "bayes", "quantile", "deepconf"}
     assert cal.expected_tokens > 0 and cal.model
     text = cal.summary()
@@ -137,4 +137,5 @@ def test_gate_plain_and_langchain(llama_server: Any) -> None:
     )
     message = runnable.invoke("What is 3 + 4?")
     meta = message.response_metadata["entropy_gate"]
+    assert message.usage_metadata is not None
     assert meta["passed"] is False and meta["tokens_used"] == message.usage_metadata["output_tokens"]

@@ -105,6 +105,7 @@ def test_gate_summary_against_always_extending() -> None:
     sure = make_trace("a", SURE, "12", True)  # low entropy, right
     unsure = make_trace("b", UNSURE + [(" 7", 0.6)], "12", False)  # high entropy, wrong
     ext = [Extended("12", 30, True, 1.0), Extended("12", 30, True, 1.0)]
+    assert sure.entropy is not None
     row = gate_summary("gate", sure.entropy + 0.01, [sure, unsure], ext)
     assert row.exits == 1  # one question passed the gate
     assert row.tokens == 11 + 11 + 30 and row.baseline_tokens == 11 + 11 + 60

@@ -10,10 +10,6 @@ import pytest
 
 from entropy_exit_integrations import ExitPolicy, TokenLogprob
 from entropy_exit_integrations.core.calibration import (
-    NO_SIGNAL,
-    STRONG,
-    UNMEASURED,
-    WEAK,
     Calibration,
     auroc,
     bootstrap_auroc_ci,
@@ -21,6 +17,7 @@ from entropy_exit_integrations.core.calibration import (
     lowest_group_confidence,
     sequence_entropy,
 )
+from entropy_exit_integrations.core.signals import NO_SIGNAL, STRONG, UNMEASURED, WEAK
 from entropy_exit_integrations.errors import EntropyExitWarning, PolicyError
 
 CORRECT = [0.1, 0.2, 0.3, 0.4]
@@ -90,7 +87,9 @@ def test_auroc_matches_mann_whitney_with_ties() -> None:
     pos, neg = np.array([3.0, 2.0, 2.0]), np.array([2.0, 1.0])
     # pairs: (3>2,3>1,2=2,2>1,2=2,2>1) = 4 wins + 2 ties -> 5/6
     assert auroc(pos, neg) == pytest.approx(5 / 6)
-    low, high = bootstrap_auroc_ci(pos, neg, n_boot=500)
+    interval = bootstrap_auroc_ci(pos, neg, n_boot=500)
+    assert interval is not None
+    low, high = interval
     assert 0.0 <= low <= 5 / 6 <= high <= 1.0
 
 

@@ -115,6 +115,16 @@ def test_iterator_form_streams_deltas_then_gives_the_result(client, llama_server
     assert stream.result.finish_reason == ENTROPY_EXIT
 
 
+def test_iterator_form_streams_the_forced_answer_too(client, llama_server) -> None:
+    question = [{"role": "user", "content": "What is 7 + 5? Explain step by step."}]
+    kwargs = dict(model=llama_server.model, messages=question, max_tokens=200, temperature=0)
+    with iter_chat(client, policy=EAGER, force_answer=True, **kwargs) as stream:
+        deltas = list(stream)
+    assert "".join(d.text for d in deltas) == stream.result.text
+    forced = "".join(d.text for d in deltas if d.forced)
+    assert forced.startswith("\n\nFinal answer:") and forced.endswith(stream.result.forced_answer)
+
+
 async def test_async_iterator_form(aclient, llama_server) -> None:
     async with aiter_chat(
         aclient, policy=NEVER, model=llama_server.model, messages=STORY, max_tokens=16, temperature=0
@@ -156,7 +166,7 @@ def test_inline_think_tags_exit_in_reasoning_and_force_the_answer(client, llama_
     assert result.finish_reason == ENTROPY_EXIT
     assert result.report.reasoning_tokens > 0
     assert result.reasoning and result.forced_answer is not None
-    assert result.text == result.forced_answer.strip()  # the answer is the forced one alone
+    assert result.text == result.forced_answer  # the answer is the forced one alone
 
 
 def test_reasoning_content_exit_forces_the_answer(reasoning_server) -> None:
@@ -172,7 +182,7 @@ def test_reasoning_content_exit_forces_the_answer(reasoning_server) -> None:
     assert cut.finish_reason == ENTROPY_EXIT
     assert full.reasoning.startswith(cut.reasoning) and len(cut.reasoning) < len(full.reasoning)
     assert all(t.phase is Phase.REASONING for t in cut.tokens)
-    assert cut.forced_answer is not None and cut.text == cut.forced_answer.strip()
+    assert cut.forced_answer is not None and cut.text == cut.forced_answer
     assert cut.report.forced_answer_tokens > 0
 
 

@@ -1,0 +1,152 @@
+"""ChatEntropyExit over real recorded llama.cpp streams (ChatOpenAI + mock transport)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+from langchain_core.language_models import GenericFakeChatModel
+from langchain_core.messages import AIMessageChunk
+from langchain_core.runnables import RunnableBinding
+from langchain_core.tools import tool
+from pydantic import BaseModel
+
+from entropy_exit_integrations import EntropyExitWarning, ExitPolicy, LogprobsUnavailableError, SavingsLedger
+from entropy_exit_integrations.forcing import AnswerForcing
+from entropy_exit_integrations.langchain import ChatEntropyExit
+
+from .conftest import forced_chunks
+
+TOP20 = "llamacpp_chat_top20.jsonl"
+REASONING = "llamacpp_reasoning_content_top20.jsonl"
+EAGER = ExitPolicy(threshold=3.0, min_tokens=3)
+NEVER = ExitPolicy(threshold=0.0)
+
+
+def test_exit_truncates_reports_and_closes(replay: Any) -> None:
+    server = replay(TOP20)
+    ledger = SavingsLedger()
+    llm = ChatEntropyExit(model=server.chat(), policy=EAGER, ledger=ledger)
+    message = llm.invoke("What is 17 + 25? Answer briefly.")
+    body = server.requests[0]
+    assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["stream"] is True
+    report = message.response_metadata["entropy_exit"]
+    assert report["exited"] and report["max_tokens"] == 64
+    assert report["tokens_saved_vs_budget"] == 64 - report["tokens_generated"]
+    assert message.response_metadata["finish_reason"] == "entropy_exit"
+    assert message.usage_metadata["output_tokens"] == report["tokens_generated"]
+    assert message.usage_metadata["input_tokens"] > 0  # estimated: an aborted stream has no usage
+    assert "17 + 25 = 32.".startswith(message.content) and message.content != "17 + 25 = 32."
+    assert server.closed_early(0) and len(server.requests) == 1  # exit in the answer: no forcing
+    assert len(ledger) == 1
+
+
+def test_stream_chunks_and_single_usage(replay: Any) -> None:
+    server = replay(TOP20)
+    llm = ChatEntropyExit(model=server.chat(), policy=NEVER)
+    chunks = list(llm.stream("hi"))
+    assert all(isinstance(c, AIMessageChunk) for c in chunks)
+    assert [c for c in chunks if c.usage_metadata] == [chunks[-1]]
+    assert chunks[-1].chunk_position == "last"
+    assert sum("entropy_exit" in c.response_metadata for c in chunks) == 1
+    full = sum(chunks[1:], chunks[0])
+    assert full.content == "17 + 25 = 32."
+    assert full.usage_metadata["output_tokens"] == 12  # the provider's usage (it counts the end token), once
+    assert full.response_metadata["finish_reason"] == "stop"
+    assert full.response_metadata["entropy_exit"]["exited"] is False
+
+
+def test_reasoning_content_kept_and_answer_forced(replay: Any) -> None:
+    # First request: the recorded reasoning stream. Second (forcing): hand-written reply.
+    server = replay(REASONING, lambda body: forced_chunks(body["messages"][-1]["content"]))
+    llm = ChatEntropyExit(model=server.chat(max_tokens=128), policy=EAGER)
+    message = llm.invoke("What is 7 + 5?")
+    assert message.additional_kwargs["reasoning_content"].startswith("\nStep")
+    report = message.response_metadata["entropy_exit"]
+    assert report["exited"] and report["reasoning_tokens"] > 0 and report["forced_answer_tokens"] > 0
+    forcing = server.requests[1]
+    assert forcing["messages"][-1]["role"] == "assistant"
+    assert forcing["messages"][-1]["content"].startswith("<think>")  # ChatOpenAI drops reasoning_content
+    assert forcing["extra_body"] if "extra_body" in forcing else forcing["continue_final_message"]
+    assert forcing["max_tokens"] == AnswerForcing().max_tokens or forcing.get("max_completion_tokens")
+    assert message.content == "12"  # the echo of the prefix is stripped
+
+
+def test_force_answer_false(replay: Any) -> None:
+    server = replay(REASONING)
+    message = ChatEntropyExit(model=server.chat(), policy=EAGER, force_answer=False).invoke("q")
+    assert len(server.requests) == 1 and message.content == ""
+    assert message.response_metadata["entropy_exit"]["exited"]
+
+
+async def test_async_paths(replay: Any) -> None:
+    server = replay(TOP20)
+    llm = ChatEntropyExit(model=server.chat(), policy=EAGER)
+    message = await llm.ainvoke("q")
+    assert message.response_metadata["entropy_exit"]["exited"] and server.closed_early(0)
+    chunks = [c async for c in llm.astream("q")]
+    assert chunks[-1].response_metadata["entropy_exit"]["exited"] and server.closed_early(1)
+
+
+def test_no_logprobs_from_inner_model() -> None:
+    llm = ChatEntropyExit(model=GenericFakeChatModel(messages=iter(["four"])), policy=EAGER)
+    with pytest.raises(LogprobsUnavailableError, match="logprobs_kwargs"):
+        llm.invoke("2+2?")
+
+
+def test_reasoning_policy_without_reasoning_warns_once(replay: Any) -> None:
+    server = replay(TOP20)
+    policy = ExitPolicy(threshold=3.0, min_tokens=3, phase="reasoning")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        message = ChatEntropyExit(model=server.chat(), policy=policy).invoke("q")
+    assert [w.category for w in caught if issubclass(w.category, EntropyExitWarning)] == [EntropyExitWarning]
+    assert message.response_metadata["entropy_exit"]["exited"]  # fell back to the answer
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def test_bind_tools_passes_through(replay: Any) -> None:
+    server = replay(TOP20)
+    bound = ChatEntropyExit(model=server.chat(), policy=NEVER).bind_tools([add], tool_choice="auto")
+    assert isinstance(bound, RunnableBinding) and isinstance(bound.bound, ChatEntropyExit)
+    bound.invoke("q", stop=["\n\n"])
+    body = server.requests[0]
+    assert body["tools"][0]["function"]["name"] == "add" and body["tool_choice"] == "auto"
+    assert body["stop"] == ["\n\n"] and body["logprobs"] is True
+
+
+class Answer(BaseModel):
+    value: int
+
+
+def test_with_structured_output_uses_the_inner_method_and_the_wrapper(replay: Any) -> None:
+    server = replay(TOP20)
+    llm = ChatEntropyExit(model=server.chat(), policy=EAGER)
+    structured = llm.with_structured_output(Answer, method="json_schema")
+    first = structured.first  # type: ignore[attr-defined]
+    assert isinstance(first, RunnableBinding) and first.bound is llm
+    assert "response_format" in first.kwargs
+
+
+def test_structured_output_is_never_cut(replay: Any) -> None:
+    server = replay(TOP20)
+    llm = ChatEntropyExit(model=server.chat(), policy=EAGER)
+    message = llm.invoke("q", response_format={"type": "json_object"})
+    assert message.content == "17 + 25 = 32." and not server.closed_early(0)
+    assert message.response_metadata["entropy_exit"]["exited"] is False
+
+
+def test_string_model_and_standard_params() -> None:
+    llm = ChatEntropyExit(model="openai:smollm2", policy=EAGER, base_url="http://127.0.0.1:9/v1",
+                          api_key="none", temperature=0, max_tokens=10, stop=["x"])
+    params = llm._get_ls_params()
+    assert params["ls_max_tokens"] == 10 and params["ls_model_name"] == "smollm2"
+    assert llm._llm_type == "entropy-exit" and llm._identifying_params["model"] == "openai-chat"
+    with pytest.raises(TypeError, match="inner model"):
+        ChatEntropyExit(model=GenericFakeChatModel(messages=iter([])), policy=EAGER, temperature=0)
