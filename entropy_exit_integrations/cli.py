@@ -91,8 +91,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, n: int, dataset: st
     parser.add_argument("--retries", type=int, default=3, help="retries per request (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="request and dataset seed (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--model-file", default=None, help="GGUF for the embedded server instead of SmolLM2, or "
-                        "'qwen2.5-coder-0.5b' to fetch and verify the opt-in benchmark model (491 MB)")
+    parser.add_argument(
+        "--model-file",
+        default=None,
+        help="GGUF for the embedded server instead of SmolLM2, or 'qwen2.5-coder-0.5b' to fetch "
+        "and verify the opt-in benchmark model (491 MB)",
+    )
 
 
 def _run_config(args: argparse.Namespace, model: str) -> Any:
@@ -113,9 +117,9 @@ def _add_calibrate_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "calibrate",
         help="set the entropy threshold from a few graded questions and save a profile",
-        description="Run the model on n calibration questions (train split where one exists), grade them, "
-        "print per-class entropy statistics, AUROC (95%% bootstrap CI), length-only AUROC, tau per method and "
-        "a verdict, and save the profile as JSON.",
+        description="Run the model on n calibration questions (train split where one exists), grade "
+        "them, print per-class entropy statistics, AUROC (95%% bootstrap CI), length-only AUROC, tau per "
+        "method and a verdict, and save the profile as JSON.",
     )
     _add_model_arguments(parser, n=16, dataset="arithmetic")
     parser.add_argument(
@@ -152,9 +156,9 @@ def _add_bench_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
         help="measure token savings against accuracy for every exit rule on one model",
-        description="Record full greedy traces (top-20 logprobs), replay every rule offline (no exit, our gate "
-        "and streaming exit, budget cut, DeepConf online, fixed 0.15 bits), confirm the chosen ones live with "
-        "answer forcing, and write results.json, results.md and PNG plots.",
+        description="Record full greedy traces (top-20 logprobs), replay every rule offline (no exit, our "
+        "gate and streaming exit, budget cut, DeepConf online, fixed 0.15 bits), confirm the chosen ones "
+        "live with answer forcing, and write results.json, results.md and PNG plots.",
     )
     _add_model_arguments(parser, n=100, dataset="arithmetic")
     parser.add_argument("--profile", default=None, help="calibration profile from `entropy-exit calibrate`")
@@ -185,7 +189,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     for row in rows:
         print(
             f"{row.rule:<40} acc {row.accuracy:6.1%}  tokens {row.tokens:>7}  saved {row.saved_pct:5.1f}% "
-            f"(kept {row.saved_kept_pct:5.1f}%)  exits {row.exits:>4} (before answer {row.exits_before_answer})"
+            f"(kept {row.saved_kept_pct:5.1f}%)  exits {row.exits:>4} "
+            f"(before answer {row.exits_before_answer})"
             f"  {row.verdict}"
         )
     print(f"results: {args.out}/results.json, {args.out}/results.md, plots in {args.out}/")
