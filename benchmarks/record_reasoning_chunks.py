@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from entropy_exit_integrations.local import LocalServer
+from entropy_exit_integrations.local.reasoning import reasoning_args
 
 OUT = Path(__file__).resolve().parent.parent / "tests/data/recordings/llamacpp_reasoning_content_top20.jsonl"
 REQUEST = {
@@ -29,9 +30,13 @@ REQUEST = {
 
 
 def main() -> None:
-    with LocalServer(reasoning=True) as server:
+    with LocalServer(parallel=1, extra_args=reasoning_args()) as server:
         payloads = []
-        with httpx.stream("POST", f"{server.base_url}/chat/completions", json=REQUEST, timeout=60) as r:
+        # A fresh connection: llama-server may close a kept-alive one right after a stream.
+        with (
+            httpx.Client(timeout=60) as http,
+            http.stream("POST", f"{server.base_url}/chat/completions", json=REQUEST) as r,
+        ):
             for line in r.iter_lines():
                 if line.startswith("data: ") and line != "data: [DONE]":
                     payloads.append(json.loads(line[len("data: ") :]))
