@@ -197,8 +197,44 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo_parser(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="calibrate the embedded model and show entropy exit saving tokens in a LangChain chain",
+        description="Start the embedded server, calibrate on generated arithmetic questions, answer test "
+        "questions with and without ChatEntropyExit, print the savings table and plot the entropy "
+        "trajectories.",
+    )
+    parser.add_argument("--base-url", default=None, help="an OpenAI-compatible server (default: embedded)")
+    parser.add_argument("--model", default=None, help="model id on that server")
+    parser.add_argument("--n-calibration", type=int, default=16, help="calibration questions (default: 16)")
+    parser.add_argument("--n-test", type=int, default=8, help="test questions (default: 8)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="token budget per answer (default: 128)")
+    parser.add_argument("--out", default="demo-out", help="directory for the profile and the plot")
+    parser.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(
+        base_url=args.base_url,
+        model=args.model,
+        n_calibration=args.n_calibration,
+        n_test=args.n_test,
+        max_tokens=args.max_tokens,
+        out_dir=args.out,
+    )
+    return 0
+
+
 #: Registered subcommands, in help order.
-_PARSERS: list[Callable[[Subparsers], None]] = [_add_serve_parser, _add_calibrate_parser, _add_bench_parser]
+_PARSERS: list[Callable[[Subparsers], None]] = [
+    _add_demo_parser,
+    _add_serve_parser,
+    _add_calibrate_parser,
+    _add_bench_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,14 +25,16 @@ def savings_vs_accuracy(rows: Sequence[RuleSummary], path: Path) -> Path:
     """Saved % of tokens against accuracy, one series per rule family."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    families: dict[str, list[RuleSummary]] = defaultdict(list)
+    families: dict[tuple[str, bool], list[RuleSummary]] = defaultdict(list)
     for row in rows:
-        families[row.family].append(row)
-    for family, items in families.items():
+        families[(row.family, row.forced)].append(row)
+    for (family, forced), items in families.items():
         items = sorted(items, key=lambda r: r.saved_pct)
-        ax.plot(
-            [r.saved_pct for r in items], [100 * r.accuracy for r in items], "o-", label=family, alpha=0.8
-        )
+        versus = row_versus(items[0])
+        label = f"{family}{' (answer forced, live)' if forced else ''}{versus}"
+        style = "*" if forced else "o-"
+        xs, ys = [r.saved_pct for r in items], [100 * r.accuracy for r in items]
+        ax.plot(xs, ys, style, label=label, alpha=0.8, markersize=11 if forced else 5)
     baseline = [r.baseline_accuracy for r in rows if r.extra.get("versus", "no exit") == "no exit"]
     if baseline:
         ax.axhline(100 * baseline[0], color="grey", linestyle="--", label="no exit")
@@ -44,6 +46,12 @@ def savings_vs_accuracy(rows: Sequence[RuleSummary], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def row_versus(row: RuleSummary) -> str:
+    """Legend suffix for rows whose savings are not against the no-exit baseline."""
+    versus = row.extra.get("versus", "no exit")
+    return "" if versus == "no exit" else f" [vs {versus}]"
 
 
 def entropy_distributions(traces: Sequence[Trace], path: Path, tau: float | None = None) -> Path:

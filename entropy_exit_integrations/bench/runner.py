@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..core.policy import ExitPolicy
-from ..errors import EntropyExitError, LogprobsUnavailableError, PolicyError
+from ..errors import EntropyExitError, StreamInterrupted
 from ..forcing import AnswerForcing
 from .datasets import Problem, messages_for
 from .graders import grade
@@ -51,14 +51,20 @@ class RunConfig:
         return kwargs
 
 
+def _transient() -> tuple[type[BaseException], ...]:
+    import httpx
+    import openai
+
+    return (openai.APIError, httpx.HTTPError, StreamInterrupted, ConnectionError, TimeoutError)
+
+
 def with_retries(call: Callable[[], R], retries: int) -> R:
-    """Run ``call``; on a transport/server error wait 0.5, 1, 2 ... s and try again."""
+    """Run ``call``; on a transport or server error wait 0.5, 1, 2 ... s and try again."""
+    transient = _transient()
     for attempt in range(retries + 1):
         try:
             return call()
-        except (LogprobsUnavailableError, PolicyError):
-            raise
-        except Exception:  # openai.APIError, httpx errors, StreamInterrupted
+        except transient:
             if attempt == retries:
                 raise
             time.sleep(0.5 * 2**attempt)

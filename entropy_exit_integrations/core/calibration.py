@@ -124,6 +124,7 @@ class Calibration:
     def save(self, path: str | Path) -> Path:
         """Write the profile as JSON; returns the path."""
         target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         return target
 

@@ -68,7 +68,7 @@ def bootstrap_auroc_ci(
     table = _comparisons(positive, negative)
     wp = rng.multinomial(positive.size, np.full(positive.size, 1 / positive.size), size=n_boot)
     wn = rng.multinomial(negative.size, np.full(negative.size, 1 / negative.size), size=n_boot)
-    values = np.einsum("bi,ij,bj->b", wp, table, wn) / (positive.size * negative.size)
+    values = ((wp @ table) * wn).sum(axis=1) / (positive.size * negative.size)
     alpha = (1 - level) / 2
     low, high = np.quantile(values, [alpha, 1 - alpha])
     return float(low), float(high)

@@ -8,6 +8,7 @@ chunk with usage and report) lives here, shared by the sync and async paths.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -16,6 +17,7 @@ from langchain_core.messages.utils import convert_to_openai_messages
 from langchain_core.outputs import ChatGenerationChunk
 
 from ..core.savings import SavingsLedger, SavingsReport
+from ..errors import EntropyExitWarning, LogprobsUnavailableError
 from ..forcing import AnswerForcing, EchoStripper
 from ..session import ExitSession
 from ..tokencount import count_message_tokens
@@ -55,6 +57,7 @@ class Generation:
             logprobs_kwargs = {"logprobs": True}
             if getattr(inner, "top_logprobs", None) is None:
                 logprobs_kwargs["top_logprobs"] = policy.top_k
+        self.logprob_keys = [key for key in logprobs_kwargs if key not in request]
         for key, value in logprobs_kwargs.items():
             request.setdefault(key, value)
         if self.openai:
@@ -85,6 +88,23 @@ class Generation:
     @property
     def should_stop(self) -> bool:
         return self.session.should_stop
+
+    def refused(self, error: BaseException) -> None:
+        """The provider refused logprobs: raise, or (``on_missing="pass_through"``) drop them."""
+        if self.session.policy.on_missing == "raise":
+            raise LogprobsUnavailableError(
+                "the provider refused to stream logprobs for this request (ExitPolicy("
+                "on_missing='pass_through') runs such calls unmonitored)",
+                provider_message=str(error),
+            ) from error
+        warnings.warn(
+            f"the provider refused logprobs ({error}); this call runs unmonitored",
+            EntropyExitWarning,
+            stacklevel=2,
+        )
+        for key in self.logprob_keys:
+            self.request.pop(key, None)
+        self.session._warned_missing = True  # said once, here, with the reason
 
     def handle(self, chunk: ChatGenerationChunk) -> ChatGenerationChunk:
         """Account for one inner chunk; returns it with its usage held back for the last chunk."""
@@ -156,6 +176,7 @@ class Generation:
     def final_chunk(self) -> ChatGenerationChunk:
         """The last chunk: usage, the report (plain data, once), the exit's finish reason."""
         session = self.session
+        cut = self.should_stop  # checked before close_text, which may still move the decision
         tail = None
         if self.stripper is not None:
             tail = self._forced_chunk(self.stripper.flush())
@@ -169,11 +190,13 @@ class Generation:
         self.report = session.report(
             forced_answer_tokens=forced_tokens, prompt_tokens=prompt, prompt_tokens_estimated=estimated
         )
+        if self.report.exited and not cut:  # confident only while a tool call streamed: nothing saved
+            self.report = _no_exit(self.report, session.finish_reason or "stop")
         if self.ledger is not None:
             self.ledger.record(self.report)
         usage = session.usage_block(self.report)
         metadata: dict[str, Any] = {REPORT_KEY: self.report.to_dict()}
-        if self.should_stop and session.finish_reason is None:
+        if cut and session.finish_reason is None:
             metadata["finish_reason"] = ENTROPY_EXIT
         if not self.saw_model_name and self.model_name:
             metadata["model_name"] = self.model_name
@@ -197,3 +220,16 @@ class Generation:
         except Exception:  # noqa: BLE001 - exotic content: a rough count is all that is needed
             dicts = [{"content": m.text} for m in self.messages]
         return count_message_tokens(list(dicts), self.model_name or None).tokens, True
+
+
+def _no_exit(report: SavingsReport, reason: str) -> SavingsReport:
+    """The report of a stream that ran to its end although the policy would have stopped it."""
+    return dataclasses.replace(
+        report,
+        exited=False,
+        exit_reason=reason,
+        exit_token_index=None,
+        tokens_saved_vs_budget=None if report.tokens_saved_vs_budget is None else 0,
+        tokens_saved_vs_expected=None if report.tokens_saved_vs_expected is None else 0.0,
+        saved_fraction=None if report.saved_fraction is None else 0.0,
+    )

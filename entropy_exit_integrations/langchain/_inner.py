@@ -69,6 +69,48 @@ def with_reasoning_capture(model: BaseChatModel) -> BaseChatModel:
     return clone
 
 
+def is_logprobs_refusal(error: BaseException) -> bool:
+    """The provider answered 400/403/422 about logprobs (llama.cpp: "not supported with tools + stream")."""
+    status = getattr(error, "status_code", None) or getattr(
+        getattr(error, "response", None), "status_code", None
+    )
+    return status in (400, 403, 422) and "logprob" in str(error).lower()
+
+
+def open_stream(
+    inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, run: Any
+) -> tuple[Iterator[ChatGenerationChunk], list[ChatGenerationChunk]]:
+    """The inner stream and its first chunk; a logprobs refusal goes to ``run.refused`` (retry)."""
+    stream = inner_stream(inner, messages, stop, run.request)
+    try:
+        first = next(stream, None)
+    except Exception as error:
+        stream.close()  # type: ignore[attr-defined]
+        if not is_logprobs_refusal(error):
+            raise
+        run.refused(error)
+        stream = inner_stream(inner, messages, stop, run.request)
+        first = next(stream, None)
+    return stream, [] if first is None else [first]
+
+
+async def aopen_stream(
+    inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, run: Any
+) -> tuple[AsyncIterator[ChatGenerationChunk], list[ChatGenerationChunk]]:
+    """Async twin of ``open_stream``."""
+    stream = inner._astream(messages, stop=stop, **run.request)
+    try:
+        first = await anext(stream, None)
+    except Exception as error:
+        await stream.aclose()  # type: ignore[attr-defined]
+        if not is_logprobs_refusal(error):
+            raise
+        run.refused(error)
+        stream = inner._astream(messages, stop=stop, **run.request)
+        first = await anext(stream, None)
+    return stream, [] if first is None else [first]
+
+
 def inner_stream(
     inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
 ) -> Iterator[ChatGenerationChunk]:

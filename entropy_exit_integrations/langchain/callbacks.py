@@ -48,6 +48,7 @@ from langchain_core.outputs import LLMResult
 
 from ..core.policy import ExitPolicy
 from ..core.savings import SavingsLedger, SavingsReport
+from ..core.tokens import Phase
 from ..errors import EntropyExit, EntropyExitError, LogprobsUnavailableError
 from ..providers.frameworks import tokens_from_langchain_chunk
 from ..providers.parts import ChunkParts
@@ -78,15 +79,18 @@ def parts_from_chunk(chunk: Any) -> ChunkParts:
     if not isinstance(text, str):
         text = getattr(message, "text", "")
         text = text() if callable(text) else text
-    tokens = tokens_from_langchain_chunk(chunk)
     info = getattr(chunk, "generation_info", None) or {}
     metadata = getattr(message, "response_metadata", None) or {}
     extra = getattr(message, "additional_kwargs", None) or {}
     reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
+    if not isinstance(reasoning, str):
+        reasoning = ""
+    phase = Phase.REASONING if reasoning and not text else Phase.ANSWER
+    tokens = tokens_from_langchain_chunk(chunk, phase)
     usage = getattr(message, "usage_metadata", None)
     return ChunkParts(
         content=text or "",
-        reasoning=reasoning if isinstance(reasoning, str) else "",
+        reasoning=reasoning,
         tokens=tokens or (),
         has_logprobs=tokens is not None,
         finish_reason=info.get("finish_reason") or metadata.get("finish_reason"),

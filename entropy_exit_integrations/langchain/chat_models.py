@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
@@ -18,7 +19,15 @@ from ..core.policy import ExitPolicy
 from ..core.savings import SavingsLedger
 from ..forcing import AnswerForcing
 from ._generation import Generation
-from ._inner import aiter_list, inner_stream, swap_model, to_run_metadata, with_reasoning_capture
+from ._inner import (
+    aiter_list,
+    aopen_stream,
+    inner_stream,
+    open_stream,
+    swap_model,
+    to_run_metadata,
+    with_reasoning_capture,
+)
 
 
 class ChatEntropyExit(BaseChatModel):
@@ -144,7 +153,7 @@ class ChatEntropyExit(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {
-            "model": self.model._llm_type,
+            "inner_llm_type": self.model._llm_type,
             **self.model._identifying_params,
             "policy": self.policy.to_dict(),
             "force_answer": self.force_answer,
@@ -179,9 +188,9 @@ class ChatEntropyExit(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         inner = self._inner()
         run = self._generation(inner, messages, kwargs)
-        stream = inner_stream(inner, messages, stop, run.request)
+        stream, head = open_stream(inner, messages, stop, run)
         try:
-            for chunk in stream:
+            for chunk in itertools.chain(head, stream):
                 yield run.handle(chunk)
                 if run.should_stop:
                     break
@@ -208,12 +217,15 @@ class ChatEntropyExit(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         inner = self._inner()
         run = self._generation(inner, messages, kwargs)
-        stream = inner._astream(messages, stop=stop, **run.request)
+        stream, head = await aopen_stream(inner, messages, stop, run)
         try:
-            async for chunk in stream:
+            for chunk in head:
                 yield run.handle(chunk)
-                if run.should_stop:
-                    break
+            if not run.should_stop:
+                async for chunk in stream:
+                    yield run.handle(chunk)
+                    if run.should_stop:
+                        break
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
         if run.wants_forcing():

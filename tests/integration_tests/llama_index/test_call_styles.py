@@ -12,7 +12,16 @@ from entropy_exit_integrations.llama_index import REPORT_KEY, EntropyExitLLM
 
 from .conftest import STORY
 
-STYLES = ["chat", "achat", "stream_chat", "astream_chat", "complete", "acomplete", "stream_complete", "astream_complete"]
+STYLES = [
+    "chat",
+    "achat",
+    "stream_chat",
+    "astream_chat",
+    "complete",
+    "acomplete",
+    "stream_complete",
+    "astream_complete",
+]
 MESSAGES = [ChatMessage(role="user", content=STORY)]
 
 

@@ -49,7 +49,9 @@ def _assert_stopped(server: Any, before: float, report: dict) -> None:
 def test_exit_stops_server_sync(llama_server: Any) -> None:
     llama_server.wait_until_idle(timeout=30)
     before = predicted(llama_server)
-    llm = EntropyExitLLM(llm=openai_like(llama_server, BUDGET), policy=ExitPolicy(threshold=10.0, min_tokens=8))
+    llm = EntropyExitLLM(
+        llm=openai_like(llama_server, BUDGET), policy=ExitPolicy(threshold=10.0, min_tokens=8)
+    )
     assert llm.closes_http
     *_, last = llm.stream_chat(MESSAGES)
     _assert_stopped(llama_server, before, last.additional_kwargs["entropy_exit"])
@@ -58,7 +60,9 @@ def test_exit_stops_server_sync(llama_server: Any) -> None:
 async def test_exit_stops_server_async(llama_server: Any) -> None:
     llama_server.wait_until_idle(timeout=30)
     before = predicted(llama_server)
-    llm = EntropyExitLLM(llm=openai_like(llama_server, BUDGET), policy=ExitPolicy(threshold=10.0, min_tokens=8))
+    llm = EntropyExitLLM(
+        llm=openai_like(llama_server, BUDGET), policy=ExitPolicy(threshold=10.0, min_tokens=8)
+    )
     response = await llm.achat(MESSAGES)
     _assert_stopped(llama_server, before, response.additional_kwargs["entropy_exit"])
 

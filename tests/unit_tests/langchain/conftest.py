@@ -47,6 +47,8 @@ class Replay:
     served: list[int] = field(default_factory=list)
     total: list[int] = field(default_factory=list)
     by_prompt: dict[str, str] = field(default_factory=dict)
+    refuse_tools_logprobs: bool = False
+    """Answer tools + stream + logprobs the way llama-server does (its real 400 body)."""
 
     def _chunks(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         prompt = str(body["messages"][-1].get("content"))
@@ -58,6 +60,10 @@ class Replay:
     def handler(self, request: httpx.Request, is_async: bool = False) -> httpx.Response:
         body = json.loads(request.content)
         self.requests.append(body)
+        if self.refuse_tools_logprobs and body.get("tools") and body.get("logprobs") and body.get("stream"):
+            error = {"code": 400, "message": "logprobs is not supported with tools + stream",
+                     "type": "invalid_request_error"}
+            return httpx.Response(400, json={"error": error})
         parts = sse(self._chunks(body))
         slot = len(self.served)
         self.served.append(0)

@@ -68,8 +68,9 @@ def test_reasoning_content_kept_and_answer_forced(replay: Any) -> None:
     forcing = server.requests[1]
     assert forcing["messages"][-1]["role"] == "assistant"
     assert forcing["messages"][-1]["content"].startswith("<think>")  # ChatOpenAI drops reasoning_content
-    assert forcing["extra_body"] if "extra_body" in forcing else forcing["continue_final_message"]
-    assert forcing["max_tokens"] == AnswerForcing().max_tokens or forcing.get("max_completion_tokens")
+    assert forcing["continue_final_message"] is True and forcing["add_generation_prompt"] is False
+    budget = forcing.get("max_completion_tokens", forcing.get("max_tokens"))
+    assert budget == AnswerForcing().max_tokens and forcing["stop"] == ["\n\n"]
     assert message.content == "12"  # the echo of the prefix is stripped
 
 
@@ -147,6 +148,26 @@ def test_string_model_and_standard_params() -> None:
                           api_key="none", temperature=0, max_tokens=10, stop=["x"])
     params = llm._get_ls_params()
     assert params["ls_max_tokens"] == 10 and params["ls_model_name"] == "smollm2"
-    assert llm._llm_type == "entropy-exit" and llm._identifying_params["model"] == "openai-chat"
+    assert llm._llm_type == "entropy-exit" and llm._identifying_params["inner_llm_type"] == "openai-chat"
     with pytest.raises(TypeError, match="inner model"):
         ChatEntropyExit(model=GenericFakeChatModel(messages=iter([])), policy=EAGER, temperature=0)
+
+
+def test_logprobs_refused_with_tools_raises_by_default(replay: Any) -> None:
+    server = replay(TOP20, refuse_tools_logprobs=True)
+    bound = ChatEntropyExit(model=server.chat(), policy=EAGER).bind_tools([add])
+    with pytest.raises(LogprobsUnavailableError, match="tools \\+ stream") as caught:
+        bound.invoke("q")
+    assert "on_missing='pass_through'" in str(caught.value)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_logprobs_refused_with_tools_passes_through(replay: Any, use_async: bool) -> None:
+    server = replay(TOP20, "llamacpp_chat_nologprobs.jsonl", refuse_tools_logprobs=True)
+    policy = ExitPolicy(threshold=3.0, min_tokens=3, on_missing="pass_through")
+    bound = ChatEntropyExit(model=server.chat(), policy=policy).bind_tools([add])
+    with pytest.warns(EntropyExitWarning, match="refused logprobs"):
+        message = await bound.ainvoke("q") if use_async else bound.invoke("q")
+    assert [r.get("logprobs") for r in server.requests] == [True, None]
+    assert server.requests[1]["tools"] and message.content == "17 + 25 = 32."
+    assert message.response_metadata["entropy_exit"]["exited"] is False

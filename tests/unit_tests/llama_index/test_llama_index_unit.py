@@ -11,9 +11,9 @@ import pytest
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
+    ChatResponseGen,
     CompletionResponse,
     CompletionResponseGen,
-    ChatResponseGen,
     LLMMetadata,
     LogProb,
 )
@@ -85,16 +85,30 @@ def test_parts_of_reads_raw_chunks_then_llama_index_fields() -> None:
             {
                 "index": 0,
                 "delta": {"reasoning_content": "hmm"},
-                "logprobs": {"content": [{"token": "hmm", "logprob": -0.1, "top_logprobs": [
-                    {"token": "hmm", "logprob": -0.1}, {"token": "uh", "logprob": -2.4}]}]},
+                "logprobs": {
+                    "content": [
+                        {
+                            "token": "hmm",
+                            "logprob": -0.1,
+                            "top_logprobs": [
+                                {"token": "hmm", "logprob": -0.1},
+                                {"token": "uh", "logprob": -2.4},
+                            ],
+                        }
+                    ]
+                },
             }
         ],
     }
     parts = parts_of(ChatResponse(message=ChatMessage(content=""), raw=raw))
     assert parts.reasoning == "hmm" and parts.tokens[0].phase.value == "reasoning"
     fallback = parts_of(
-        ChatResponse(message=ChatMessage(content=""), delta="", logprobs=[SURE],
-                     additional_kwargs={"thinking_delta": "think"})
+        ChatResponse(
+            message=ChatMessage(content=""),
+            delta="",
+            logprobs=[SURE],
+            additional_kwargs={"thinking_delta": "think"},
+        )
     )
     assert fallback.reasoning == "think" and fallback.tokens[0].token == "a"
     assert fallback.tokens[0].phase.value == "reasoning"
@@ -146,7 +160,7 @@ async def test_async_styles_exit() -> None:
     assert response.additional_kwargs[REPORT_KEY]["tokens_generated"] == 4
     stream = await llm.astream_complete("go")
     last = None
-    async for last in stream:
+    async for last in stream:  # noqa: B007
         pass
     assert last is not None and last.additional_kwargs[REPORT_KEY]["exited"]
 
@@ -168,6 +182,7 @@ def test_capture_closes_only_its_own_responses() -> None:
 
     holder = Holder()
     assert install_hooks(holder)
+
     class Endless(httpx.SyncByteStream):
         def __iter__(self):  # an unfinished SSE body
             yield b"data: x\n\n"
