@@ -3,9 +3,11 @@
 1. Starts the embedded llama.cpp server (building it once into the cache, with progress).
 2. Calibrates on a few training questions of a task the embedded model can do: generated
    arithmetic (SmolLM2-135M solves no GSM8K problem), and prints the verdict on the signal.
-3. Answers test questions twice through ``prompt | model``: the plain ChatOpenAI (baseline) and
-   ``ChatEntropyExit`` with the calibrated policy and answer forcing, printing per question the
-   answer, whether it is right, and the tokens of both; then the totals and the saved share.
+3. Answers test questions twice through ``prompt | model``: the baseline (threshold 0: the same
+   request, monitored but never stopped, so both runs count tokens the same way, one per logprob
+   entry) and ``ChatEntropyExit`` with the calibrated policy and answer forcing, printing per
+   question the answer, whether it is right, and the tokens of both; then the totals and the
+   saved share.
 4. Writes a PNG of the token-entropy trajectories with the exit points.
 """
 
@@ -71,7 +73,7 @@ def answer_all(
         stream_usage=True,
     )
     prompt = ChatPromptTemplate.from_messages([("system", SYSTEM_PROMPT), ("user", "{question}")])
-    baseline_chain = prompt | inner
+    baseline_chain = prompt | ChatEntropyExit(model=inner, policy=ExitPolicy(threshold=0.0))
     exit_chain = prompt | ChatEntropyExit(model=inner, policy=policy, force_answer=True)
     rows = []
     for problem in problems:
@@ -81,7 +83,7 @@ def answer_all(
             DemoRow(
                 problem,
                 StrOutputParser().invoke(baseline),
-                (baseline.usage_metadata or {}).get("output_tokens", 0),
+                baseline.response_metadata["entropy_exit"]["tokens_generated"],
                 StrOutputParser().invoke(stopped),
                 stopped.response_metadata["entropy_exit"],
             )
@@ -198,7 +200,7 @@ def run_demo(
         )
         print(format_calibration(cal))
         policy = calibrated_policy(cal)
-        print(f"3/4 answering {n_test} test questions: plain ChatOpenAI vs ChatEntropyExit")
+        print(f"3/4 answering {n_test} test questions: baseline (no exit) vs ChatEntropyExit")
         problems = load_dataset("arithmetic", split="test", n=n_test)
         rows = answer_all(server_url, model_id, problems, policy, max_tokens)
     print_totals(rows, policy)

@@ -10,6 +10,8 @@ from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessageChunk
 from langchain_core.runnables import RunnableBinding
 from langchain_core.tools import tool
+from langchain_core.tracers.base import BaseTracer
+from langchain_core.tracers.schemas import Run
 from pydantic import BaseModel
 
 from entropy_exit_integrations import EntropyExitWarning, ExitPolicy, LogprobsUnavailableError, SavingsLedger
@@ -171,3 +173,25 @@ async def test_logprobs_refused_with_tools_passes_through(replay: Any, use_async
     assert [r.get("logprobs") for r in server.requests] == [True, None]
     assert server.requests[1]["tools"] and message.content == "17 + 25 = 32."
     assert message.response_metadata["entropy_exit"]["exited"] is False
+
+
+class _Tracer(BaseTracer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.finished: list[Run] = []
+
+    def _persist_run(self, run: Run) -> None:
+        pass
+
+    def _on_llm_end(self, run: Run) -> None:
+        self.finished.append(run)
+
+
+def test_report_reaches_the_tracer_run(replay: Any) -> None:
+    server = replay(TOP20)
+    tracer = _Tracer()
+    message = ChatEntropyExit(model=server.chat(), policy=EAGER).invoke("q", config={"callbacks": [tracer]})
+    (run,) = tracer.finished
+    assert run.extra["metadata"]["entropy_exit"] == message.response_metadata["entropy_exit"]
+    generation = run.outputs["generations"][0][0]
+    assert generation["message"]["kwargs"]["response_metadata"]["entropy_exit"]["exited"]
