@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,15 +163,24 @@ def plot_trajectories(rows: list[DemoRow], policy: ExitPolicy, path: Path) -> Pa
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for i, row in enumerate(rows):
-        trace = [float("nan") if v is None else v for v in row.exit_report["entropy"]["trace"]]
-        (line,) = ax.plot(range(len(trace)), trace, lw=1.2, label=f"q{i + 1}")
-        index = row.exit_report["exit_token_index"]
-        if row.exit_report["exited"] and index is not None and index < len(trace):
-            ax.plot([index], [trace[index]], "o", color=line.get_color())
+        report = row.exit_report
+        blocks = report["entropy"]["trace"]
+        monitored = report["tokens_generated"] - report["forced_answer_tokens"]
+        size = max(1, math.ceil(monitored / max(len(blocks), 1)))  # tokens per trace point
+        xs, running, total, count = [], [], 0.0, 0
+        for j, value in enumerate(blocks):
+            if value is not None:
+                total, count = total + value, count + 1
+            if count:
+                xs.append(j * size + size - 1)
+                running.append(total / count)
+        (line,) = ax.plot(xs, running, lw=1.3, label=f"q{i + 1}")
+        if report["exited"]:
+            ax.plot([report["exit_token_index"]], [report["aggregate_entropy"]], "o", color=line.get_color())
     ax.axhline(policy.threshold, color="black", ls="--", lw=1, label=f"threshold {policy.threshold:.2f} bits")
-    ax.set_xlabel("token (blocks of tokens past 64)")
-    ax.set_ylabel("entropy, bits (top-20, renormalised)")
-    ax.set_title("Token entropy of each answer; dots mark the early exit")
+    ax.set_xlabel("generated token")
+    ax.set_ylabel("running mean entropy, bits (top-20, renormalised)")
+    ax.set_title("The policy's aggregate (sequence mean) per answer; dots mark the early exits")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
