@@ -177,3 +177,16 @@ def test_model_fetch_reads_only_the_chunk_and_verifies(tmp_path, monkeypatch) ->
     with pytest.raises(EntropyExitError, match="does not verify"):
         models.fetch_qwen_coder_05b(tmp_path)
     assert not any(tmp_path.iterdir())  # the bad file is gone
+
+
+def test_gate_refuses_a_no_signal_calibration() -> None:
+    from entropy_exit_integrations.core.calibration import calibrate
+    from entropy_exit_integrations.errors import PolicyError
+    from entropy_exit_integrations.gate import EntropyGate, Vote
+
+    overlap = [(0.5, bool(j % 2), 10) for j in range(8)]
+    with pytest.raises(PolicyError, match="no signal"):
+        EntropyGate(calibrate(overlap))
+    strong = calibrate([(0.1, True, 10)] * 4 + [(0.9, False, 10)] * 4, model="m")
+    gate = EntropyGate(strong, Vote(samples=3), expected_extended_tokens=30.0)
+    assert gate.tau == pytest.approx(0.1) and gate.expected_extended_tokens == 30.0
