@@ -62,16 +62,16 @@ def answer_all(
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_openai import ChatOpenAI
+    from pydantic import SecretStr
 
     from .langchain import ChatEntropyExit
 
-    inner = ChatOpenAI(
+    inner = ChatOpenAI(  # type: ignore[call-arg]
         base_url=base_url,
-        api_key="sk-no-key",
+        api_key=SecretStr("sk-no-key"),
         model=model,
         temperature=0,
         max_tokens=max_tokens,
-        stream_usage=True,
     )
     prompt = ChatPromptTemplate.from_messages([("system", SYSTEM_PROMPT), ("user", "{question}")])
     baseline_chain = prompt | ChatEntropyExit(model=inner, policy=ExitPolicy(threshold=0.0))
