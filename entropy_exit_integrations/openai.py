@@ -277,14 +277,8 @@ def _create(client: Any, api: Api) -> Any:
     return client.chat.completions.create if api == "chat" else client.completions.create
 
 
-class ExitStream:
-    """Iterate the text of a monitored generation as it streams; ``result`` once it ends.
-
-    >>> with iter_chat(client, policy=policy, model=m, messages=msgs) as stream:  # doctest: +SKIP
-    ...     for delta in stream:
-    ...         print(delta.text, end="")
-    ...     print(stream.result.report)
-    """
+class _MonitoredStream:
+    """What the sync and async streams share: the run and, once iterated, its result."""
 
     def __init__(self, client: Any, run: _Run) -> None:
         self._client = client
@@ -297,6 +291,16 @@ class ExitStream:
         if self._result is None:
             raise RuntimeError("the stream has not finished: iterate it to the end first")
         return self._result
+
+
+class ExitStream(_MonitoredStream):
+    """Iterate the text of a monitored generation as it streams; ``result`` once it ends.
+
+    >>> with iter_chat(client, policy=policy, model=m, messages=msgs) as stream:  # doctest: +SKIP
+    ...     for delta in stream:
+    ...         print(delta.text, end="")
+    ...     print(stream.result.report)
+    """
 
     def __enter__(self) -> ExitStream:
         return self
@@ -345,20 +349,8 @@ def _open(client: Any, api: Api, request: dict[str, Any]) -> Any:
         raise
 
 
-class AsyncExitStream:
+class AsyncExitStream(_MonitoredStream):
     """Async twin of ExitStream: ``async for delta in stream``, then ``stream.result``."""
-
-    def __init__(self, client: Any, run: _Run) -> None:
-        self._client = client
-        self._run = run
-        self._result: ExitResult | None = None
-        self._stream: Any = None
-
-    @property
-    def result(self) -> ExitResult:
-        if self._result is None:
-            raise RuntimeError("the stream has not finished: iterate it to the end first")
-        return self._result
 
     async def __aenter__(self) -> AsyncExitStream:
         return self
@@ -412,30 +404,6 @@ async def _aopen(client: Any, api: Api, request: dict[str, Any]) -> Any:
         raise
 
 
-def _run(
-    client: Any,
-    api: Api,
-    policy: ExitPolicy,
-    force_answer: bool | None,
-    forcing: AnswerForcing | None,
-    ledger: SavingsLedger | None,
-    on_token: OnToken | None,
-    keep_chunks: bool,
-    create_kwargs: dict[str, Any],
-) -> _Run:
-    return _Run(
-        client,
-        api,
-        policy,
-        force_answer=force_answer,
-        forcing=forcing,
-        ledger=ledger,
-        on_token=on_token,
-        keep_chunks=keep_chunks,
-        create_kwargs=create_kwargs,
-    )
-
-
 def iter_chat(
     client: openai.OpenAI,
     *,
@@ -461,7 +429,17 @@ def iter_chat(
         **create_kwargs: passed to ``client.chat.completions.create``; ``stream``, ``logprobs``,
             ``top_logprobs`` (policy.top_k) and ``stream_options`` are added when absent.
     """
-    run = _run(client, "chat", policy, force_answer, forcing, ledger, on_token, keep_chunks, create_kwargs)
+    run = _Run(
+        client,
+        "chat",
+        policy,
+        force_answer=force_answer,
+        forcing=forcing,
+        ledger=ledger,
+        on_token=on_token,
+        keep_chunks=keep_chunks,
+        create_kwargs=create_kwargs,
+    )
     return ExitStream(client, run)
 
 
@@ -477,7 +455,17 @@ def aiter_chat(
     **create_kwargs: Any,
 ) -> AsyncExitStream:
     """Async twin of ``iter_chat`` for ``openai.AsyncOpenAI``."""
-    run = _run(client, "chat", policy, force_answer, forcing, ledger, on_token, keep_chunks, create_kwargs)
+    run = _Run(
+        client,
+        "chat",
+        policy,
+        force_answer=force_answer,
+        forcing=forcing,
+        ledger=ledger,
+        on_token=on_token,
+        keep_chunks=keep_chunks,
+        create_kwargs=create_kwargs,
+    )
     return AsyncExitStream(client, run)
 
 
@@ -493,8 +481,16 @@ def iter_completion(
     **create_kwargs: Any,
 ) -> ExitStream:
     """``iter_chat`` for the legacy Completions API (``logprobs=policy.top_k`` is added)."""
-    run = _run(
-        client, "completions", policy, force_answer, forcing, ledger, on_token, keep_chunks, create_kwargs
+    run = _Run(
+        client,
+        "completions",
+        policy,
+        force_answer=force_answer,
+        forcing=forcing,
+        ledger=ledger,
+        on_token=on_token,
+        keep_chunks=keep_chunks,
+        create_kwargs=create_kwargs,
     )
     return ExitStream(client, run)
 
@@ -511,8 +507,16 @@ def aiter_completion(
     **create_kwargs: Any,
 ) -> AsyncExitStream:
     """Async twin of ``iter_completion``."""
-    run = _run(
-        client, "completions", policy, force_answer, forcing, ledger, on_token, keep_chunks, create_kwargs
+    run = _Run(
+        client,
+        "completions",
+        policy,
+        force_answer=force_answer,
+        forcing=forcing,
+        ledger=ledger,
+        on_token=on_token,
+        keep_chunks=keep_chunks,
+        create_kwargs=create_kwargs,
     )
     return AsyncExitStream(client, run)
 
