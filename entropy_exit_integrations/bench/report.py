@@ -11,11 +11,13 @@ from typing import Any
 from .replay import RuleSummary
 
 NOTES = (
-    "Entropies are renormalised top-k estimates (k = 20 candidates per token), a truncated view of the "
-    "model's distribution. Greedy decoding: replayed rules stop on the same tokens a live run would; "
-    '"forced" rows ran one short live request per exit to ask for the answer. "saved" counts every '
-    'token not generated; "saved (kept)" only tokens saved on questions whose answer did not get worse, '
-    "so a rule cannot look good by losing answers. Gate rows compare with always running the extended step."
+    "Entropies are renormalised top-k estimates (k = 20 candidates per token), a truncated view of "
+    "the model's distribution. Greedy decoding: replayed rules stop on the same tokens a live run "
+    'would; "forced" rows ran one short live request per exit to ask for the answer. "saved" counts '
+    'every token not generated; "saved (kept)" only tokens saved on questions whose answer did not '
+    "get worse, so a rule cannot look good by losing answers. Gate rows compare with always running "
+    'the extended step. "wall s" sums request times (requests overlap with --concurrency); "est" '
+    "rows scale the recorded trace's time by the tokens used."
 )
 
 
