@@ -38,8 +38,10 @@ def run(base_url: str, model: str) -> None:
     message = (PROMPT | llm).invoke({"topic": "a lighthouse keeper"})
     report = message.response_metadata["entropy_exit"]
     print("wrapper answer:", message.content.strip())
-    print(f"  exited={report['exited']} generated={report['tokens_generated']} "
-          f"saved={report['tokens_saved_vs_budget']} of {report['max_tokens']}")
+    print(
+        f"  exited={report['exited']} generated={report['tokens_generated']} "
+        f"saved={report['tokens_saved_vs_budget']} of {report['max_tokens']}"
+    )
     texts = (PROMPT | llm | StrOutputParser()).batch([{"topic": "a cat"}, {"topic": "the sea"}])
     print("batch answers:", [t.strip() for t in texts])
     print("ledger:", ledger)
@@ -48,7 +50,7 @@ def run(base_url: str, model: str) -> None:
     handler = EntropyExitCallbackHandler(policy)
     chain = PROMPT | inner.bind(logprobs=True, top_logprobs=20) | StrOutputParser()
     try:
-        chain.invoke({"topic": "a storm"}, config={"callbacks": [handler]})
+        chain.invoke({"topic": "a lighthouse keeper"}, config={"callbacks": [handler]})
         raise SystemExit("the handler did not abort the chain")
     except EntropyExit as exit_:
         print("handler partial answer:", exit_.partial_text.strip())
@@ -56,8 +58,10 @@ def run(base_url: str, model: str) -> None:
         saved = exit_.report.tokens_saved_vs_budget
 
     assert report["exited"] and ledger.summary()["exits"] >= 1, "no early exit happened"
-    print(f"saved tokens: wrapper {report['tokens_saved_vs_budget']}, handler {saved}, "
-          f"ledger total {ledger.summary()['tokens_saved_vs_budget']}")
+    print(
+        f"saved tokens: wrapper {report['tokens_saved_vs_budget']}, handler {saved}, "
+        f"ledger total {ledger.summary()['tokens_saved_vs_budget']}"
+    )
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from array import array
 from collections import deque
@@ -11,6 +12,8 @@ from ..errors import EntropyExitWarning
 from .entropy import max_entropy_bits, token_entropy
 from .policy import ExitPolicy
 from .tokens import Phase, TokenLogprob
+
+_NAN = float("nan")
 
 
 class Decision(NamedTuple):
@@ -51,6 +54,7 @@ class EntropyMonitor:
         self._unknown_bits = max_entropy_bits(max(policy.top_k, 2))
         self._min_candidates = 1 if policy.tail_aware else 2
         self._alpha = 2.0 / (policy.window + 1)
+        self._entropy = functools.partial(token_entropy, tail_aware=policy.tail_aware)
         self.reset()
 
     def reset(self) -> None:
@@ -85,27 +89,25 @@ class EntropyMonitor:
         """Account for one token and return the decision after it (sticky once it exits)."""
         index = self.tokens_seen
         self.tokens_seen = index + 1
-        if token.phase is Phase.REASONING:
+        _, _, _, top, phase = token
+        if phase is Phase.REASONING:
             self.reasoning_tokens += 1
-        k = len(token.top_logprobs)
+        k = len(top)
         if k > self.max_k:
             self.max_k = k
-        bits = (
-            token_entropy(token.top_logprobs, tail_aware=self.policy.tail_aware)
-            if k >= self._min_candidates
-            else None
-        )
+        bits = self._entropy(top) if k >= self._min_candidates else None
         if bits is None:
             self.unknown_tokens += 1
-            self.trace.append(float("nan"))
+            self.trace.append(_NAN)
         else:
             self.trace.append(bits)
-        if self.decision.should_exit:
-            return self.decision
-        if not self._watches(token.phase):
-            self.decision = Decision(False, "not_watched", index, self.decision.entropy)
-            return self.decision
-        self.decision = self._decide(index, bits)
+        decision = self.decision
+        if decision.should_exit:
+            return decision
+        if phase is not self._watch_phase and not self._watches(phase):
+            self.decision = Decision(False, "not_watched", index, decision.entropy)
+        else:
+            self.decision = self._decide(index, bits)
         return self.decision
 
     def _watches(self, phase: Phase) -> bool:

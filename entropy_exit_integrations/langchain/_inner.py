@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -36,17 +36,15 @@ def with_reasoning_capture(model: BaseChatModel) -> BaseChatModel:
     that already convert chunks themselves (ChatDeepSeek...) and other models are returned as is.
     """
     base = openai_base(model)
-    if (
-        base is None
-        or type(model)._convert_chunk_to_generation_chunk is not base._convert_chunk_to_generation_chunk
-    ):
-        return model
+    name = "_convert_chunk_to_generation_chunk"
     cls = type(model)
+    if base is None or getattr(cls, name) is not getattr(base, name):
+        return model
     sub = _CLASSES.get(cls)
     if sub is None:
 
         def _convert_chunk_to_generation_chunk(self: Any, chunk: dict, *args: Any, **kwargs: Any) -> Any:
-            generation = super(sub, self)._convert_chunk_to_generation_chunk(chunk, *args, **kwargs)
+            generation = getattr(super(_CLASSES[cls], self), name)(chunk, *args, **kwargs)
             choices = chunk.get("choices") or (chunk.get("chunk") or {}).get("choices") or []
             delta = (choices[0].get("delta") or {}) if choices else {}
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
@@ -79,13 +77,13 @@ def is_logprobs_refusal(error: BaseException) -> bool:
 
 def open_stream(
     inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, run: Any
-) -> tuple[Iterator[ChatGenerationChunk], list[ChatGenerationChunk]]:
+) -> tuple[Generator[ChatGenerationChunk, None, None], list[ChatGenerationChunk]]:
     """The inner stream and its first chunk; a logprobs refusal goes to ``run.refused`` (retry)."""
     stream = inner_stream(inner, messages, stop, run.request)
     try:
         first = next(stream, None)
     except Exception as error:
-        stream.close()  # type: ignore[attr-defined]
+        stream.close()
         if not is_logprobs_refusal(error):
             raise
         run.refused(error)
@@ -113,10 +111,12 @@ async def aopen_stream(
 
 def inner_stream(
     inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-) -> Iterator[ChatGenerationChunk]:
+) -> Generator[ChatGenerationChunk, None, None]:
+    """The inner model's ``_stream``; closing this closes it (and its HTTP response)."""
     if type(inner)._stream is not BaseChatModel._stream:
-        return inner._stream(messages, stop=stop, **kwargs)
-    return _not_streaming(inner, messages, stop, kwargs)
+        yield from inner._stream(messages, stop=stop, **kwargs)
+    else:
+        yield from _not_streaming(inner, messages, stop, kwargs)
 
 
 def _not_streaming(

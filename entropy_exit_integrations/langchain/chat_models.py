@@ -110,7 +110,7 @@ class ChatEntropyExit(BaseChatModel):
     policy: SkipValidation[ExitPolicy]
     force_answer: bool | None = None
     forcing: SkipValidation[AnswerForcing] = Field(default_factory=AnswerForcing)
-    ledger: SkipValidation[SavingsLedger | None] = None  # noqa: UP007 - pydantic needs it at runtime
+    ledger: SkipValidation[SavingsLedger | None] = None
     logprobs_kwargs: dict[str, Any] | None = None
     capture_reasoning: bool = True
     """Keep ``reasoning_content`` deltas that ChatOpenAI drops (ChatOpenAI-family models only)."""

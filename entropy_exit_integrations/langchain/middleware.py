@@ -92,8 +92,9 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
 
     def _with_reports(self, request: ModelRequest, response: Any) -> Any:
         messages = response.result if isinstance(response, ModelResponse) else [response]
-        step = len((request.state or {}).get(STATE_KEY) or [])
-        reports = []
+        state: Mapping[str, Any] = request.state or {}
+        step = len(state.get(STATE_KEY) or [])
+        reports: list[dict[str, Any]] = []
         for message in messages:
             report = message.response_metadata.get(REPORT_KEY) if isinstance(message, AIMessage) else None
             if report is not None:

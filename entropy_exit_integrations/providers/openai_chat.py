@@ -21,34 +21,36 @@ def parse_chat_chunk(chunk: Any, *, choice_index: int = 0) -> ChunkParts:
     Role-only, usage-only and empty chunks give no tokens. Raises ``LogprobsFormatError`` naming
     the field when a chunk carries logprobs that are malformed.
     """
-    usage = field(chunk, "usage")
-    choices = field(chunk, "choices")
+    # JSON dicts all the way down, or SDK objects all the way down: pick the accessor once.
+    get = dict.get if isinstance(chunk, dict) else field
+    usage = get(chunk, "usage")
+    choices = get(chunk, "choices")
     if not choices:
         return EMPTY if usage is None else ChunkParts(usage=_as_dict(usage))
     choice = _choice(choices, choice_index)
     if choice is None:
         return EMPTY if usage is None else ChunkParts(usage=_as_dict(usage))
-    delta = field(choice, "delta")
+    delta = get(choice, "delta")
     content = reasoning = ""
     tool_call = False
     if delta is not None:
-        content = field(delta, "content") or ""
-        reasoning = field(delta, "reasoning_content") or field(delta, "reasoning") or ""
-        tool_call = bool(field(delta, "tool_calls"))
+        content = get(delta, "content") or ""
+        reasoning = get(delta, "reasoning_content") or get(delta, "reasoning") or ""
+        tool_call = bool(get(delta, "tool_calls"))
     phase = Phase.REASONING if reasoning and not content else Phase.ANSWER
-    logprobs = field(choice, "logprobs")
+    logprobs = get(choice, "logprobs")
     tokens: tuple[TokenLogprob, ...] = ()
     if logprobs is not None:
-        entries = field(logprobs, "content")
+        entries = get(logprobs, "content")
         if entries is None:
-            entries = field(logprobs, "refusal") or []
+            entries = get(logprobs, "refusal") or []
         tokens = tokens_from_content_entries(entries, phase, where="choices[].logprobs.content")
     return ChunkParts(
         content=content if isinstance(content, str) else str(content),
         reasoning=reasoning if isinstance(reasoning, str) else str(reasoning),
         tokens=tokens,
         has_logprobs=logprobs is not None,
-        finish_reason=field(choice, "finish_reason"),
+        finish_reason=get(choice, "finish_reason"),
         usage=_as_dict(usage) if usage is not None else None,
         tool_call=tool_call,
     )
@@ -61,7 +63,9 @@ def tokens_from_content_entries(
     if not isinstance(entries, (list, tuple)):
         raise LogprobsFormatError(where, f"expected a list, got {type(entries).__name__}")
     try:
-        return tuple(_trusting_token(entry, phase) for entry in entries)
+        if entries and isinstance(entries[0], dict):
+            return tuple(_trusting_token(entry, phase) for entry in entries)
+        return tuple(_sdk_token(entry, phase) for entry in entries)
     except (KeyError, TypeError, AttributeError, ValueError):
         pass  # something is off: the checking path below names the field
     return tuple(_checked_token(entry, i, phase, where) for i, entry in enumerate(entries))
@@ -84,6 +88,14 @@ def _trusting_token(entry: dict[str, Any], phase: Phase) -> TokenLogprob:
     if total != total or token.__class__ is not str:
         raise ValueError
     return normalised_token(token, logprob, texts, values, phase)
+
+
+def _sdk_token(entry: Any, phase: Phase) -> TokenLogprob:
+    """The hot path for openai SDK objects, whose field types pydantic has already checked."""
+    top = entry.top_logprobs or ()
+    return normalised_token(
+        entry.token, entry.logprob, [alt.token for alt in top], [alt.logprob for alt in top], phase
+    )
 
 
 def _checked_token(entry: Any, i: int, phase: Phase, where: str) -> TokenLogprob:

@@ -2,10 +2,20 @@
 
 The inner model is ChatOpenAI(base_url=<embedded server>) running SmolLM2-135M-Instruct; the
 policy really exits (so every test also exercises cut streams), except where a stream must not
-be cut: tool calls and schema-constrained (structured) output are never cut. llama-server
-refuses logprobs on a streamed request that carries ``tools`` (HTTP 400 "logprobs is not
-supported with tools + stream"), so ``on_missing="pass_through"`` runs the tool-calling tests
-unmonitored (with an ``EntropyExitWarning``) instead of failing them.
+be cut: schema-constrained (structured) output is never cut.
+
+Marked unsupported because the embedded server lacks them (not the wrapper):
+* tool calling: SmolLM2's chat template has no tools, and llama-server (this build) then answers
+  in plain text even with ``tool_choice="required"``; it also refuses logprobs on a streamed
+  request that carries ``tools`` (HTTP 400 "logprobs is not supported with tools + stream").
+* model override: llama-server serves one model and names it in every response.
+* image/audio/PDF inputs: a text-only model (the suite's defaults already say so).
+* ``test_structured_output_pydantic_2_v1``: ChatOpenAI sends pydantic.v1 schemas as a tool, i.e.
+  tool calling (xfail).
+* ``test_json_mode`` and ``test_structured_output_optional_param`` (xfail): the 135M model does
+  not close the JSON document; it fills strings until the budget (also at 128 tokens), and the
+  openai SDK then raises ``LengthFinishReasonError``. Structured output with a required schema
+  passes (``test_structured_output*``).
 """
 
 from __future__ import annotations
@@ -41,8 +51,24 @@ class TestChatEntropyExitIntegration(ChatModelIntegrationTests):
             "temperature": 0,
             "max_tokens": 64,  # the integration suite sets no budget: SmolLM2 would ramble on
             "max_retries": 0,
-            "policy": ExitPolicy(threshold=1.0, min_tokens=8, on_missing="pass_through"),
+            "policy": ExitPolicy(threshold=1.0, min_tokens=8),
         }
+
+    @pytest.mark.xfail(reason="ChatOpenAI turns pydantic.v1 schemas into a tool: no tool calling here")
+    def test_structured_output_pydantic_2_v1(self, model: Any) -> None:
+        super().test_structured_output_pydantic_2_v1(model)
+
+    @pytest.mark.xfail(reason="SmolLM2-135M does not close the JSON within the budget")
+    def test_json_mode(self, model: Any) -> None:
+        super().test_json_mode(model)
+
+    @pytest.mark.xfail(reason="SmolLM2-135M does not close the JSON within the budget")
+    def test_structured_output_optional_param(self, model: Any) -> None:
+        super().test_structured_output_optional_param(model)
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
 
     @property
     def supports_json_mode(self) -> bool:
@@ -50,6 +76,4 @@ class TestChatEntropyExitIntegration(ChatModelIntegrationTests):
 
     @property
     def supports_model_override(self) -> bool:
-        # llama-server serves one model and names it in every response whatever the request says,
-        # so response_metadata["model_name"] cannot follow a per-call `model=` override.
         return False

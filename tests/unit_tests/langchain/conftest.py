@@ -28,13 +28,32 @@ def sse(chunks: list[dict[str, Any]]) -> list[bytes]:
 
 def forced_chunks(prefix: str, answer: str = " 12") -> list[dict[str, Any]]:
     """A hand-written forcing reply: echo of ``prefix`` then ``answer``, llama.cpp's shape."""
+
     def chunk(text: str) -> dict[str, Any]:
-        entry = {"token": text, "logprob": -0.01, "bytes": None, "top_logprobs": [{"token": text, "logprob": -0.01}]}
-        return {"object": "chat.completion.chunk", "model": "smollm2-135m-instruct",
-                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None,
-                             "logprobs": {"content": [entry]}}]}
-    end = {"object": "chat.completion.chunk", "model": "smollm2-135m-instruct",
-           "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        entry = {
+            "token": text,
+            "logprob": -0.01,
+            "bytes": None,
+            "top_logprobs": [{"token": text, "logprob": -0.01}],
+        }
+        return {
+            "object": "chat.completion.chunk",
+            "model": "smollm2-135m-instruct",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": text},
+                    "finish_reason": None,
+                    "logprobs": {"content": [entry]},
+                }
+            ],
+        }
+
+    end = {
+        "object": "chat.completion.chunk",
+        "model": "smollm2-135m-instruct",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+    }
     return [chunk(prefix + answer[:1]), chunk(answer[1:]), end]
 
 
@@ -61,8 +80,11 @@ class Replay:
         body = json.loads(request.content)
         self.requests.append(body)
         if self.refuse_tools_logprobs and body.get("tools") and body.get("logprobs") and body.get("stream"):
-            error = {"code": 400, "message": "logprobs is not supported with tools + stream",
-                     "type": "invalid_request_error"}
+            error = {
+                "code": 400,
+                "message": "logprobs is not supported with tools + stream",
+                "type": "invalid_request_error",
+            }
             return httpx.Response(400, json={"error": error})
         parts = sse(self._chunks(body))
         slot = len(self.served)
@@ -92,8 +114,12 @@ class Replay:
             return self.handler(request, is_async=True)
 
         params: dict[str, Any] = {
-            "base_url": "http://127.0.0.1:8080/v1", "api_key": "none",
-            "model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 64, "max_retries": 0,
+            "base_url": "http://127.0.0.1:8080/v1",
+            "api_key": "none",
+            "model": "smollm2-135m-instruct",
+            "temperature": 0,
+            "max_tokens": 64,
+            "max_retries": 0,
             "http_client": httpx.Client(transport=transport),
             "http_async_client": httpx.AsyncClient(transport=httpx.MockTransport(ahandler)),
         }

@@ -56,7 +56,9 @@ def test_invoke_streams_without_streaming_flag(replay: Any) -> None:
 def test_record_reports_without_aborting(replay: Any) -> None:
     server = replay(TOP20)
     handler = EntropyExitCallbackHandler(EAGER, on_exit="record")
-    text = _chain(server.chat(logprobs=True, top_logprobs=20)).invoke({"q": "x"}, config={"callbacks": [handler]})
+    text = _chain(server.chat(logprobs=True, top_logprobs=20)).invoke(
+        {"q": "x"}, config={"callbacks": [handler]}
+    )
     assert text == "17 + 25 = 32."
     (report,) = handler.reports.values()
     assert report.exited and report.exit_token_index is not None
@@ -116,7 +118,11 @@ async def test_async_handler_raises(replay: Any) -> None:
 async def test_sync_handler_in_async_chain_records(replay: Any) -> None:
     server = replay(TOP20)
     handler = EntropyExitCallbackHandler(NEVER, on_exit="record")
-    chunks = [c async for c in _chain(server.chat(logprobs=True, top_logprobs=20)).astream({"q": "x"},
-                                                                                         config={"callbacks": [handler]})]
+    chunks = [
+        c
+        async for c in _chain(server.chat(logprobs=True, top_logprobs=20)).astream(
+            {"q": "x"}, config={"callbacks": [handler]}
+        )
+    ]
     assert "".join(chunks) == "17 + 25 = 32."
     assert [r.tokens_generated for r in handler.reports.values()] == [11]

@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 from langchain_core.language_models import GenericFakeChatModel
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.runnables import RunnableBinding
 from langchain_core.tools import tool
 from langchain_core.tracers.base import BaseTracer
@@ -146,8 +149,15 @@ def test_structured_output_is_never_cut(replay: Any) -> None:
 
 
 def test_string_model_and_standard_params() -> None:
-    llm = ChatEntropyExit(model="openai:smollm2", policy=EAGER, base_url="http://127.0.0.1:9/v1",
-                          api_key="none", temperature=0, max_tokens=10, stop=["x"])
+    llm = ChatEntropyExit(
+        model="openai:smollm2",
+        policy=EAGER,
+        base_url="http://127.0.0.1:9/v1",
+        api_key="none",
+        temperature=0,
+        max_tokens=10,
+        stop=["x"],
+    )
     params = llm._get_ls_params()
     assert params["ls_max_tokens"] == 10 and params["ls_model_name"] == "smollm2"
     assert llm._llm_type == "entropy-exit" and llm._identifying_params["inner_llm_type"] == "openai-chat"
@@ -195,3 +205,35 @@ def test_report_reaches_the_tracer_run(replay: Any) -> None:
     assert run.extra["metadata"]["entropy_exit"] == message.response_metadata["entropy_exit"]
     generation = run.outputs["generations"][0][0]
     assert generation["message"]["kwargs"]["response_metadata"]["entropy_exit"]["exited"]
+
+
+class _ToolCallStream(BaseChatModel):
+    """Streams recorded llama.cpp logprobs while a tool call streams (the shape vLLM sends)."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "tool-call-stream"
+
+    def _generate(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
+        from tests.unit_tests.recordings import load_chunks
+
+        rows = [r for r in load_chunks(TOP20) if r.get("choices") and r["choices"][0].get("logprobs")]
+        for i, row in enumerate(rows):
+            args = row["choices"][0]["delta"].get("content") or ""
+            call = tool_call_chunk(name="add" if i == 0 else None, args=args, id="c1" if i == 0 else None, index=0)
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(content="", tool_call_chunks=[call]),
+                generation_info={"logprobs": row["choices"][0]["logprobs"]},
+            )
+
+
+def test_tool_call_is_never_cut_and_the_report_says_so() -> None:
+    message = ChatEntropyExit(model=_ToolCallStream(), policy=EAGER).invoke("q")
+    report = message.response_metadata["entropy_exit"]
+    assert report["tokens_generated"] == 11 and report["exited"] is False
+    assert report["tokens_saved_vs_budget"] is None and "finish_reason" not in message.response_metadata
+    (call,) = message.invalid_tool_calls  # the recorded text is not JSON: all of it arrived
+    assert call["name"] == "add" and call["args"] == "17 + 25 = 32."
