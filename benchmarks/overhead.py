@@ -96,6 +96,7 @@ def main() -> None:
         f"  adapter + monitor overhead      {(t_full - t_json) / n * 1e6:7.2f} us/token "
         f"= {(t_full / t_json - 1):.1%} over json.loads (ratio {t_full / t_json:.3f})"
     )
+    print(f"  adapter + monitor on openai SDK chunk objects {t_sdk / len(sdk_chunks) * 1e6:7.2f} us/token")
 
 
 if __name__ == "__main__":

@@ -88,24 +88,28 @@ class ExitSession:
 
     def feed(self, parts: ChunkParts) -> Decision:
         """Account for one chunk; returns the decision after its last token."""
-        if parts.usage is not None:
-            self.usage = parts.usage
-        if parts.finish_reason is not None:
-            self.finish_reason = parts.finish_reason
-        if parts.tool_call:
+        content, reasoning, tokens, _, finish_reason, usage, tool_call = parts
+        if usage is not None:
+            self.usage = usage
+        if finish_reason is not None:
+            self.finish_reason = finish_reason
+        if tool_call:
             self.tool_call_started = True
-        if parts.reasoning:
-            self._add(Phase.REASONING, parts.reasoning)
-        phase = self._split_content(parts.content) if parts.content else None
-        tokens = parts.tokens
-        if not parts.generated_text:
+        if not (content or reasoning):
             if tokens:
                 # Tokens without text (llama.cpp puts the first one in the role chunk; vLLM's
                 # reasoning parser swallows </think>): their phase is the next text's.
                 self._undecided.extend(tokens)
             return self.monitor.decision
-        if phase is None:
-            phase = Phase.REASONING if parts.reasoning and not parts.content else Phase.ANSWER
+        if reasoning:
+            self._add(Phase.REASONING, reasoning)
+        if not content:
+            phase = Phase.REASONING
+        elif self._splitter.mode == "off":
+            self._add(Phase.ANSWER, content)
+            phase = Phase.ANSWER
+        else:
+            phase = self._split_content(content)
         if self._splitter.saw_tags:
             tokens = _with_phase(tokens, phase)
         if self._undecided:

@@ -69,10 +69,11 @@ def normalised_token(
     phase: Phase = Phase.ANSWER,
 ) -> TokenLogprob:
     """``token_from_candidates`` over parallel lists (the adapters' fast path); may modify them."""
-    if len(set(texts)) != len(texts):
-        pairs = list(dict.fromkeys(zip(texts, values)))
-        texts = [text for text, _ in pairs]
-        values = [value for _, value in pairs]
+    if len(set(texts)) != len(texts):  # same text twice: common (byte pieces), exact repeats are not
+        pairs = dict.fromkeys(zip(texts, values))
+        if len(pairs) != len(texts):
+            texts = [text for text, _ in pairs]
+            values = [value for _, value in pairs]
     if texts and logprob is not None and token not in texts:
         texts.append(token)
         values.append(logprob)
