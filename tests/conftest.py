@@ -22,46 +22,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
+def _running(server: LocalServer, what: str) -> Iterator[LocalServer]:
+    """Start ``server`` for the session; fail loudly in CI (``CI=true``), skip elsewhere."""
+    from entropy_exit_integrations.errors import ServerError
+
+    try:
+        server.start()
+    except (ServerError, OSError) as exc:
+        reason = f"{what} unavailable: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def llama_server() -> Iterator[LocalServer]:
     """A running ``LocalServer`` (4 slots, metrics on) shared by the whole session.
 
     It never builds the server (run ``python -m entropy_exit_integrations.local`` for that).
-    If it cannot start: a failure when ``CI=true``, a skip otherwise.
     """
-    from entropy_exit_integrations.errors import ServerError
     from entropy_exit_integrations.local import LocalServer
 
     server = LocalServer(parallel=4, metrics=True, build_if_missing=False)
-    try:
-        server.start()
-    except (ServerError, OSError) as exc:
-        reason = f"embedded llama.cpp server unavailable: {exc}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(server, "embedded llama.cpp server")
 
 
 @pytest.fixture(scope="session")
 def reasoning_server() -> Iterator[LocalServer]:
     """The embedded server with the thinking chat template: it streams ``reasoning_content``."""
-    from entropy_exit_integrations.errors import ServerError
     from entropy_exit_integrations.local import LocalServer
     from entropy_exit_integrations.local.reasoning import reasoning_args
 
     server = LocalServer(parallel=2, metrics=True, build_if_missing=False, extra_args=reasoning_args())
-    try:
-        server.start()
-    except (ServerError, OSError) as exc:
-        reason = f"embedded llama.cpp server (reasoning template) unavailable: {exc}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(server, "embedded llama.cpp server (reasoning template)")

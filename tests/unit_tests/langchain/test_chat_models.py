@@ -6,8 +6,7 @@ import warnings
 from typing import Any
 
 import pytest
-from langchain_core.language_models import GenericFakeChatModel
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, GenericFakeChatModel
 from langchain_core.messages import AIMessageChunk
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk
@@ -223,7 +222,9 @@ class _ToolCallStream(BaseChatModel):
         rows = [r for r in load_chunks(TOP20) if r.get("choices") and r["choices"][0].get("logprobs")]
         for i, row in enumerate(rows):
             args = row["choices"][0]["delta"].get("content") or ""
-            call = tool_call_chunk(name="add" if i == 0 else None, args=args, id="c1" if i == 0 else None, index=0)
+            call = tool_call_chunk(
+                name="add" if i == 0 else None, args=args, id="c1" if i == 0 else None, index=0
+            )
             yield ChatGenerationChunk(
                 message=AIMessageChunk(content="", tool_call_chunks=[call]),
                 generation_info={"logprobs": row["choices"][0]["logprobs"]},
