@@ -40,6 +40,22 @@ class LogprobsUnavailableError(EntropyExitError):
         super().__init__(text)
 
 
+def is_logprobs_refusal(error: BaseException) -> bool:
+    """The provider answered 400/403/422 about logprobs.
+
+    OpenAI's reasoning models refuse them; llama.cpp refuses them on a streamed request that
+    carries tools ("logprobs is not supported with tools + stream").
+    """
+    status = getattr(error, "status_code", None) or getattr(
+        getattr(error, "response", None), "status_code", None
+    )
+    return status in (400, 403, 422) and "logprob" in str(error).lower()
+
+
+def provider_message(error: BaseException) -> str:
+    return str(getattr(error, "message", "") or error)
+
+
 class PolicyError(EntropyExitError, ValueError):
     """An ExitPolicy or Calibration was given values that cannot work."""
 

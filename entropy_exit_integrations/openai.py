@@ -35,7 +35,7 @@ from .core.monitor import Decision
 from .core.policy import ExitPolicy
 from .core.savings import SavingsLedger, SavingsReport
 from .core.tokens import Phase, TokenLogprob
-from .errors import LogprobsUnavailableError, StreamInterrupted
+from .errors import StreamInterrupted, is_logprobs_refusal
 from .forcing import AnswerForcing, ForcedAnswer
 from .providers.completions import parse_completion_chunk
 from .providers.openai_chat import parse_chat_chunk
@@ -266,13 +266,6 @@ def _max_tokens(kwargs: dict[str, Any]) -> int | None:
     return int(value) if value is not None else None
 
 
-def _refusal(error: openai.APIStatusError) -> LogprobsUnavailableError | None:
-    message = str(getattr(error, "message", "") or error)
-    if error.status_code in (400, 403, 422) and "logprob" in message.lower():
-        return LogprobsUnavailableError("the provider refused to return logprobs", provider_message=message)
-    return None
-
-
 def _create(client: Any, api: Api) -> Any:
     return client.chat.completions.create if api == "chat" else client.completions.create
 
@@ -317,7 +310,7 @@ class ExitStream(_MonitoredStream):
     def __iter__(self) -> Iterator[TextDelta]:
         run = self._run
         try:
-            self._stream = _open(self._client, run.api, run.request)
+            self._stream = _open(self._client, run, run.request)
             for chunk in self._stream:
                 yield from run.handle(chunk)
                 if run.should_stop:
@@ -326,7 +319,7 @@ class ExitStream(_MonitoredStream):
             run.session.close_text()
             yield from run.drained()
             if run.wants_forcing():
-                self._stream = _open(self._client, run.api, run.forcing_request())
+                self._stream = _open(self._client, run, run.forcing_request())
                 yield from run.forcing_preamble()
                 for chunk in self._stream:
                     yield from run.handle_forced(chunk)
@@ -339,14 +332,14 @@ class ExitStream(_MonitoredStream):
         self._result = run.result()
 
 
-def _open(client: Any, api: Api, request: dict[str, Any]) -> Any:
+def _open(client: Any, run: _Run, request: dict[str, Any]) -> Any:
     try:
-        return _create(client, api)(**request)
+        return _create(client, run.api)(**request)
     except openai.APIStatusError as error:
-        refusal = _refusal(error)
-        if refusal is not None:
-            raise refusal from error
-        raise
+        if not is_logprobs_refusal(error):
+            raise
+        run.session.refuse_logprobs(error)  # raises unless the policy passes such calls through
+        return _create(client, run.api)(**_without_logprobs(request))
 
 
 class AsyncExitStream(_MonitoredStream):
@@ -367,7 +360,7 @@ class AsyncExitStream(_MonitoredStream):
     async def __aiter__(self) -> AsyncIterator[TextDelta]:
         run = self._run
         try:
-            self._stream = await _aopen(self._client, run.api, run.request)
+            self._stream = await _aopen(self._client, run, run.request)
             async for chunk in self._stream:
                 for delta in run.handle(chunk):
                     yield delta
@@ -378,7 +371,7 @@ class AsyncExitStream(_MonitoredStream):
             for delta in run.drained():
                 yield delta
             if run.wants_forcing():
-                self._stream = await _aopen(self._client, run.api, run.forcing_request())
+                self._stream = await _aopen(self._client, run, run.forcing_request())
                 for delta in run.forcing_preamble():
                     yield delta
                 async for chunk in self._stream:
@@ -394,14 +387,18 @@ class AsyncExitStream(_MonitoredStream):
         self._result = run.result()
 
 
-async def _aopen(client: Any, api: Api, request: dict[str, Any]) -> Any:
+async def _aopen(client: Any, run: _Run, request: dict[str, Any]) -> Any:
     try:
-        return await _create(client, api)(**request)
+        return await _create(client, run.api)(**request)
     except openai.APIStatusError as error:
-        refusal = _refusal(error)
-        if refusal is not None:
-            raise refusal from error
-        raise
+        if not is_logprobs_refusal(error):
+            raise
+        run.session.refuse_logprobs(error)
+        return await _create(client, run.api)(**_without_logprobs(request))
+
+
+def _without_logprobs(request: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in request.items() if k not in ("logprobs", "top_logprobs")}
 
 
 def iter_chat(

@@ -16,7 +16,7 @@ from .core.monitor import Decision, EntropyMonitor
 from .core.policy import ExitPolicy
 from .core.savings import SavingsReport
 from .core.tokens import Phase, TokenLogprob
-from .errors import EntropyExitWarning, LogprobsUnavailableError
+from .errors import EntropyExitWarning, LogprobsUnavailableError, provider_message
 from .providers.parts import ChunkParts
 from .providers.reasoning import ThinkTags, ThinkTagSplitter
 
@@ -157,6 +157,27 @@ class ExitSession:
                 self._warned_missing = True
         self._last_phase = phase
         self.monitor.observe(TokenLogprob(parts.content or parts.reasoning, None, (), (), phase))
+
+    def refuse_logprobs(self, error: BaseException) -> None:
+        """The provider refused logprobs for this request (see ``is_logprobs_refusal``).
+
+        Raises ``LogprobsUnavailableError`` with the provider's message, or, with
+        ``ExitPolicy(on_missing="pass_through")``, warns once: the caller then retries without
+        logprobs and the call runs unmonitored (every token unknown, never a false exit).
+        """
+        message = provider_message(error)
+        if self.policy.on_missing == "raise":
+            raise LogprobsUnavailableError(
+                "the provider refused to return logprobs for this request "
+                "(ExitPolicy(on_missing='pass_through') runs such calls unmonitored)",
+                provider_message=message,
+            ) from error
+        warnings.warn(
+            f"the provider refused logprobs ({message}); this call runs unmonitored",
+            EntropyExitWarning,
+            stacklevel=3,
+        )
+        self._warned_missing = True
 
     def _add(self, phase: Phase, text: str) -> None:
         (self._reasoning if phase is Phase.REASONING else self._content).append(text)

@@ -8,7 +8,6 @@ chunk with usage and report) lives here, shared by the sync and async paths.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any, cast
 
 from langchain_core.language_models import BaseChatModel
@@ -18,7 +17,6 @@ from langchain_core.messages.utils import convert_to_openai_messages
 from langchain_core.outputs import ChatGenerationChunk
 
 from ..core.savings import SavingsLedger, SavingsReport
-from ..errors import EntropyExitWarning, LogprobsUnavailableError
 from ..forcing import AnswerForcing, EchoStripper
 from ..session import ExitSession
 from ..tokencount import count_message_tokens
@@ -92,20 +90,9 @@ class Generation:
 
     def refused(self, error: BaseException) -> None:
         """The provider refused logprobs: raise, or (``on_missing="pass_through"``) drop them."""
-        if self.session.policy.on_missing == "raise":
-            raise LogprobsUnavailableError(
-                "the provider refused to stream logprobs for this request (ExitPolicy("
-                "on_missing='pass_through') runs such calls unmonitored)",
-                provider_message=str(error),
-            ) from error
-        warnings.warn(
-            f"the provider refused logprobs ({error}); this call runs unmonitored",
-            EntropyExitWarning,
-            stacklevel=2,
-        )
+        self.session.refuse_logprobs(error)
         for key in self.logprob_keys:
             self.request.pop(key, None)
-        self.session._warned_missing = True  # said once, here, with the reason
 
     def handle(self, chunk: ChatGenerationChunk) -> ChatGenerationChunk:
         """Account for one inner chunk; returns it with its usage held back for the last chunk."""

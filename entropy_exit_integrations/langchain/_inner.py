@@ -13,6 +13,7 @@ from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.runnables import RunnableBinding, RunnableParallel, RunnableSequence
 
+from ..errors import is_logprobs_refusal
 from .callbacks import REPORT_KEY
 
 _CLASSES: dict[type, type] = {}
@@ -65,14 +66,6 @@ def with_reasoning_capture(model: BaseChatModel) -> BaseChatModel:
     clone = copy.copy(model)
     object.__setattr__(clone, "__class__", sub)
     return clone
-
-
-def is_logprobs_refusal(error: BaseException) -> bool:
-    """The provider answered 400/403/422 about logprobs (llama.cpp: "not supported with tools + stream")."""
-    status = getattr(error, "status_code", None) or getattr(
-        getattr(error, "response", None), "status_code", None
-    )
-    return status in (400, 403, 422) and "logprob" in str(error).lower()
 
 
 def open_stream(

@@ -5,7 +5,6 @@ The generators that drive a ``Call`` are in ``_stream``.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Literal
 
 from llama_index.core.base.llms.types import (
@@ -16,7 +15,7 @@ from llama_index.core.base.llms.types import (
 )
 
 from ..core.savings import SavingsReport
-from ..errors import EntropyExitWarning, LogprobsUnavailableError
+from ..errors import is_logprobs_refusal
 from ..forcing import AnswerForcing, EchoStripper
 from ..session import ExitSession
 from ..tokencount import count_message_tokens, count_tokens
@@ -85,19 +84,9 @@ class Call:
 
     def refused(self, error: BaseException) -> bool:
         """True to retry without logprobs after ``error``; raises when logprobs were refused."""
-        message = str(getattr(error, "message", "") or error)
-        status = getattr(error, "status_code", None)
-        if not (self.openai_based and status in (400, 403, 422) and "logprob" in message.lower()):
+        if not (self.openai_based and is_logprobs_refusal(error)):
             return False
-        if self.owner.policy.on_missing != "pass_through":
-            raise LogprobsUnavailableError(
-                "the provider refused to return logprobs for this request", provider_message=message
-            ) from error
-        warnings.warn(
-            f"the provider refused logprobs ({message}); passing the call through unmonitored",
-            EntropyExitWarning,
-            stacklevel=2,
-        )
+        self.session.refuse_logprobs(error)
         self.inner = self.owner.llm.model_copy(update={"logprobs": False})
         return True
 

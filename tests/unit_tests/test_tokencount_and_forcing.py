@@ -1,12 +1,17 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import httpx
 import openai
+import pytest
 
+from entropy_exit_integrations import ExitPolicy
+from entropy_exit_integrations.errors import EntropyExitWarning, LogprobsUnavailableError, is_logprobs_refusal
 from entropy_exit_integrations.forcing import AnswerForcing, EchoStripper
-from entropy_exit_integrations.openai import _refusal
+from entropy_exit_integrations.providers import ChunkParts
+from entropy_exit_integrations.session import ExitSession
 from entropy_exit_integrations.tokencount import bundled_tiktoken_cache, count_message_tokens, count_tokens
 
 
@@ -62,14 +67,22 @@ def test_forcing_request_shapes() -> None:
     assert [m["role"] for m in history] == ["user", "assistant", "user"] and extra == {} and prefix == ""
 
 
-def test_provider_refusal_maps_to_logprobs_unavailable() -> None:
+def test_provider_refusal_raises_or_passes_through() -> None:
     request = httpx.Request("POST", "https://api.openai.com/v1/chat/completions")
     body = {"error": {"message": "This model does not support logprobs.", "type": "invalid_request_error"}}
     response = httpx.Response(400, json=body, request=request)
     error = openai.BadRequestError("This model does not support logprobs.", response=response, body=body)
-    mapped = _refusal(error)
-    assert mapped is not None and "does not support logprobs" in str(mapped)
     other = openai.BadRequestError(
         "bad temperature", response=httpx.Response(400, request=request), body=None
     )
-    assert _refusal(other) is None
+    assert is_logprobs_refusal(error) and not is_logprobs_refusal(other)
+    with pytest.raises(LogprobsUnavailableError, match="does not support logprobs") as raised:
+        ExitSession(ExitPolicy(threshold=1.0)).refuse_logprobs(error)
+    assert raised.value.provider_message == "This model does not support logprobs."
+    lenient = ExitSession(ExitPolicy(threshold=1.0, on_missing="pass_through"))
+    with pytest.warns(EntropyExitWarning, match="runs unmonitored"):
+        lenient.refuse_logprobs(error)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the refusal was the one warning: no second one per text
+        lenient.feed(ChunkParts(content="hello"))
+    assert lenient.monitor.unknown_tokens == 1 and not lenient.should_stop
