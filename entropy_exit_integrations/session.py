@@ -58,6 +58,7 @@ class ExitSession:
         self._new_pieces: list[tuple[Phase, str]] = []
         self._logprob_tokens = 0
         self._undecided: list[TokenLogprob] = []
+        self._in_number = False
         self._last_phase = Phase.ANSWER
         self._warned_missing = False
         self._started = time.perf_counter()
@@ -78,8 +79,16 @@ class ExitSession:
 
     @property
     def should_stop(self) -> bool:
-        """The policy says stop, and no tool call is streaming (those are never cut)."""
-        return self.monitor.decision.should_exit and not self.tool_call_started
+        """The policy says stop, no tool call is streaming, and no number is half written.
+
+        Tool calls are never cut. A number is not cut either: stopping after the "4" of "48"
+        would hand the forced answer a wrong number, so the stop waits for the next non-digit.
+        """
+        return (
+            self.monitor.decision.should_exit
+            and not self.tool_call_started
+            and not self._in_number
+        )
 
     @property
     def exited_in_reasoning(self) -> bool:
@@ -125,6 +134,7 @@ class ExitSession:
             for token in tokens:
                 observe(token)
             self._last_phase = tokens[-1].phase
+            self._in_number = tokens[-1].token.strip().isdigit()
             if self._keep_tokens:
                 self.tokens.extend(tokens)
         else:

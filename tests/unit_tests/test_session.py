@@ -101,3 +101,14 @@ def test_report_and_usage_for_an_aborted_stream() -> None:
     report = session.report(prompt_tokens=7, prompt_tokens_estimated=True)
     assert report.exited and report.tokens_generated == 2 and report.tokens_saved_vs_budget == 48
     assert session.usage_block(report) == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+
+
+def test_a_number_is_never_cut_in_the_middle() -> None:
+    session = ExitSession(ExitPolicy(threshold=0.5, min_tokens=2))
+    feed_all(session, [chunk("is"), chunk(" 4")])
+    assert session.monitor.decision.should_exit and not session.should_stop  # "48" may follow
+    feed_all(session, [chunk("8")])
+    assert not session.should_stop
+    feed_all(session, [chunk(".")])
+    assert session.should_stop and session.text == "is 48."
+    assert session.decision.token_index == 1  # the report keeps where the policy decided
