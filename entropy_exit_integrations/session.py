@@ -84,11 +84,7 @@ class ExitSession:
         Tool calls are never cut. A number is not cut either: stopping after the "4" of "48"
         would hand the forced answer a wrong number, so the stop waits for the next non-digit.
         """
-        return (
-            self.monitor.decision.should_exit
-            and not self.tool_call_started
-            and not self._in_number
-        )
+        return self.monitor.decision.should_exit and not self.tool_call_started and not self._in_number
 
     @property
     def exited_in_reasoning(self) -> bool:
