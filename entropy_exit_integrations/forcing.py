@@ -113,15 +113,15 @@ class ForcedAnswer:
     """The streamed forced answer: echo dropped, and the cue kept where the cut answer needs it.
 
     After a cut *answer* the cue (``"\\n\\nFinal answer:"``) is part of the text the user reads,
-    so it is streamed first (``preamble``); after a cut *reasoning* the answer stands alone, so
-    its leading whitespace is dropped. ``preamble + continuation`` is what gets appended.
+    so it goes out with the first piece of the answer; after a cut *reasoning* the answer stands
+    alone, so its leading whitespace is dropped. Every integration streams its forced answer
+    through one of these.
     """
 
     def __init__(self, forcing: AnswerForcing, *, prefix: str, cut_answer: str) -> None:
         self.preamble = forcing.cue if cut_answer.strip() else ""
         self._stripper = EchoStripper(prefix)
         self._parts: list[str] = []
-        self._started = bool(self.preamble)
 
     def feed(self, text: str) -> str:
         """Take a streamed delta; return the text to show now."""
@@ -132,12 +132,15 @@ class ForcedAnswer:
         return self._show(self._stripper.flush())
 
     def _show(self, text: str) -> str:
-        if not self._started:
-            text = text.lstrip()
-            self._started = bool(text)
-        if text:
-            self._parts.append(text)
-        return text
+        if self._parts:
+            if text:
+                self._parts.append(text)
+            return text
+        text = text if self.preamble else text.lstrip()
+        if not text:
+            return ""
+        self._parts.append(text)
+        return self.preamble + text
 
     @property
     def continuation(self) -> str:
@@ -146,4 +149,5 @@ class ForcedAnswer:
 
     @property
     def text(self) -> str:
-        return self.preamble + self.continuation
+        """What the forced answer adds to the cut text ("" when the model wrote nothing)."""
+        return self.preamble + self.continuation if self._parts else ""

@@ -174,12 +174,6 @@ class _Run:
         self.forced = ForcedAnswer(self.forcing, prefix=prefix, cut_answer=session.text)
         return request
 
-    def forcing_preamble(self) -> list[TextDelta]:
-        """The cue that joins a cut answer to its forced end, streamed before the answer."""
-        if self.forced is None or not self.forced.preamble:
-            return []
-        return [TextDelta(self.forced.preamble, Phase.ANSWER, forced=True)]
-
     def handle_forced(self, chunk: Any) -> list[TextDelta]:
         parts: ChunkParts = self.parse(chunk)
         self.forced_tokens += len(parts.tokens)
@@ -197,7 +191,7 @@ class _Run:
         session = self.session
         session.close_text()
         forced = self.forced.continuation if self.forced is not None else None
-        if self.forced is not None:
+        if self.forced is not None and self.forced.text:
             session.add_forced_answer(self.forced.text)
         forced_tokens = self.forced_tokens
         if self.forcing_usage and self.forcing_usage.get("completion_tokens") is not None:
@@ -320,7 +314,6 @@ class ExitStream(_MonitoredStream):
             yield from run.drained()
             if run.wants_forcing():
                 self._stream = _open(self._client, run, run.forcing_request())
-                yield from run.forcing_preamble()
                 for chunk in self._stream:
                     yield from run.handle_forced(chunk)
                 self.close()
@@ -372,8 +365,6 @@ class AsyncExitStream(_MonitoredStream):
                 yield delta
             if run.wants_forcing():
                 self._stream = await _aopen(self._client, run, run.forcing_request())
-                for delta in run.forcing_preamble():
-                    yield delta
                 async for chunk in self._stream:
                     for delta in run.handle_forced(chunk):
                         yield delta

@@ -59,3 +59,16 @@ def reasoning_server() -> Iterator[LocalServer]:
 
     server = LocalServer(parallel=2, metrics=True, build_if_missing=False, extra_args=reasoning_args())
     yield from _running(server, "embedded llama.cpp server (reasoning template)")
+
+
+@pytest.fixture(scope="module")
+def fresh_llama_server() -> Iterator[LocalServer]:
+    """A one-slot server of the test module's own.
+
+    For tests whose greedy output must not depend on what earlier tests left in the shared
+    server's prompt cache (reused KV changes the numerics, and a 135M model's JSON with them).
+    """
+    from entropy_exit_integrations.local import LocalServer
+
+    server = LocalServer(parallel=1, metrics=True, build_if_missing=False)
+    yield from _running(server, "embedded llama.cpp server (module)")

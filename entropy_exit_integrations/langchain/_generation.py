@@ -17,7 +17,7 @@ from langchain_core.messages.utils import convert_to_openai_messages
 from langchain_core.outputs import ChatGenerationChunk
 
 from ..core.savings import SavingsLedger, SavingsReport
-from ..forcing import AnswerForcing, EchoStripper
+from ..forcing import AnswerForcing, ForcedAnswer
 from ..session import ExitSession
 from ..tokencount import count_message_tokens
 from ._inner import openai_base
@@ -78,10 +78,9 @@ class Generation:
         )
         self.inner_usage: dict[str, Any] | None = None
         self.saw_model_name = False
-        self.stripper: EchoStripper | None = None
+        self.forced: ForcedAnswer | None = None
         self.forced_tokens = 0
         self.forced_usage: dict[str, Any] | None = None
-        self.forced_text = ""
         self.report: SavingsReport | None = None
 
     @property
@@ -138,7 +137,7 @@ class Generation:
                 **(kwargs.get("extra_body") or {}),
                 **extra,
             }
-        self.stripper = EchoStripper(prefix)
+        self.forced = ForcedAnswer(self.forcing, prefix=prefix, cut_answer=self.session.text)
         return messages, kwargs
 
     def handle_forced(self, chunk: ChatGenerationChunk) -> ChatGenerationChunk | None:
@@ -147,30 +146,21 @@ class Generation:
         self.forced_tokens += len(parts.tokens)
         if parts.usage is not None:
             self.forced_usage = parts.usage
-        assert self.stripper is not None
-        return self._forced_chunk(self.stripper.feed(parts.content))
+        assert self.forced is not None
+        return self._forced_chunk(self.forced.feed(parts.content))
 
-    def _forced_chunk(self, text: str) -> ChatGenerationChunk | None:
-        if not text:
-            return None
-        first = not self.forced_text
-        if first and self.session.text.strip():
-            text = f"{self.forcing.cue}{text}"  # a cut answer keeps the cue so that it reads on
-        elif first:
-            text = text.lstrip()
-        self.forced_text += text
-        return ChatGenerationChunk(message=AIMessageChunk(content=text))
+    @staticmethod
+    def _forced_chunk(text: str) -> ChatGenerationChunk | None:
+        return ChatGenerationChunk(message=AIMessageChunk(content=text)) if text else None
 
     def final_chunk(self) -> ChatGenerationChunk:
         """The last chunk: usage, the report (plain data, once), the exit's finish reason."""
         session = self.session
         cut = self.should_stop  # checked before close_text, which may still move the decision
-        tail = None
-        if self.stripper is not None:
-            tail = self._forced_chunk(self.stripper.flush())
+        tail = self._forced_chunk(self.forced.finish()) if self.forced is not None else None
         session.close_text()
-        if self.forced_text:
-            session.add_forced_answer(self.forced_text)
+        if self.forced is not None and self.forced.text:
+            session.add_forced_answer(self.forced.text)
         forced_tokens = self.forced_tokens
         if self.forced_usage and self.forced_usage.get("completion_tokens") is not None:
             forced_tokens = int(self.forced_usage["completion_tokens"])

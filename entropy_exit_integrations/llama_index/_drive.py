@@ -16,7 +16,7 @@ from llama_index.core.base.llms.types import (
 
 from ..core.savings import SavingsReport
 from ..errors import is_logprobs_refusal
-from ..forcing import AnswerForcing, EchoStripper
+from ..forcing import AnswerForcing, ForcedAnswer
 from ..session import ExitSession
 from ..tokencount import count_message_tokens, count_tokens
 from ._responses import REPORT_KEY, parts_of, text_of, to_llama_logprobs, with_text
@@ -54,10 +54,9 @@ class Call:
         self.capture = ResponseCapture()
         self.last: Any = None
         self.base_text = ""
-        self.forced: list[str] = []
+        self.forced: ForcedAnswer | None = None
         self.forced_tokens = 0
         self.forcing_usage: dict[str, Any] | None = None
-        self.stripper: EchoStripper | None = None
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -108,7 +107,7 @@ class Call:
                 kwargs["stop"] = list(forcing.stop)
         if self.mode == "completion" and not inner.metadata.is_chat_model:
             prompt = self.payload if self.formatted else inner.completion_to_prompt(self.payload)
-            self.stripper = EchoStripper("")
+            self._expect_forced(prefix="")
             return inner, "completion", forcing.completion_prompt(prompt, session.text), kwargs
         messages = (
             self.payload
@@ -125,8 +124,12 @@ class Call:
         history = [m if isinstance(m, ChatMessage) else ChatMessage(**m) for m in history]  # type: ignore[misc]
         if extra and self.openai_based:
             kwargs["extra_body"] = {**(kwargs.get("extra_body") or {}), **extra}
-        self.stripper = EchoStripper(prefix)
+        self._expect_forced(prefix=prefix)
         return inner, "chat", history, kwargs
+
+    def _expect_forced(self, *, prefix: str) -> None:
+        self.base_text = text_of(self.last)
+        self.forced = ForcedAnswer(self.forcing, prefix=prefix, cut_answer=self.base_text)
 
     def open_forcing(self) -> Any:
         llm, kind, payload, kwargs = self._forcing_setup()
@@ -153,23 +156,16 @@ class Call:
         self.forced_tokens += len(parts.tokens)
         if parts.usage is not None:
             self.forcing_usage = parts.usage
-        assert self.stripper is not None
-        piece = self.stripper.feed(parts.content)
-        return self._forced_piece(piece) if piece else None
+        assert self.forced is not None
+        return self._forced_piece(self.forced.feed(parts.content))
 
-    def _forced_piece(self, piece: str) -> Any:
-        if not self.forced:
-            self.base_text = text_of(self.last)
-            if self.base_text.strip():
-                piece = self.forcing.cue + piece
-            else:
-                piece = piece.lstrip()
-        self.forced.append(piece)
-        return self._response(self.base_text + "".join(self.forced), piece)
+    def _forced_piece(self, piece: str) -> Any | None:
+        if not piece or self.forced is None:
+            return None
+        return self._response(self.base_text + self.forced.text, piece)
 
     def finish_forcing(self) -> Any | None:
-        rest = self.stripper.flush() if self.stripper is not None else ""
-        return self._forced_piece(rest) if rest else None
+        return self._forced_piece(self.forced.finish()) if self.forced is not None else None
 
     def _response(self, text: str, delta: str, **extra: Any) -> Any:
         if self.mode == "chat":
@@ -212,7 +208,8 @@ class Call:
             {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if k in usage}
         )
         extra[REPORT_KEY] = report.to_dict()
-        text = text_of(last) if not self.forced else self.base_text + "".join(self.forced)
+        forced = self.forced.text if self.forced is not None else ""
+        text = self.base_text + forced if forced else text_of(last)
         return self._response(
             text,
             "",

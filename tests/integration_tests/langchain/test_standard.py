@@ -34,9 +34,9 @@ class TestChatEntropyExitIntegration(ChatModelIntegrationTests):
     model_id = ""
 
     @pytest.fixture(autouse=True)
-    def _server(self, llama_server: Any) -> None:
-        type(self).base_url = llama_server.base_url
-        type(self).model_id = llama_server.model
+    def _server(self, fresh_llama_server: Any) -> None:
+        type(self).base_url = fresh_llama_server.base_url
+        type(self).model_id = fresh_llama_server.model
 
     @property
     def chat_model_class(self) -> type[ChatEntropyExit]:
