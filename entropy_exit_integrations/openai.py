@@ -96,7 +96,6 @@ class _Run:
         client: Any,
         api: Api,
         policy: ExitPolicy,
-        *,
         force_answer: bool | None,
         forcing: AnswerForcing | None,
         ledger: SavingsLedger | None,
@@ -117,6 +116,7 @@ class _Run:
             policy,
             max_tokens=_max_tokens(create_kwargs),
             model=create_kwargs.get("model"),
+            stream_pieces=True,
         )
         self.chunks: list[Any] | None = [] if keep_chunks else None
         self.forced_tokens = 0
@@ -417,17 +417,7 @@ def iter_chat(
         **create_kwargs: passed to ``client.chat.completions.create``; ``stream``, ``logprobs``,
             ``top_logprobs`` (policy.top_k) and ``stream_options`` are added when absent.
     """
-    run = _Run(
-        client,
-        "chat",
-        policy,
-        force_answer=force_answer,
-        forcing=forcing,
-        ledger=ledger,
-        on_token=on_token,
-        keep_chunks=keep_chunks,
-        create_kwargs=create_kwargs,
-    )
+    run = _Run(client, "chat", policy, force_answer, forcing, ledger, on_token, keep_chunks, create_kwargs)
     return ExitStream(client, run)
 
 
@@ -443,17 +433,7 @@ def aiter_chat(
     **create_kwargs: Any,
 ) -> AsyncExitStream:
     """Async twin of ``iter_chat`` for ``openai.AsyncOpenAI``."""
-    run = _Run(
-        client,
-        "chat",
-        policy,
-        force_answer=force_answer,
-        forcing=forcing,
-        ledger=ledger,
-        on_token=on_token,
-        keep_chunks=keep_chunks,
-        create_kwargs=create_kwargs,
-    )
+    run = _Run(client, "chat", policy, force_answer, forcing, ledger, on_token, keep_chunks, create_kwargs)
     return AsyncExitStream(client, run)
 
 
@@ -470,15 +450,7 @@ def iter_completion(
 ) -> ExitStream:
     """``iter_chat`` for the legacy Completions API (``logprobs=policy.top_k`` is added)."""
     run = _Run(
-        client,
-        "completions",
-        policy,
-        force_answer=force_answer,
-        forcing=forcing,
-        ledger=ledger,
-        on_token=on_token,
-        keep_chunks=keep_chunks,
-        create_kwargs=create_kwargs,
+        client, "completions", policy, force_answer, forcing, ledger, on_token, keep_chunks, create_kwargs
     )
     return ExitStream(client, run)
 
@@ -496,15 +468,7 @@ def aiter_completion(
 ) -> AsyncExitStream:
     """Async twin of ``iter_completion``."""
     run = _Run(
-        client,
-        "completions",
-        policy,
-        force_answer=force_answer,
-        forcing=forcing,
-        ledger=ledger,
-        on_token=on_token,
-        keep_chunks=keep_chunks,
-        create_kwargs=create_kwargs,
+        client, "completions", policy, force_answer, forcing, ledger, on_token, keep_chunks, create_kwargs
     )
     return AsyncExitStream(client, run)
 

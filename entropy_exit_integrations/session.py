@@ -31,6 +31,8 @@ class ExitSession:
         think_tags: how to read inline ``<think>`` tags in the content (see ThinkTagSplitter).
         starts_in_reasoning: the prompt already opened the ``<think>`` tag.
         keep_tokens: keep every TokenLogprob on ``tokens`` (for traces and LlamaIndex logprobs).
+        stream_pieces: collect the new text pieces for ``drain`` (for callers that stream text
+            as it is split into reasoning and answer); off, nothing is collected twice.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class ExitSession:
         think_tags: ThinkTags = "auto",
         starts_in_reasoning: bool = False,
         keep_tokens: bool = True,
+        stream_pieces: bool = False,
     ) -> None:
         self.policy = policy
         self.max_tokens = max_tokens
@@ -55,7 +58,7 @@ class ExitSession:
         self._splitter = ThinkTagSplitter(think_tags, start_inside=starts_in_reasoning)
         self._content: list[str] = []
         self._reasoning: list[str] = []
-        self._new_pieces: list[tuple[Phase, str]] = []
+        self._new_pieces: list[tuple[Phase, str]] | None = [] if stream_pieces else None
         self._logprob_tokens = 0
         self._undecided: list[TokenLogprob] = []
         self._in_number = False
@@ -187,10 +190,13 @@ class ExitSession:
 
     def _add(self, phase: Phase, text: str) -> None:
         (self._reasoning if phase is Phase.REASONING else self._content).append(text)
-        self._new_pieces.append((phase, text))
+        if self._new_pieces is not None:
+            self._new_pieces.append((phase, text))
 
     def drain(self) -> list[tuple[Phase, str]]:
-        """Text pieces added since the last call, in order, for streaming to a caller."""
+        """Text pieces added since the last call, in order (needs ``stream_pieces=True``)."""
+        if self._new_pieces is None:
+            raise RuntimeError("ExitSession(stream_pieces=True) is needed to drain text pieces")
         pieces, self._new_pieces = self._new_pieces, []
         return pieces
 

@@ -147,7 +147,6 @@ class Call:
 
     def handle(self, response: Any) -> Any:
         self.session.feed(parts_of(response))
-        self.session.drain()
         self.last = response
         return response
 
