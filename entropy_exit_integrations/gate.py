@@ -23,6 +23,7 @@ from typing import Any
 
 from .core.calibration import Calibration, sequence_entropy
 from .core.policy import ExitPolicy
+from .errors import PolicyError
 
 
 def _default_extract(text: str) -> str:
@@ -109,8 +110,10 @@ class EntropyGate:
     """Gate the extended step on the first pass's sequence entropy.
 
     Args:
-        tau: threshold in bits, or a ``Calibration`` (its tau; refused when its verdict is
-            "no signal" unless ``allow_weak=True``, as ``ExitPolicy.from_calibration`` does).
+        tau: threshold in bits, or a sequence ``Calibration`` (its tau, risk-controlled when it
+            was made with ``risk=``; refused when its verdict is "no signal" unless
+            ``allow_weak=True``, as ``ExitPolicy.from_calibration`` does, and when it was made
+            for a streaming policy).
         extended: the extended step (``Refine()``, ``Vote()``, ``BiggerBudget()``).
         top_k: candidates per token to request.
         expected_extended_tokens: cost of the extended step for savings before any was observed.
@@ -126,7 +129,15 @@ class EntropyGate:
         expected_extended_tokens: float | None = None,
     ) -> None:
         if isinstance(tau, Calibration):
-            policy = ExitPolicy.from_calibration(tau, allow_weak=allow_weak, top_k=min(top_k, tau.k))
+            if tau.kind != "sequence":
+                raise PolicyError(
+                    f"this calibration's threshold is for a streaming policy ({tau.policy_shape()}); "
+                    "the gate compares the whole generation's mean entropy: use a calibration made "
+                    "with calibrate() on sequence entropies"
+                )
+            policy = ExitPolicy.from_calibration(
+                tau, allow_weak=allow_weak, aggregation="mean", top_k=min(top_k, tau.k)
+            )
             self.tau = policy.threshold
         else:
             self.tau = float(tau)

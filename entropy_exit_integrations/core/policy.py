@@ -93,14 +93,17 @@ class ExitPolicy:
 
     @classmethod
     def from_calibration(cls, calibration: Any, *, allow_weak: bool = False, **overrides: Any) -> ExitPolicy:
-        """A policy with ``calibration.tau`` as threshold, tagged with its model and length.
+        """A policy with the calibrated threshold, tagged with its model and length.
 
-        Refuses (``PolicyError``) a calibration whose verdict is "no signal" unless
-        ``allow_weak=True``, which warns loudly instead; weak or unmeasured signals warn.
+        ``calibration`` is a ``Calibration`` (or anything with its ``policy_kwargs`` method,
+        which holds the rules; this module does not import the calibration). The threshold is
+        the one calibrated for the policy's aggregation: a mismatch (e.g. a sequence-mean
+        threshold for a sliding window) raises ``PolicyError``. Refuses a calibration whose
+        verdict is "no signal" unless ``allow_weak=True``, which warns loudly instead; weak,
+        inconclusive or unmeasured signals warn.
         """
-        from .calibration import policy_kwargs  # lazy: calibration imports this module
-
-        return cls(**policy_kwargs(calibration, allow_weak=allow_weak, overrides=overrides))
+        kwargs = calibration.policy_kwargs(allow_weak=allow_weak, overrides=overrides)
+        return cls(**kwargs)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -1,4 +1,8 @@
-"""calibrate(): every method on constructed data with known answers, AUROC, verdicts, profiles."""
+"""calibrate(): every method on constructed data with known answers, AUROC, verdicts, profiles.
+
+Risk control and streaming calibration: test_risk_control.py; the verdict's error rates:
+test_verdict_simulation.py.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,18 @@ from entropy_exit_integrations import ExitPolicy, TokenLogprob
 from entropy_exit_integrations.core.calibration import (
     Calibration,
     auroc,
-    bootstrap_auroc_ci,
     calibrate,
     lowest_group_confidence,
     sequence_entropy,
 )
-from entropy_exit_integrations.core.signals import NO_SIGNAL, STRONG, UNMEASURED, WEAK
+from entropy_exit_integrations.core.signals import (
+    INCONCLUSIVE,
+    NO_SIGNAL,
+    STRONG,
+    UNMEASURED,
+    WEAK,
+    auroc_interval,
+)
 from entropy_exit_integrations.errors import EntropyExitWarning, PolicyError
 
 CORRECT = [0.1, 0.2, 0.3, 0.4]
@@ -74,23 +84,61 @@ def test_every_method_is_reported() -> None:
     assert cal.taus["bayes"] == cal.tau
 
 
-def test_auroc_and_strong_verdict_on_separated_data() -> None:
+def test_eight_separated_examples_are_inconclusive_not_strong() -> None:
+    # A percentile bootstrap gives [1.00, 1.00] here; the score interval does not.
     cal = calibrate(separated(), "mean")
     assert cal.auroc == 1.0
-    assert cal.auroc_ci == (1.0, 1.0)
+    assert cal.auroc_ci is not None
+    low, high = cal.auroc_ci
+    assert high == pytest.approx(1.0)
+    z2 = 1.6448536269514722**2
+    assert low == pytest.approx(4 / (4 + z2))  # Wilson at A=1 with min class 4: 0.596
     assert cal.length_auroc == 0.5  # all the same length: ties
-    assert cal.verdict == STRONG
+    assert cal.verdict == INCONCLUSIVE
+    # 6 per class make the lower bound pass 0.65 at AUROC 1: 12 examples with this class mix
+    assert cal.examples_needed == 12
+    assert "about 12 examples" in cal.verdict_detail
     assert cal.expected_tokens == 50
+
+
+def test_sixteen_separated_examples_are_strong() -> None:
+    data = [(0.1 + 0.01 * j, True, 50) for j in range(8)] + [(0.6 + 0.01 * j, False, 50) for j in range(8)]
+    cal = calibrate(data)
+    assert cal.auroc == 1.0 and cal.auroc_ci is not None
+    assert cal.auroc_ci[0] > 0.65
+    assert cal.verdict == STRONG and cal.examples_needed is None
+
+
+def test_score_interval_matches_its_formula() -> None:
+    low, high = auroc_interval(np.array([0.8, 1.0, 0.5]), np.array([10, 6, 20]))
+    z = 1.6448536269514722
+    for a, k, lo, hi in zip((0.8, 1.0, 0.5), (10, 6, 20), low, high):
+        # both ends solve (theta - a)^2 = z^2 theta (1 - theta) / k
+        for theta in (lo, hi):
+            assert (theta - a) ** 2 == pytest.approx(z * z * theta * (1 - theta) / k)
+        assert lo <= a <= hi
+    assert np.isnan(auroc_interval(0.7, 0)[0])
+
+
+def test_length_beating_entropy_is_never_strong() -> None:
+    # entropy separates well (9 pairs out of order and 2 ties in 100: AUROC 0.90), length
+    # perfectly (1.0)
+    c = [((10 + j) / 100, True, 10 + j) for j in range(10)]
+    i = [((12 + 5 * j) / 100, False, 100 + j) for j in range(10)]
+    cal = calibrate(c + i)
+    assert cal.auroc == pytest.approx(0.90) and cal.length_auroc == 1.0
+    assert cal.verdict == WEAK
+    assert "length predicts correctness better" in cal.verdict_detail
+    assert cal.length_auroc_ci is not None and cal.length_auroc_ci[0] > 0.65
 
 
 def test_auroc_matches_mann_whitney_with_ties() -> None:
     pos, neg = np.array([3.0, 2.0, 2.0]), np.array([2.0, 1.0])
     # pairs: (3>2,3>1,2=2,2>1,2=2,2>1) = 4 wins + 2 ties -> 5/6
     assert auroc(pos, neg) == pytest.approx(5 / 6)
-    interval = bootstrap_auroc_ci(pos, neg, n_boot=500)
-    assert interval is not None
-    low, high = interval
-    assert 0.0 <= low <= 5 / 6 <= high <= 1.0
+    from scipy.stats import mannwhitneyu
+
+    assert auroc(pos, neg) == pytest.approx(mannwhitneyu(pos, neg).statistic / 6)
 
 
 def test_no_signal_when_classes_overlap() -> None:
@@ -166,16 +214,37 @@ def test_token_traces_are_accepted_and_match_the_monitor() -> None:
 
 
 def test_profile_round_trip_and_policy(tmp_path) -> None:
-    cal = calibrate(separated(30, 60), "info", model="smollm2")
+    data = [(0.1 + 0.01 * j, True, 30) for j in range(8)] + [(0.6 + 0.01 * j, False, 60) for j in range(8)]
+    cal = calibrate(data, "info", model="smollm2")
     path = cal.save(tmp_path / "profile.json")
     again = Calibration.load(path)
     assert again == cal
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        policy = ExitPolicy.from_calibration(again, window=8, aggregation="window")
+        policy = ExitPolicy.from_calibration(again, min_tokens=8)
     assert policy.threshold == pytest.approx(cal.tau)
+    assert policy.aggregation == "mean"
     assert policy.calibrated_for == "smollm2" and policy.is_calibrated
     assert policy.expected_tokens == pytest.approx(45)
-    assert policy.window == 8
-    assert "verdict: strong" in cal.summary()
-    assert "tau[info]" in cal.summary()
+    assert policy.min_tokens == 8
+    text = cal.summary()
+    assert "verdict: strong" in text
+    assert "tau[info]" in text
+    assert "P(verdict strong)" in text and "population AUROC 0.95" in text
+
+
+def test_sequence_threshold_refuses_a_window_policy() -> None:
+    data = [(0.1 + 0.01 * j, True, 30) for j in range(8)] + [(0.6 + 0.01 * j, False, 60) for j in range(8)]
+    cal = calibrate(data, model="m")
+    with pytest.raises(PolicyError, match="whole-sequence mean"):
+        ExitPolicy.from_calibration(cal, aggregation="window", window=16)
+    with pytest.raises(PolicyError, match="whole-sequence mean"):
+        ExitPolicy.from_calibration(cal, aggregation="ema")
+
+
+def test_old_profiles_still_load(tmp_path) -> None:
+    data = calibrate(separated(), model="m").to_dict()
+    for key in ("length_auroc_ci", "interval", "level", "examples_needed", "kind", "aggregation", "risk"):
+        data.pop(key)
+    again = Calibration.from_dict(data)
+    assert again.kind == "sequence" and again.risk is None and again.auroc == 1.0
