@@ -751,8 +751,8 @@ def _record_lows(replay: _Replay) -> np.ndarray:
 
 
 def _candidates(replays: Sequence[_Replay], limit: int) -> np.ndarray:
-    lows = np.unique(np.concatenate([_record_lows(r) for r in replays] + [np.empty(0)]))
-    lows = lows[np.isfinite(lows)]
+    lows = np.concatenate([_record_lows(r) for r in replays] + [np.empty(0)])
+    lows = np.unique(np.round(lows[np.isfinite(lows)], 12))  # one candidate per value, not per float
     if lows.size == 0:
         return lows
     upper = np.append(lows[1:], lows[-1] * 1.001 + 1e-6)
@@ -919,7 +919,8 @@ def format_calibration(cal: Calibration, *, power: bool = True) -> str:
         shape = ", ".join(f"{k}={v}" for k, v in cal.policy_shape().items())
         lines.append(f"  threshold for: the streaming policy {shape}")
     lines.append(f"  expected tokens: {cal.expected_tokens:.1f}")
-    lines.append(f"  verdict: {cal.verdict} - {cal.verdict_detail}")
+    about = "" if cal.kind == "sequence" else " (of the sequence mean entropy)"
+    lines.append(f"  verdict{about}: {cal.verdict} - {cal.verdict_detail}")
     if power and cal.correct.n and cal.incorrect.n:
         share = round(min(max(cal.correct.n / cal.n, 0.1), 0.9), 1)
         lines.append(format_power(share, power_table(share)))
@@ -930,8 +931,7 @@ def format_calibration(cal: Calibration, *, power: bool = True) -> str:
         )
         lines.append(f"    {r.detail}")
         lines.append(f"    thresholds tested: {r.candidates} of {r.grid}")
-        mark = "" if r.threshold is None else f"  -> tau = {r.threshold:.4f}"
-        lines.append(f"    risk-controlled tau: {_num(r.threshold, 4)}{mark}")
+        lines.append(f"    risk-controlled tau: {_num(r.threshold, 4)}")
     elif cal.verdict == INCONCLUSIVE:
         lines.append("  (use risk=... / --risk for a threshold whose harm is bounded whatever the verdict)")
     return "\n".join(lines)

@@ -192,12 +192,12 @@ def verdict_of(
     if n_correct == 0:
         return NO_SIGNAL, "no correct examples: there is no confident answer to keep", None
     if score is None or interval is None:
-        needed = max(2 * MIN_PER_CLASS, n_correct + MIN_PER_CLASS)
+        wanted = max(2 * MIN_PER_CLASS, n_correct + MIN_PER_CLASS)
         return (
             UNMEASURED,
             "no incorrect examples: exits cannot be shown to keep accuracy; "
-            f"about {needed} examples with at least {MIN_PER_CLASS} wrong ones are needed",
-            needed,
+            f"at least {wanted} examples with {MIN_PER_CLASS} or more wrong ones are needed",
+            wanted,
         )
     code = int(
         verdict_codes(
