@@ -1,8 +1,9 @@
-"""Benchmark questions: GSM8K, MATH-500, AIME-24 (shared data), any JSONL, and generated arithmetic.
+"""Benchmark questions: GSM8K, MATH-500, AIME-24 (shipped as package data), any JSONL, and
+generated arithmetic.
 
-The shared files live in ``../shared/data`` relative to the project root (set
-``ENTROPY_EXIT_DATA`` to point elsewhere); see SOURCES.md there for provenance and licences
-(GSM8K: MIT, openai/grade-school-math; MATH-500 and AIME-24: github.com/MobileLLM/BudgetThinker).
+The files live in ``entropy_exit_integrations/bench/data`` with their licences and sources
+(``SOURCES.md`` there: GSM8K MIT, MATH MIT, AIME 2024 problems without a stated licence); set
+``ENTROPY_EXIT_DATA`` to read them from another directory.
 
 ``arithmetic`` is a deterministic generator for small models: SmolLM2-135M-Instruct, the embedded
 default, solves none of GSM8K, so its demos and tests need questions it can sometimes get right
@@ -15,6 +16,7 @@ import json
 import os
 import random
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from ..errors import EntropyExitError
@@ -39,20 +41,18 @@ class Problem:
 
 
 def find_data_dir() -> Path:
-    """The shared data directory: ``$ENTROPY_EXIT_DATA``, else ``../shared/data`` from the project."""
-    candidates = []
-    if os.environ.get("ENTROPY_EXIT_DATA"):
-        candidates.append(Path(os.environ["ENTROPY_EXIT_DATA"]))
-    here = Path(__file__).resolve()
-    candidates += [parent / "shared" / "data" for parent in here.parents]
-    candidates += [Path.cwd() / ".." / "shared" / "data", Path.cwd() / "data"]
-    for path in candidates:
-        if (path / "gsm8k_test.jsonl").exists():
-            return path.resolve()
-    raise EntropyExitError(
-        "shared data not found: set ENTROPY_EXIT_DATA to the directory holding "
-        "gsm8k_test.jsonl, math500_test.jsonl and aime24_test.jsonl"
+    """The directory holding the dataset files: ``$ENTROPY_EXIT_DATA``, else the package's own."""
+    override = os.environ.get("ENTROPY_EXIT_DATA")
+    path = (
+        Path(override) if override else Path(str(resources.files("entropy_exit_integrations.bench") / "data"))
     )
+    if not (path / "gsm8k_test.jsonl").is_file():
+        where = "ENTROPY_EXIT_DATA" if override else "the installed package"
+        raise EntropyExitError(
+            f"dataset files not found in {path} ({where}): expected gsm8k_test.jsonl, "
+            "math500_test.jsonl and aime24_test.jsonl"
+        )
+    return path
 
 
 def _gsm8k_answer(text: str) -> str:
