@@ -63,13 +63,15 @@ class PolicyError(EntropyExitError, ValueError):
 class EntropyExit(EntropyExitError):
     """Raised to abort a generation mid-chain once the model is confident.
 
-    Carries everything generated before the exit, so nothing is lost.
+    Carries everything generated before the exit, so nothing is lost: ``partial`` is the
+    ``ExitResult`` (text, reasoning, tokens, report), as on ``StreamInterrupted``.
     """
 
-    def __init__(self, partial_text: str, report: Any, *, reasoning: str = "") -> None:
+    def __init__(self, partial_text: str, report: Any, *, reasoning: str = "", partial: Any = None) -> None:
         self.partial_text = partial_text
         self.reasoning = reasoning
         self.report = report
+        self.partial = partial
         super().__init__(
             f"entropy exit after {getattr(report, 'tokens_generated', '?')} tokens "
             f"({len(partial_text)} characters kept on .partial_text)"
@@ -77,10 +79,12 @@ class EntropyExit(EntropyExitError):
 
 
 class StreamInterrupted(EntropyExitError):
-    """The stream broke (network error, server died) mid-generation.
+    """The stream broke after its first chunk, in every integration alike.
 
-    ``partial`` holds the text, reasoning and report gathered before the break; ``__cause__``
-    is the original error.
+    Raised for a transport error, invalid JSON, an error event, a read timeout, or a stream
+    that ended without a finish reason (no terminal chunk). ``partial`` is the ``ExitResult``
+    (text, reasoning, tokens, report with ``ended="broken"``) gathered before the break;
+    ``__cause__`` is the original error. Errors before the first chunk are the provider's own.
     """
 
     def __init__(self, message: str, partial: Any) -> None:

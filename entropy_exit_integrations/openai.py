@@ -24,252 +24,64 @@ On exit the HTTP response is closed (``Stream.close()``), so the server stops ge
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
-import httpx
 import openai
 
-from .core.monitor import Decision
 from .core.policy import ExitPolicy
-from .core.savings import SavingsLedger, SavingsReport
-from .core.tokens import Phase, TokenLogprob
-from .errors import StreamInterrupted, is_logprobs_refusal
-from .forcing import AnswerForcing, ForcedAnswer
+from .core.savings import SavingsLedger
+from .engine import (
+    ENTROPY_EXIT,
+    Api,
+    ExitResult,
+    MonitoredCall,
+    OnToken,
+    TextDelta,
+    aguarded,
+    check_policy,
+    guarded,
+)
+from .forcing import AnswerForcing
 from .providers.completions import parse_completion_chunk
 from .providers.openai_chat import parse_chat_chunk
-from .providers.parts import ChunkParts
-from .session import ExitSession
-from .tokencount import count_message_tokens, count_tokens
 
-Api = Literal["chat", "completions"]
-OnToken = Callable[[TokenLogprob, Decision], None]
-
-ENTROPY_EXIT = "entropy_exit"
-"""``finish_reason`` of a generation this package stopped."""
-
-_STREAM_ERRORS = (httpx.HTTPError, openai.APIError)
+_NOT_FORWARDED = ("max_tokens", "max_completion_tokens", "n", "stop", "tools", "tool_choice")
 
 
-@dataclass(frozen=True)
-class TextDelta:
-    """A piece of streamed text: reasoning or answer, and whether it came from answer forcing."""
-
-    text: str
-    phase: Phase = Phase.ANSWER
-    forced: bool = False
-
-
-@dataclass
-class ExitResult:
-    """Everything one monitored generation produced.
-
-    Attributes:
-        text: the answer (with the forced answer appended when forcing ran).
-        reasoning: reasoning text (``reasoning_content`` deltas or ``<think>`` content).
-        finish_reason: ``"entropy_exit"`` when this package stopped it, else the provider's.
-        decision: the monitor's last decision.
-        report: tokens generated and saved, entropy summary, k, unknown tokens.
-        usage: provider usage when it came; else counted (``usage["estimated"]`` says so).
-        tokens: every generated token with its top logprobs.
-        forced_answer: the forced answer text, or None when no forcing ran.
-        chunks: raw chunks, when ``keep_chunks=True``.
-    """
-
-    text: str
-    reasoning: str
-    finish_reason: str
-    decision: Decision
-    report: SavingsReport
-    usage: dict[str, Any]
-    tokens: list[TokenLogprob]
-    forced_answer: str | None = None
-    chunks: list[Any] | None = field(default=None, repr=False)
-
-
-class _Run:
-    """The I/O-free part of one call, shared by the sync and async streams."""
+class _MonitoredStream:
+    """What the sync and async streams share: the call, its request and, once iterated, its result."""
 
     def __init__(
         self,
         client: Any,
         api: Api,
         policy: ExitPolicy,
-        force_answer: bool | None,
-        forcing: AnswerForcing | None,
-        ledger: SavingsLedger | None,
-        on_token: OnToken | None,
-        keep_chunks: bool,
+        options: dict[str, Any],
         create_kwargs: dict[str, Any],
     ) -> None:
-        self.api = api
-        self.policy = policy
-        self.force_answer = force_answer
-        self.forcing = forcing or AnswerForcing()
-        self.ledger = ledger
-        self.on_token = on_token
-        self.base_url = str(getattr(client, "base_url", "") or "")
-        self.request = _with_logprobs(api, policy, create_kwargs)
-        self.parse = parse_chat_chunk if api == "chat" else parse_completion_chunk
-        self.session = ExitSession(
-            policy,
-            max_tokens=_max_tokens(create_kwargs),
-            model=create_kwargs.get("model"),
-            stream_pieces=True,
-        )
-        self.chunks: list[Any] | None = [] if keep_chunks else None
-        self.forced_tokens = 0
-        self.forcing_usage: dict[str, Any] | None = None
-        self.forced: ForcedAnswer | None = None
-
-    def handle(self, chunk: Any) -> list[TextDelta]:
-        if self.chunks is not None:
-            self.chunks.append(chunk)
-        parts = self.parse(chunk)
-        decision = self.session.feed(parts)
-        if self.on_token is not None:
-            for token in parts.tokens:
-                self.on_token(token, decision)
-        return self.drained()
-
-    def drained(self) -> list[TextDelta]:
-        return [TextDelta(text, phase) for phase, text in self.session.drain()]
-
-    @property
-    def should_stop(self) -> bool:
-        return self.session.should_stop
-
-    def wants_forcing(self) -> bool:
-        if not self.session.should_stop or self.force_answer is False:
-            return False
-        return self.force_answer is True or self.session.exited_in_reasoning
-
-    def forcing_request(self) -> dict[str, Any]:
-        """Create-kwargs of the short request that asks for the final answer."""
-        session = self.session
-        request = {
-            k: v
-            for k, v in self.request.items()
-            if k not in ("max_tokens", "max_completion_tokens", "n", "stop")
-        }
-        request.update(stream=True, max_tokens=self.forcing.max_tokens)
-        if self.forcing.stop:
-            request["stop"] = list(self.forcing.stop)
-        if self.api == "completions":
-            request["prompt"] = self.forcing.completion_prompt(request["prompt"], session.text)
-            request["logprobs"] = 1
-            self.forced = ForcedAnswer(self.forcing, prefix="", cut_answer=session.text)
-            return request
-        messages, extra, prefix = self.forcing.chat_request(
-            list(request["messages"]),
-            reasoning=session.reasoning,
-            text=session.text,
-            inline_think=session.inline_think,
-            base_url=self.base_url,
-        )
-        request.update(messages=messages, logprobs=True, top_logprobs=1)
-        if extra:
-            request["extra_body"] = {**(request.get("extra_body") or {}), **extra}
-        self.forced = ForcedAnswer(self.forcing, prefix=prefix, cut_answer=session.text)
-        return request
-
-    def handle_forced(self, chunk: Any) -> list[TextDelta]:
-        parts: ChunkParts = self.parse(chunk)
-        self.forced_tokens += len(parts.tokens)
-        if parts.usage is not None:
-            self.forcing_usage = parts.usage
-        assert self.forced is not None
-        text = self.forced.feed(parts.content)
-        return [TextDelta(text, Phase.ANSWER, forced=True)] if text else []
-
-    def finish_forced(self) -> list[TextDelta]:
-        text = self.forced.finish() if self.forced is not None else ""
-        return [TextDelta(text, Phase.ANSWER, forced=True)] if text else []
-
-    def result(self, *, interrupted: bool = False) -> ExitResult:
-        session = self.session
-        session.close_text()
-        forced = self.forced.continuation if self.forced is not None else None
-        if self.forced is not None and self.forced.text:
-            session.add_forced_answer(self.forced.text)
-        forced_tokens = self.forced_tokens
-        if self.forcing_usage and self.forcing_usage.get("completion_tokens") is not None:
-            forced_tokens = int(self.forcing_usage["completion_tokens"])
-        prompt_tokens, estimated = self._prompt_tokens()
-        report = session.report(
-            forced_answer_tokens=forced_tokens,
-            exit_reason="interrupted" if interrupted else None,
-            prompt_tokens=prompt_tokens,
-            prompt_tokens_estimated=estimated,
-        )
-        if self.ledger is not None:
-            self.ledger.record(report)
-        usage = session.usage_block(report)
-        if estimated:
-            usage["estimated"] = True
-        if session.should_stop:
-            finish = ENTROPY_EXIT
-        elif interrupted:
-            finish = "interrupted"
-        else:
-            finish = session.finish_reason or "stop"
-        return ExitResult(
-            text=session.text,
-            reasoning=session.reasoning,
-            finish_reason=finish,
-            decision=session.decision,
-            report=report,
-            usage=usage,
-            tokens=session.tokens,
-            forced_answer=forced,
-            chunks=self.chunks,
-        )
-
-    def _prompt_tokens(self) -> tuple[int | None, bool]:
-        usage = self.session.usage
-        if usage and usage.get("prompt_tokens") is not None:
-            return int(usage["prompt_tokens"]), False
-        model = self.request.get("model")
-        if self.api == "chat":
-            return count_message_tokens(list(self.request.get("messages") or []), model).tokens, True
-        count = count_tokens(str(self.request.get("prompt") or ""), model)
-        return count.tokens, True
-
-    def interrupted(self, error: BaseException) -> StreamInterrupted:
-        partial = self.result(interrupted=True)
-        return StreamInterrupted(
-            f"stream broke after {partial.report.tokens_generated} tokens: {error}", partial
-        )
-
-
-def _with_logprobs(api: Api, policy: ExitPolicy, kwargs: dict[str, Any]) -> dict[str, Any]:
-    request = dict(kwargs)
-    request["stream"] = True
-    if api == "chat":
-        request.setdefault("logprobs", True)
-        request.setdefault("top_logprobs", policy.top_k)
-    else:
-        request.setdefault("logprobs", policy.top_k)
-    request.setdefault("stream_options", {"include_usage": True})
-    return request
-
-
-def _max_tokens(kwargs: dict[str, Any]) -> int | None:
-    value = kwargs.get("max_completion_tokens", kwargs.get("max_tokens"))
-    return int(value) if value is not None else None
-
-
-def _create(client: Any, api: Api) -> Any:
-    return client.chat.completions.create if api == "chat" else client.completions.create
-
-
-class _MonitoredStream:
-    """What the sync and async streams share: the run and, once iterated, its result."""
-
-    def __init__(self, client: Any, run: _Run) -> None:
+        check_policy(policy, f"{'stream_chat' if api == 'chat' else 'stream_completion'}()")
         self._client = client
-        self._run = run
+        self._api = api
+        self._create = client.chat.completions.create if api == "chat" else client.completions.create
+        self._parse = parse_chat_chunk if api == "chat" else parse_completion_chunk
+        self._chunks: list[Any] | None = [] if options.pop("keep_chunks") else None
+        budget = create_kwargs.get("max_completion_tokens", create_kwargs.get("max_tokens"))
+        self._call = MonitoredCall(
+            policy,
+            api=api,
+            messages=list(create_kwargs.get("messages") or []),
+            prompt=str(create_kwargs.get("prompt") or ""),
+            model=create_kwargs.get("model"),
+            max_tokens=int(budget) if budget is not None else None,
+            base_url=str(getattr(client, "base_url", "") or ""),
+            **options,
+        )
+        request = {**create_kwargs, "stream": True}
+        for key, value in self._call.logprob_params().items():
+            request.setdefault(key, value)
+        request.setdefault("stream_options", {"include_usage": True})
+        self._request = request
         self._result: ExitResult | None = None
         self._stream: Any = None
 
@@ -278,6 +90,35 @@ class _MonitoredStream:
         if self._result is None:
             raise RuntimeError("the stream has not finished: iterate it to the end first")
         return self._result
+
+    def _retry_request(self, error: openai.APIStatusError) -> dict[str, Any]:
+        """The request again without logprobs, if the error was a refusal the policy passes."""
+        if not self._call.refused(error):
+            raise error
+        return {k: v for k, v in self._request.items() if k not in ("logprobs", "top_logprobs")}
+
+    def _feed(self, chunk: Any) -> list[TextDelta]:
+        if self._chunks is not None:
+            self._chunks.append(chunk)
+        return self._call.feed(self._parse(chunk))
+
+    def _forcing_request(self) -> dict[str, Any]:
+        plan = self._call.forcing_plan()
+        request = {k: v for k, v in self._request.items() if k not in _NOT_FORWARDED}
+        request.update(stream=True, max_tokens=plan.max_tokens)
+        if plan.stop:
+            request["stop"] = plan.stop
+        if self._api == "completions":
+            request.update(prompt=plan.prompt, logprobs=1)
+        else:
+            request.update(messages=[*request["messages"], *plan.messages], logprobs=True, top_logprobs=1)
+        if plan.extra_body:
+            request["extra_body"] = {**(request.get("extra_body") or {}), **plan.extra_body}
+        return request
+
+    def _done(self, result: ExitResult) -> None:
+        result.chunks = self._chunks
+        self._result = result
 
 
 class ExitStream(_MonitoredStream):
@@ -301,38 +142,35 @@ class ExitStream(_MonitoredStream):
             self._stream.close()
             self._stream = None
 
-    def __iter__(self) -> Iterator[TextDelta]:
-        run = self._run
+    def _open(self, request: dict[str, Any]) -> Any:
         try:
-            self._stream = _open(self._client, run, run.request)
-            for chunk in self._stream:
-                yield from run.handle(chunk)
-                if run.should_stop:
+            return self._create(**request)
+        except openai.APIStatusError as error:
+            return self._create(**self._retry_request(error))
+
+    def __iter__(self) -> Iterator[TextDelta]:
+        call = self._call
+        try:
+            self._stream = self._open(self._request)
+            for chunk in guarded(self._stream, call):
+                yield from self._feed(chunk)
+                if call.should_stop:
                     break
             self.close()
-            run.session.close_text()
-            yield from run.drained()
-            if run.wants_forcing():
-                self._stream = _open(self._client, run, run.forcing_request())
-                for chunk in self._stream:
-                    yield from run.handle_forced(chunk)
+            yield from call.end_main(cut=call.should_stop)
+            if call.wants_forcing():
+                request = self._forcing_request()
+                try:
+                    self._stream = self._create(**request)
+                except Exception as error:
+                    raise call.interrupted(error) from error
+                for chunk in guarded(self._stream, call):
+                    yield from call.feed_forced(self._parse(chunk))
                 self.close()
-                yield from run.finish_forced()
-        except _STREAM_ERRORS as error:
-            raise run.interrupted(error) from error
+                yield from call.finish_forced()
         finally:
             self.close()
-        self._result = run.result()
-
-
-def _open(client: Any, run: _Run, request: dict[str, Any]) -> Any:
-    try:
-        return _create(client, run.api)(**request)
-    except openai.APIStatusError as error:
-        if not is_logprobs_refusal(error):
-            raise
-        run.session.refuse_logprobs(error)  # raises unless the policy passes such calls through
-        return _create(client, run.api)(**_without_logprobs(request))
+        self._done(call.finish())
 
 
 class AsyncExitStream(_MonitoredStream):
@@ -350,46 +188,55 @@ class AsyncExitStream(_MonitoredStream):
             await self._stream.close()
             self._stream = None
 
-    async def __aiter__(self) -> AsyncIterator[TextDelta]:
-        run = self._run
+    async def _open(self, request: dict[str, Any]) -> Any:
         try:
-            self._stream = await _aopen(self._client, run, run.request)
-            async for chunk in self._stream:
-                for delta in run.handle(chunk):
+            return await self._create(**request)
+        except openai.APIStatusError as error:
+            return await self._create(**self._retry_request(error))
+
+    async def __aiter__(self) -> AsyncIterator[TextDelta]:
+        call = self._call
+        try:
+            self._stream = await self._open(self._request)
+            async for chunk in aguarded(self._stream, call):
+                for delta in self._feed(chunk):
                     yield delta
-                if run.should_stop:
+                if call.should_stop:
                     break
             await self.aclose()
-            run.session.close_text()
-            for delta in run.drained():
+            for delta in call.end_main(cut=call.should_stop):
                 yield delta
-            if run.wants_forcing():
-                self._stream = await _aopen(self._client, run, run.forcing_request())
-                async for chunk in self._stream:
-                    for delta in run.handle_forced(chunk):
+            if call.wants_forcing():
+                request = self._forcing_request()
+                try:
+                    self._stream = await self._create(**request)
+                except Exception as error:
+                    raise call.interrupted(error) from error
+                async for chunk in aguarded(self._stream, call):
+                    for delta in call.feed_forced(self._parse(chunk)):
                         yield delta
                 await self.aclose()
-                for delta in run.finish_forced():
+                for delta in call.finish_forced():
                     yield delta
-        except _STREAM_ERRORS as error:
-            raise run.interrupted(error) from error
         finally:
             await self.aclose()
-        self._result = run.result()
+        self._done(await call.afinish())
 
 
-async def _aopen(client: Any, run: _Run, request: dict[str, Any]) -> Any:
-    try:
-        return await _create(client, run.api)(**request)
-    except openai.APIStatusError as error:
-        if not is_logprobs_refusal(error):
-            raise
-        run.session.refuse_logprobs(error)
-        return await _create(client, run.api)(**_without_logprobs(request))
-
-
-def _without_logprobs(request: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in request.items() if k not in ("logprobs", "top_logprobs")}
+def _options(
+    force_answer: bool | None,
+    forcing: AnswerForcing | None,
+    ledger: SavingsLedger | None,
+    on_token: OnToken | None,
+    keep_chunks: bool,
+) -> dict[str, Any]:
+    return {
+        "force_answer": force_answer,
+        "forcing": forcing,
+        "ledger": ledger,
+        "on_token": on_token,
+        "keep_chunks": keep_chunks,
+    }
 
 
 def iter_chat(
@@ -417,8 +264,8 @@ def iter_chat(
         **create_kwargs: passed to ``client.chat.completions.create``; ``stream``, ``logprobs``,
             ``top_logprobs`` (policy.top_k) and ``stream_options`` are added when absent.
     """
-    run = _Run(client, "chat", policy, force_answer, forcing, ledger, on_token, keep_chunks, create_kwargs)
-    return ExitStream(client, run)
+    options = _options(force_answer, forcing, ledger, on_token, keep_chunks)
+    return ExitStream(client, "chat", policy, options, create_kwargs)
 
 
 def aiter_chat(
@@ -433,8 +280,8 @@ def aiter_chat(
     **create_kwargs: Any,
 ) -> AsyncExitStream:
     """Async twin of ``iter_chat`` for ``openai.AsyncOpenAI``."""
-    run = _Run(client, "chat", policy, force_answer, forcing, ledger, on_token, keep_chunks, create_kwargs)
-    return AsyncExitStream(client, run)
+    options = _options(force_answer, forcing, ledger, on_token, keep_chunks)
+    return AsyncExitStream(client, "chat", policy, options, create_kwargs)
 
 
 def iter_completion(
@@ -449,10 +296,8 @@ def iter_completion(
     **create_kwargs: Any,
 ) -> ExitStream:
     """``iter_chat`` for the legacy Completions API (``logprobs=policy.top_k`` is added)."""
-    run = _Run(
-        client, "completions", policy, force_answer, forcing, ledger, on_token, keep_chunks, create_kwargs
-    )
-    return ExitStream(client, run)
+    options = _options(force_answer, forcing, ledger, on_token, keep_chunks)
+    return ExitStream(client, "completions", policy, options, create_kwargs)
 
 
 def aiter_completion(
@@ -467,10 +312,8 @@ def aiter_completion(
     **create_kwargs: Any,
 ) -> AsyncExitStream:
     """Async twin of ``iter_completion``."""
-    run = _Run(
-        client, "completions", policy, force_answer, forcing, ledger, on_token, keep_chunks, create_kwargs
-    )
-    return AsyncExitStream(client, run)
+    options = _options(force_answer, forcing, ledger, on_token, keep_chunks)
+    return AsyncExitStream(client, "completions", policy, options, create_kwargs)
 
 
 def _drain(stream: ExitStream) -> ExitResult:

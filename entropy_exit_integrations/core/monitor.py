@@ -8,8 +8,8 @@ from array import array
 from collections import deque
 from typing import NamedTuple
 
-from ..errors import EntropyExitWarning
-from .entropy import max_entropy_bits, token_entropy
+from ..errors import EntropyExitWarning, LogprobsFormatError
+from .entropy import SENTINEL_LOGPROB, max_entropy_bits, token_entropy
 from .policy import ExitPolicy
 from .tokens import Phase, TokenLogprob
 
@@ -38,9 +38,16 @@ class Decision(NamedTuple):
 class EntropyMonitor:
     """Feed tokens in order; ``observe`` says when to stop. O(1) amortised per token.
 
-    Unknown tokens (no candidates, or fewer than two under the renormalised estimator, which
-    would always read as zero entropy) count in the aggregate as maximally uncertain
-    (``log2 top_k`` bits): missing data can only delay an exit, never cause one.
+    Unknown tokens count in the aggregate as maximally uncertain and reset ``patience``, so
+    missing or broken data can only delay an exit, never cause one. A token is unknown when it
+    has no candidates, when fewer than two of its candidates have a finite logprob above the
+    -9999 sentinel (under the renormalised estimator one candidate always reads as 0 bits), or
+    when its logprobs are malformed (NaN, clearly positive): the one documented behaviour for
+    bad data, with one ``EntropyExitWarning`` per monitor. "Maximally uncertain" is
+    ``log2(top_k + 1)`` bits, the largest entropy a token can have under this policy (its
+    ``top_k`` candidates plus a sampled token from outside them); a known token with more
+    candidates than that is capped there, so no token ever reads as less certain than an
+    unknown one.
 
     >>> from entropy_exit_integrations import ExitPolicy, TokenLogprob
     >>> monitor = EntropyMonitor(ExitPolicy(threshold=0.5, min_tokens=2))
@@ -51,8 +58,8 @@ class EntropyMonitor:
 
     def __init__(self, policy: ExitPolicy) -> None:
         self.policy = policy
-        self._unknown_bits = max_entropy_bits(max(policy.top_k, 2))
-        self._min_candidates = 1 if policy.tail_aware else 2
+        self._unknown_bits = max_entropy_bits(policy.top_k + 1)
+        self._renormalised = not policy.tail_aware
         self._alpha = 2.0 / (policy.window + 1)
         self._entropy = functools.partial(token_entropy, tail_aware=policy.tail_aware)
         self.reset()
@@ -63,6 +70,7 @@ class EntropyMonitor:
         self.tokens_seen = 0
         self.watched = 0
         self.unknown_tokens = 0
+        self.malformed_tokens = 0
         self.reasoning_tokens = 0
         self.max_k = 0
         self._sum = 0.0
@@ -95,7 +103,7 @@ class EntropyMonitor:
         k = len(top)
         if k > self.max_k:
             self.max_k = k
-        bits = self._entropy(top) if k >= self._min_candidates else None
+        bits = self._bits(top) if k else None
         if bits is None:
             self.unknown_tokens += 1
             self.trace.append(_NAN)
@@ -109,6 +117,27 @@ class EntropyMonitor:
         else:
             self.decision = self._decide(index, bits)
         return self.decision
+
+    def _bits(self, top: tuple[float, ...]) -> float | None:
+        """The token's entropy, or None when it is unknown (see the class docstring)."""
+        try:
+            bits = self._entropy(top)
+        except LogprobsFormatError as error:
+            self.malformed_tokens += 1
+            if self.malformed_tokens == 1:
+                warnings.warn(
+                    f"{error}: the token counts as unknown (bad logprobs can only delay an exit)",
+                    EntropyExitWarning,
+                    stacklevel=4,
+                )
+            return None
+        if bits == 0.0 and self._renormalised:
+            # Exactly zero: one live candidate (the others -inf/-9999) says nothing.
+            if sum(1 for value in top if value > SENTINEL_LOGPROB) < 2:
+                return None
+        elif bits is not None and bits > self._unknown_bits:
+            return self._unknown_bits
+        return bits
 
     def _watches(self, phase: Phase) -> bool:
         watch = self._watch_phase

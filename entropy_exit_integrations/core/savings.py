@@ -6,9 +6,13 @@ import math
 import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .monitor import EntropyMonitor
+
+Ended = Literal["server_done", "we_closed", "broken"]
+"""How a generation's stream ended: the server finished it, this package closed it, or it broke."""
+UsageSource = Literal["server", "client"]
 
 TRACE_POINTS = 64
 """Entropy trace points kept in a report (the full trace is downsampled to this many)."""
@@ -48,10 +52,17 @@ class EntropySummary:
 class SavingsReport:
     """What one generation cost and what the exit saved.
 
+    ``exited`` is a fact, not an opinion: True only when this package closed the stream before
+    the model finished (``ended == "we_closed"``). A stop the policy wanted but deferred (a tool
+    call, a number) that the stream outran is ``exited=False`` with the server's finish reason;
+    ``decision_token_index`` still says where the policy said "confident".
+
     ``tokens_saved_vs_budget`` is an upper bound: it assumes the model would have used its whole
     ``max_tokens`` budget. ``tokens_saved_vs_expected`` uses the typical length measured at
     calibration and is the better estimate when known. Both are net of the tokens spent forcing
-    the final answer, and both are 0 when no exit happened.
+    the final answer, and both are 0 when no exit happened. ``usage_source`` says whether the
+    token counts are the server's (its usage block) or counted here from the logprob entries
+    (cut streams get no usage block); ``prompt_tokens_estimated`` marks a client-side estimate.
     Entropies are top-k estimates (``k`` candidates per token, ``estimator`` says which): a
     truncated view of the model's distribution.
     """
@@ -78,6 +89,10 @@ class SavingsReport:
     model: str | None = None
     prompt_tokens: int | None = None
     prompt_tokens_estimated: bool = False
+    ended: Ended = "server_done"
+    finish_reason: str | None = None
+    usage_source: UsageSource = "client"
+    decision_token_index: int | None = None
 
     @classmethod
     def from_monitor(
@@ -85,22 +100,29 @@ class SavingsReport:
         monitor: EntropyMonitor,
         *,
         wall_time_s: float,
+        ended: Ended = "server_done",
+        finish_reason: str | None = None,
         max_tokens: int | None = None,
+        completion_tokens: int | None = None,
         forced_answer_tokens: int = 0,
-        exit_reason: str | None = None,
+        usage_source: UsageSource = "client",
         model: str | None = None,
         prompt_tokens: int | None = None,
         prompt_tokens_estimated: bool = False,
     ) -> SavingsReport:
-        """Build the report of a finished (or stopped) generation from its monitor.
+        """Build the report of a finished, cut or broken generation from its monitor.
 
-        ``exit_reason`` overrides the reason for generations that ended without an exit
-        (``"stop"``, ``"length"``, ``"interrupted"``...).
+        Args:
+            ended: how the stream ended; only ``"we_closed"`` is an exit.
+            finish_reason: the server's finish reason (``"stop"``, ``"length"``...), if any.
+            completion_tokens: the server's count of the main stream, when it sent one;
+                otherwise the tokens the monitor saw.
         """
         policy = monitor.policy
         decision = monitor.decision
-        exited = decision.should_exit
-        generated = monitor.tokens_seen + forced_answer_tokens
+        exited = ended == "we_closed"
+        main = monitor.tokens_seen if completion_tokens is None else completion_tokens
+        generated = main + forced_answer_tokens
         saved_budget: int | None = None
         saved_fraction: float | None = None
         if max_tokens is not None:
@@ -112,10 +134,16 @@ class SavingsReport:
             saved_expected = max(0.0, expected - generated) if exited else 0.0
             if max_tokens is None:
                 saved_fraction = saved_expected / expected
+        if exited:
+            reason = "entropy_exit"
+        elif ended == "broken":
+            reason = "interrupted"
+        else:
+            reason = finish_reason or decision.reason
         return cls(
             exited=exited,
-            exit_reason="entropy_exit" if exited else (exit_reason or decision.reason),
-            exit_token_index=decision.token_index if exited else None,
+            exit_reason=reason,
+            exit_token_index=monitor.tokens_seen - 1 if exited else None,
             tokens_generated=generated,
             forced_answer_tokens=forced_answer_tokens,
             max_tokens=max_tokens,
@@ -135,6 +163,10 @@ class SavingsReport:
             model=model,
             prompt_tokens=prompt_tokens,
             prompt_tokens_estimated=prompt_tokens_estimated,
+            ended=ended,
+            finish_reason=reason if exited or ended == "broken" else finish_reason,
+            usage_source=usage_source,
+            decision_token_index=decision.token_index if decision.should_exit else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,6 +184,8 @@ class SavingsReport:
 
     def __str__(self) -> str:
         head = f"exit at token {self.exit_token_index}" if self.exited else f"no exit ({self.exit_reason})"
+        if not self.exited and self.decision_token_index is not None:
+            head += f", confident at token {self.decision_token_index}"
         saved = (
             f", saved {self.tokens_saved_vs_budget} of {self.max_tokens} budget"
             if self.tokens_saved_vs_budget is not None

@@ -10,10 +10,9 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.messages.tool import tool_call_chunk
-from langchain_core.outputs import ChatGenerationChunk
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableBinding, RunnableParallel, RunnableSequence
 
-from ..errors import is_logprobs_refusal
 from .callbacks import REPORT_KEY
 
 _CLASSES: dict[type, type] = {}
@@ -71,15 +70,14 @@ def with_reasoning_capture(model: BaseChatModel) -> BaseChatModel:
 def open_stream(
     inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, run: Any
 ) -> tuple[Generator[ChatGenerationChunk, None, None], list[ChatGenerationChunk]]:
-    """The inner stream and its first chunk; a logprobs refusal goes to ``run.refused`` (retry)."""
+    """The inner stream and its first chunk; ``run.refused(error)`` says whether to retry."""
     stream = inner_stream(inner, messages, stop, run.request)
     try:
         first = next(stream, None)
     except Exception as error:
         stream.close()
-        if not is_logprobs_refusal(error):
+        if not run.refused(error):
             raise
-        run.refused(error)
         stream = inner_stream(inner, messages, stop, run.request)
         first = next(stream, None)
     return stream, [] if first is None else [first]
@@ -89,15 +87,14 @@ async def aopen_stream(
     inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, run: Any
 ) -> tuple[AsyncIterator[ChatGenerationChunk], list[ChatGenerationChunk]]:
     """Async twin of ``open_stream``."""
-    stream = inner._astream(messages, stop=stop, **run.request)
+    stream = ainner_stream(inner, messages, stop, run.request)
     try:
         first = await anext(stream, None)
     except Exception as error:
         await stream.aclose()  # type: ignore[attr-defined]
-        if not is_logprobs_refusal(error):
+        if not run.refused(error):
             raise
-        run.refused(error)
-        stream = inner._astream(messages, stop=stop, **run.request)
+        stream = ainner_stream(inner, messages, stop, run.request)
         first = await anext(stream, None)
     return stream, [] if first is None else [first]
 
@@ -112,11 +109,32 @@ def inner_stream(
         yield from _not_streaming(inner, messages, stop, kwargs)
 
 
+def ainner_stream(
+    inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+) -> AsyncIterator[ChatGenerationChunk]:
+    """Async twin of ``inner_stream`` (a model with only ``_stream`` runs it in a thread)."""
+    cls = type(inner)
+    if cls._astream is BaseChatModel._astream and cls._stream is BaseChatModel._stream:
+        return _anot_streaming(inner, messages, stop, kwargs)
+    return inner._astream(messages, stop=stop, **kwargs)
+
+
 def _not_streaming(
     inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
 ) -> Iterator[ChatGenerationChunk]:
     """A model without ``_stream``: its whole answer as one chunk (monitored, never cut)."""
-    result = inner._generate(messages, stop=stop, **kwargs)
+    yield from _as_chunks(inner._generate(messages, stop=stop, **kwargs))
+
+
+async def _anot_streaming(
+    inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+) -> AsyncIterator[ChatGenerationChunk]:
+    for chunk in _as_chunks(await inner._agenerate(messages, stop=stop, **kwargs)):
+        yield chunk
+
+
+def _as_chunks(result: ChatResult) -> list[ChatGenerationChunk]:
+    chunks = []
     for generation in result.generations:
         msg = generation.message
         calls = [
@@ -130,7 +148,8 @@ def _not_streaming(
             usage_metadata=getattr(msg, "usage_metadata", None),
             tool_call_chunks=calls,
         )
-        yield ChatGenerationChunk(message=chunk, generation_info=generation.generation_info)
+        chunks.append(ChatGenerationChunk(message=chunk, generation_info=generation.generation_info))
+    return chunks
 
 
 async def aiter_list(chunks: list[ChatGenerationChunk]) -> AsyncIterator[ChatGenerationChunk]:

@@ -1,8 +1,8 @@
 """EntropyExitCallbackHandler: watch (and optionally abort) any LangChain chat model run.
 
 The handler reads the logprobs of every streamed token from ``on_llm_new_token(chunk=...)``
-and keeps one ``ExitSession`` per ``run_id``, so concurrent runs (``.batch``, parallel branches)
-never mix. With ``on_exit="raise"`` it raises ``EntropyExit`` from the token callback once the
+and keeps one ``MonitoredCall`` (the engine every integration uses) per ``run_id``, so
+concurrent runs (``.batch``, parallel branches) never mix. With ``on_exit="raise"`` it raises ``EntropyExit`` from the token callback once the
 model is confident: ``raise_error = True`` makes LangChain propagate it, which unwinds the
 model's HTTP stream (ChatOpenAI iterates it inside a ``with`` block), so the server stops
 generating. ``on_exit="record"`` only reports.
@@ -44,15 +44,16 @@ from typing import Any, Literal
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
+from langchain_core.messages.utils import convert_to_openai_messages
 from langchain_core.outputs import LLMResult
 
 from ..core.policy import ExitPolicy
 from ..core.savings import SavingsLedger, SavingsReport
 from ..core.tokens import Phase
-from ..errors import EntropyExit, EntropyExitError, LogprobsUnavailableError
+from ..engine import ExitResult, MonitoredCall, check_policy
+from ..errors import EntropyExit, EntropyExitError
 from ..providers.frameworks import tokens_from_langchain_chunk
 from ..providers.parts import ChunkParts
-from ..session import ExitSession
 
 try:  # the marker LangChain uses to decide that invoke() must stream (astream_events uses it)
     from langchain_core.tracers._streaming import _StreamingCallbackHandler as _StreamingMarker
@@ -108,74 +109,101 @@ def openai_usage(usage: Any) -> dict[str, Any]:
     }
 
 
-def feed_with_hint(session: ExitSession, parts: ChunkParts, hint: str = LANGCHAIN_HINT) -> None:
-    """``session.feed`` with the LangChain way of asking for logprobs added to the error."""
+def openai_dicts(messages: list[Any]) -> list[dict[str, Any]]:
+    """LangChain messages as OpenAI dicts (for the prompt-token estimate and forcing)."""
     try:
-        session.feed(parts)
-    except LogprobsUnavailableError as error:
-        raise LogprobsUnavailableError(
-            f"the chat model streamed text but no logprobs ({hint})",
-            partial_text=error.partial_text,
-        ) from error
+        return list(convert_to_openai_messages(messages))
+    except Exception:  # noqa: BLE001 - exotic content: a rough count is all that is needed
+        return [{"role": "user", "content": getattr(m, "text", "")} for m in messages]
 
 
 class _Run:
-    __slots__ = ("session", "events", "report")
+    __slots__ = ("call", "finished")
 
-    def __init__(self, session: ExitSession) -> None:
-        self.session = session
-        self.events = 0
-        self.report: SavingsReport | None = None
+    def __init__(self, call: MonitoredCall) -> None:
+        self.call = call
+        self.finished = False
 
 
 class _Monitors:
-    """The framework-facing logic shared by the sync and async handlers."""
+    """The framework-facing logic shared by the sync and async handlers.
+
+    ``token`` and ``end`` return the call to finish (the sync handler calls ``finish``, the
+    async one awaits ``afinish``, so a token estimate never blocks the event loop).
+    """
 
     def __init__(self, policy: ExitPolicy, on_exit: OnExit, ledger: SavingsLedger | None) -> None:
+        check_policy(policy, "EntropyExitCallbackHandler")
         if on_exit not in ("raise", "record"):
             raise ValueError(f"on_exit must be 'raise' or 'record', got {on_exit!r}")
         self.policy = policy
         self.on_exit = on_exit
         self.ledger = ledger
-        self.reports: dict[UUID, SavingsReport] = {}
+        self.results: dict[UUID, ExitResult] = {}
+        self.last_result: ExitResult | None = None
         self._runs: dict[UUID, _Run] = {}
         self._lock = threading.Lock()
 
-    def start(self, run_id: UUID, kwargs: dict[str, Any]) -> None:
+    @property
+    def reports(self) -> dict[UUID, SavingsReport]:
+        return {run_id: result.report for run_id, result in self.results.items()}
+
+    def start(
+        self, run_id: UUID, kwargs: dict[str, Any], messages: Any = None, prompt: str | None = None
+    ) -> None:
         params = kwargs.get("invocation_params") or {}
         budget = params.get("max_tokens") or params.get("max_completion_tokens")
         model = params.get("model_name") or params.get("model")
-        session = ExitSession(
-            self.policy, max_tokens=int(budget) if budget else None, model=model, keep_tokens=False
+        call = MonitoredCall(
+            self.policy,
+            api="chat" if prompt is None else "completions",
+            messages=openai_dicts(messages) if messages else None,
+            prompt=prompt,
+            model=model,
+            max_tokens=int(budget) if budget else None,
+            ledger=self.ledger,
+            # OpenAI-compatible models always end a stream with a finish reason; others may not.
+            terminal_required="openai" in str(params.get("_type", "")),
+            logprobs_hint=LANGCHAIN_HINT,
         )
         with self._lock:
-            self._runs[run_id] = _Run(session)
+            self._runs[run_id] = _Run(call)
 
-    def token(self, run_id: UUID, chunk: Any) -> None:
+    def token(self, run_id: UUID, chunk: Any) -> MonitoredCall | None:
+        """Feed a token event; the call to finish and raise ``EntropyExit`` for, if any."""
         run = self._runs.get(run_id)
-        if run is None or chunk is None or run.report is not None:
-            return
-        run.events += 1
-        was_stopping = run.session.should_stop
-        feed_with_hint(run.session, parts_from_chunk(chunk))
-        if self.on_exit == "raise" and run.session.should_stop and not was_stopping:
-            report = self._finish(run_id, run)
-            raise EntropyExit(run.session.text, report, reasoning=run.session.reasoning)
+        if run is None or chunk is None or run.finished:
+            return None
+        call = run.call
+        call.feed(parts_from_chunk(chunk))
+        if self.on_exit == "raise" and call.should_stop:
+            call.end_main(cut=True)  # raising unwinds the model's HTTP stream: the server stops
+            run.finished = True
+            return call
+        return None
 
-    def end(self, run_id: UUID, response: LLMResult) -> None:
+    def exit_error(self, run_id: UUID, result: ExitResult) -> EntropyExit:
+        self._keep(run_id, result)
+        return EntropyExit(result.text, result.report, reasoning=result.reasoning, partial=result)
+
+    def end(self, run_id: UUID, response: LLMResult) -> MonitoredCall | None:
+        """The run ended normally: the call to finish, or None when it was already finished."""
         with self._lock:
             run = self._runs.pop(run_id, None)
-        if run is None:
-            return
-        if run.events == 0 and _has_text(response):
+        if run is None or run.finished:
+            return None
+        if run.call.chunks_seen == 0 and _has_text(response):
             raise NoTokenEventsError(
                 "EntropyExitCallbackHandler saw no streamed tokens for this run, so it could not "
                 "measure anything: the model answered without streaming. Use a model that "
                 "implements streaming, and force it with ChatOpenAI(streaming=True) or "
                 "model.bind(stream=True); do not set disable_streaming=True"
             )
-        report = run.report or self._finish(run_id, run)
-        data = report.to_dict()
+        return run.call
+
+    def ended(self, run_id: UUID, response: LLMResult, result: ExitResult) -> None:
+        self._keep(run_id, result)
+        data = result.report.to_dict()
         for generations in response.generations:
             for generation in generations:
                 message = getattr(generation, "message", None)
@@ -184,17 +212,21 @@ class _Monitors:
                 else:
                     generation.generation_info = {**(generation.generation_info or {}), REPORT_KEY: data}
 
-    def error(self, run_id: UUID) -> None:
+    def error(self, run_id: UUID, error: BaseException) -> None:
+        """The run failed: a stream that broke after its first token raises ``StreamInterrupted``."""
         with self._lock:
-            self._runs.pop(run_id, None)
+            run = self._runs.pop(run_id, None)
+        if run is None or run.finished or isinstance(error, EntropyExitError):
+            return
+        if run.call.chunks_seen and isinstance(error, Exception):
+            interrupted = run.call.interrupted(error)
+            self._keep(run_id, interrupted.partial)
+            raise interrupted from error
 
-    def _finish(self, run_id: UUID, run: _Run) -> SavingsReport:
-        run.session.close_text()
-        run.report = run.session.report()
-        self.reports[run_id] = run.report
-        if self.ledger is not None:
-            self.ledger.record(run.report)
-        return run.report
+    def _keep(self, run_id: UUID, result: ExitResult) -> None:
+        with self._lock:
+            self.results[run_id] = result
+            self.last_result = result
 
 
 def _has_text(response: LLMResult) -> bool:
@@ -222,6 +254,16 @@ class _Common:
     def reports(self) -> dict[UUID, SavingsReport]:
         """Report of every finished run, by ``run_id``."""
         return self._monitors.reports
+
+    @property
+    def results(self) -> dict[UUID, ExitResult]:
+        """Result (text, reasoning, tokens, report) of every finished run, by ``run_id``."""
+        return self._monitors.results
+
+    @property
+    def last_result(self) -> ExitResult | None:
+        """The most recently finished run's result (use ``results`` when runs overlap)."""
+        return self._monitors.last_result
 
     # Streaming marker: pass-through taps, only there so that invoke() streams.
     def tap_output_iter(self, run_id: UUID, output: Iterator[Any]) -> Iterator[Any]:
@@ -255,19 +297,23 @@ class EntropyExitCallbackHandler(_Common, BaseCallbackHandler, _StreamingMarker)
         self._monitors = _Monitors(policy, on_exit, ledger)
 
     def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.start(run_id, kwargs)
+        self._monitors.start(run_id, kwargs, messages=messages[0] if messages else None)
 
     def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.start(run_id, kwargs)
+        self._monitors.start(run_id, kwargs, prompt=prompts[0] if prompts else "")
 
     def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.token(run_id, chunk)
+        call = self._monitors.token(run_id, chunk)
+        if call is not None:
+            raise self._monitors.exit_error(run_id, call.finish())
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.end(run_id, response)
+        call = self._monitors.end(run_id, response)
+        if call is not None:
+            self._monitors.ended(run_id, response, call.finish())
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.error(run_id)
+        self._monitors.error(run_id, error)
 
 
 class AsyncEntropyExitCallbackHandler(_Common, AsyncCallbackHandler, _StreamingMarker):  # type: ignore[misc]
@@ -285,16 +331,20 @@ class AsyncEntropyExitCallbackHandler(_Common, AsyncCallbackHandler, _StreamingM
     async def on_chat_model_start(
         self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any
     ) -> None:
-        self._monitors.start(run_id, kwargs)
+        self._monitors.start(run_id, kwargs, messages=messages[0] if messages else None)
 
     async def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.start(run_id, kwargs)
+        self._monitors.start(run_id, kwargs, prompt=prompts[0] if prompts else "")
 
     async def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.token(run_id, chunk)
+        call = self._monitors.token(run_id, chunk)
+        if call is not None:
+            raise self._monitors.exit_error(run_id, await call.afinish())
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.end(run_id, response)
+        call = self._monitors.end(run_id, response)
+        if call is not None:
+            self._monitors.ended(run_id, response, await call.afinish())
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.error(run_id)
+        self._monitors.error(run_id, error)

@@ -17,9 +17,10 @@ from pydantic import ConfigDict, Field, SkipValidation, model_validator
 
 from ..core.policy import ExitPolicy
 from ..core.savings import SavingsLedger
+from ..engine import aguarded, check_policy, guarded
 from ..forcing import AnswerForcing
-from ._generation import Generation
 from ._inner import (
+    ainner_stream,
     aiter_list,
     aopen_stream,
     inner_stream,
@@ -28,6 +29,8 @@ from ._inner import (
     to_run_metadata,
     with_reasoning_capture,
 )
+from ._translate import Monitored, delta_chunks, forcing_call, last_chunk, monitored, passed_on
+from .callbacks import parts_from_chunk
 
 
 class ChatEntropyExit(BaseChatModel):
@@ -146,6 +149,19 @@ class ChatEntropyExit(BaseChatModel):
         rest = {k: v for k, v in values.items() if k in own}
         return {**rest, "model": init_chat_model(values["model"], **extra)}
 
+    @model_validator(mode="after")
+    def _check_types(self) -> ChatEntropyExit:
+        check_policy(self.policy, "ChatEntropyExit")
+        if not isinstance(self.forcing, AnswerForcing):
+            raise TypeError(
+                f"ChatEntropyExit: forcing must be an AnswerForcing, got {type(self.forcing).__name__}"
+            )
+        if self.ledger is not None and not isinstance(self.ledger, SavingsLedger):
+            raise TypeError(
+                f"ChatEntropyExit: ledger must be a SavingsLedger, got {type(self.ledger).__name__}"
+            )
+        return self
+
     @property
     def _llm_type(self) -> str:
         return "entropy-exit"
@@ -165,10 +181,10 @@ class ChatEntropyExit(BaseChatModel):
     def _inner(self) -> BaseChatModel:
         return with_reasoning_capture(self.model) if self.capture_reasoning else self.model
 
-    def _generation(
+    def _monitored(
         self, inner: BaseChatModel, messages: list[BaseMessage], kwargs: dict[str, Any]
-    ) -> Generation:
-        return Generation(
+    ) -> Monitored:
+        return monitored(
             inner,
             self.policy,
             messages,
@@ -187,26 +203,27 @@ class ChatEntropyExit(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         inner = self._inner()
-        run = self._generation(inner, messages, kwargs)
+        run = self._monitored(inner, messages, kwargs)
+        call = run.call
         stream, head = open_stream(inner, messages, stop, run)
         try:
-            for chunk in itertools.chain(head, stream):
-                yield run.handle(chunk)
-                if run.should_stop:
+            for chunk in guarded(itertools.chain(head, stream), call):
+                yield passed_on(run, chunk)
+                if call.should_stop:
                     break
         finally:
             stream.close()  # closes the HTTP response: the server stops generating
-        if run.wants_forcing():
-            forced_messages, forced_kwargs = run.forcing_call()
-            stream = inner_stream(inner, forced_messages, list(self.forcing.stop) or None, forced_kwargs)
+        yield from delta_chunks(call.end_main(cut=call.should_stop))
+        if call.wants_forcing():
+            forced_messages, forced_kwargs, plan = forcing_call(run, inner, messages)
+            stream = inner_stream(inner, forced_messages, plan.stop or None, forced_kwargs)
             try:
-                for chunk in stream:
-                    out = run.handle_forced(chunk)
-                    if out is not None:
-                        yield out
+                for chunk in guarded(stream, call):
+                    yield from delta_chunks(call.feed_forced(parts_from_chunk(chunk)))
             finally:
                 stream.close()
-        yield run.final_chunk()
+            yield from delta_chunks(call.finish_forced())
+        yield last_chunk(run, call.finish())
 
     async def _astream(
         self,
@@ -216,29 +233,33 @@ class ChatEntropyExit(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         inner = self._inner()
-        run = self._generation(inner, messages, kwargs)
+        run = self._monitored(inner, messages, kwargs)
+        call = run.call
         stream, head = await aopen_stream(inner, messages, stop, run)
         try:
             for chunk in head:
-                yield run.handle(chunk)
-            if not run.should_stop:
-                async for chunk in stream:
-                    yield run.handle(chunk)
-                    if run.should_stop:
+                yield passed_on(run, chunk)
+            if not call.should_stop:
+                async for chunk in aguarded(stream, call):
+                    yield passed_on(run, chunk)
+                    if call.should_stop:
                         break
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
-        if run.wants_forcing():
-            forced_messages, forced_kwargs = run.forcing_call()
-            stream = inner._astream(forced_messages, stop=list(self.forcing.stop) or None, **forced_kwargs)
+        for out in delta_chunks(call.end_main(cut=call.should_stop)):
+            yield out
+        if call.wants_forcing():
+            forced_messages, forced_kwargs, plan = forcing_call(run, inner, messages)
+            stream = ainner_stream(inner, forced_messages, plan.stop or None, forced_kwargs)
             try:
-                async for chunk in stream:
-                    out = run.handle_forced(chunk)
-                    if out is not None:
+                async for chunk in aguarded(stream, call):
+                    for out in delta_chunks(call.feed_forced(parts_from_chunk(chunk))):
                         yield out
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
-        yield run.final_chunk()
+            for out in delta_chunks(call.finish_forced()):
+                yield out
+        yield last_chunk(run, await call.afinish())
 
     def _generate(
         self,

@@ -20,8 +20,8 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 
 from ..core.policy import ExitPolicy
 from ..core.savings import SavingsLedger, SavingsReport
+from ..engine import MonitoredCall
 from ..providers.parts import ChunkParts
-from ..session import ExitSession
 from ._responses import REPORT_KEY, parts_of, text_of, tokens_from_llama_logprobs
 from .closing import _ACTIVE
 
@@ -110,10 +110,11 @@ class EntropyExitEventHandler(BaseEventHandler):
         state = _CallState(wrapper=model.get("class_name") == _WRAPPER)
         if not state.wrapper:
             max_tokens = model.get("num_output")
-            state.session = ExitSession(
+            state.call = MonitoredCall(
                 self.policy,
                 max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
                 model=model.get("model_name"),
+                terminal_required=False,  # events carry responses, not the wire
             )
         with self._lock:
             self._sessions[event.span_id] = state
@@ -123,7 +124,7 @@ class EntropyExitEventHandler(BaseEventHandler):
         if state is None or state.wrapper:
             return
         state.streamed = True
-        state.session.feed(parts_of(event.response))
+        state.call.feed(parts_of(event.response))
 
     def _end(self, event: Any) -> None:
         with self._lock:
@@ -134,25 +135,14 @@ class EntropyExitEventHandler(BaseEventHandler):
             report = SavingsReport.from_dict(extra[REPORT_KEY])
             self._record(LLMCallRecord(event.span_id, report, "wrapper"))
             return
-        if state is None or state.wrapper or state.session is None or response is None:
+        if state is None or state.wrapper or state.call is None or response is None:
             return
-        session = state.session
+        call = state.call
         if not state.streamed:
-            session.feed(_whole_response_parts(response))
-        session.close_text()
-        measured = session.report()
-        decision = session.decision
-        would_at = decision.token_index if decision.should_exit else None
-        after = measured.tokens_generated - (would_at + 1) if would_at is not None else 0
-        report = replace(
-            measured,
-            exited=False,
-            exit_reason=session.finish_reason or "stop",
-            exit_token_index=None,
-            tokens_saved_vs_budget=0 if measured.max_tokens is not None else None,
-            tokens_saved_vs_expected=0.0 if measured.expected_tokens is not None else None,
-            saved_fraction=0.0 if measured.saved_fraction is not None else None,
-        )
+            call.feed(_whole_response_parts(response))
+        report = call.finish().report  # never cut: exited=False, decision_token_index says where
+        would_at = report.decision_token_index
+        after = report.tokens_generated - (would_at + 1) if would_at is not None else 0
         self._record(LLMCallRecord(event.span_id, report, "monitor", would_at, after))
 
     def _record(self, record: LLMCallRecord) -> None:
@@ -191,7 +181,7 @@ class EntropyExitEventHandler(BaseEventHandler):
 @dataclass
 class _CallState:
     wrapper: bool
-    session: Any = None
+    call: Any = None
     streamed: bool = False
 
 

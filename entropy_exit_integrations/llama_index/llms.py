@@ -42,11 +42,10 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 
-from ..core.policy import ExitPolicy
 from ..core.savings import SavingsLedger, SavingsReport
+from ..engine import check_policy
 from ..forcing import AnswerForcing
-from ._drive import Call
-from ._stream import arun, run
+from ._stream import Shim, arun, run
 from .closing import install_hooks
 
 
@@ -80,8 +79,7 @@ class EntropyExitLLM(FunctionCallingLLM):
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
-        if not isinstance(self.policy, ExitPolicy):
-            raise TypeError(f"policy must be an ExitPolicy, got {type(self.policy).__name__}")
+        check_policy(self.policy, "EntropyExitLLM")
         if not isinstance(self.forcing, AnswerForcing):
             raise TypeError(f"forcing must be an AnswerForcing, got {type(self.forcing).__name__}")
         if self.ledger is not None and not isinstance(self.ledger, SavingsLedger):
@@ -109,8 +107,8 @@ class EntropyExitLLM(FunctionCallingLLM):
 
     # -- chat -------------------------------------------------------------------------------
 
-    def _call(self, mode: str, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Call:
-        return Call(self, mode, payload, kwargs, formatted)  # type: ignore[arg-type]
+    def _call(self, mode: str, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Shim:
+        return Shim(self, mode, payload, kwargs, formatted)  # type: ignore[arg-type]
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:

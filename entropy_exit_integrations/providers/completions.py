@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.tokens import Phase, TokenLogprob, token_from_candidates
-from ..errors import LogprobsFormatError
 from ._fields import field
-from .openai_chat import _as_dict, _choice, _number, tokens_from_content_entries
+from .openai_chat import _NAN, _as_dict, _choice, _number, tokens_from_content_entries
 from .parts import EMPTY, ChunkParts
 
 
@@ -30,7 +29,7 @@ def parse_completion_chunk(chunk: Any, *, choice_index: int = 0) -> ChunkParts:
     if logprobs is not None:
         entries = field(logprobs, "content")
         if entries is not None:
-            tokens = tokens_from_content_entries(entries, where="choices[].logprobs.content")
+            tokens = tokens_from_content_entries(entries)
         else:
             tokens = tokens_from_legacy_logprobs(logprobs)
     text = field(choice, "text") or ""
@@ -44,32 +43,25 @@ def parse_completion_chunk(chunk: Any, *, choice_index: int = 0) -> ChunkParts:
 
 
 def tokens_from_legacy_logprobs(logprobs: Any, phase: Phase = Phase.ANSWER) -> tuple[TokenLogprob, ...]:
-    """Convert the legacy ``tokens``/``token_logprobs``/``top_logprobs`` lists."""
+    """Convert the legacy ``tokens``/``token_logprobs``/``top_logprobs`` lists.
+
+    Lists that do not line up give no tokens (the text then counts as unknown); a bad value is
+    NaN, which the monitor reads as an unknown token: broken data never raises.
+    """
     texts = field(logprobs, "tokens") or []
     values = field(logprobs, "token_logprobs") or []
     tops = field(logprobs, "top_logprobs") or []
-    if not isinstance(texts, list) or not isinstance(values, list) or not isinstance(tops, list):
-        raise LogprobsFormatError("choices[].logprobs", "tokens/token_logprobs/top_logprobs must be lists")
+    if not (isinstance(texts, list) and isinstance(values, list) and isinstance(tops, list)):
+        return ()
     if len(values) != len(texts) or (tops and len(tops) != len(texts)):
-        raise LogprobsFormatError(
-            "choices[].logprobs",
-            f"{len(texts)} tokens but {len(values)} token_logprobs and {len(tops)} top_logprobs",
-        )
+        return ()
     tokens = []
     for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise LogprobsFormatError(f"choices[].logprobs.tokens[{i}]", f"expected a string, got {text!r}")
-        logprob = _number(values[i], f"choices[].logprobs.token_logprobs[{i}]", optional=True)
+        logprob = None if values[i] is None else _number(values[i])
         top = tops[i] if tops else None
-        if top is None:
-            top = {}
-        if not isinstance(top, dict):
-            raise LogprobsFormatError(
-                f"choices[].logprobs.top_logprobs[{i}]", "expected a {token: logprob} dict"
-            )
-        candidates = [
-            (alt, _number(value, f"choices[].logprobs.top_logprobs[{i}][{alt!r}]"))
-            for alt, value in top.items()
-        ]
-        tokens.append(token_from_candidates(text, logprob, candidates, phase))
+        if isinstance(top, dict):
+            candidates = [(str(alt), _number(value)) for alt, value in top.items()]
+        else:
+            candidates = [] if top is None else [("", _NAN)]
+        tokens.append(token_from_candidates(str(text), logprob, candidates, phase))
     return tuple(tokens)

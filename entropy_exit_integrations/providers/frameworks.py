@@ -26,7 +26,7 @@ def tokens_from_langchain_chunk(chunk: Any, phase: Phase = Phase.ANSWER) -> tupl
     if logprobs is None:
         return None
     entries = field(logprobs, "content") if not isinstance(logprobs, list) else logprobs
-    return tokens_from_content_entries(entries or [], phase, where='generation_info["logprobs"].content')
+    return tokens_from_content_entries(entries or [], phase)
 
 
 def parse_llama_index_response(response: Any) -> ChunkParts:

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.tokens import Phase, TokenLogprob, normalised_token, token_from_candidates
-from ..errors import LogprobsFormatError
+from ..core.tokens import Phase, TokenLogprob, normalised_token
 from ._fields import field
 from .parts import EMPTY, ChunkParts
+
+_NAN = float("nan")
 
 
 def parse_chat_chunk(chunk: Any, *, choice_index: int = 0) -> ChunkParts:
     """Split one ``chat.completion.chunk`` into text, reasoning text and token logprobs.
 
-    Role-only, usage-only and empty chunks give no tokens. Raises ``LogprobsFormatError`` naming
-    the field when a chunk carries logprobs that are malformed.
+    Role-only, usage-only and empty chunks give no tokens. Malformed logprob entries never raise:
+    a bad value becomes NaN, which the monitor reads as an unknown token (with one warning), so
+    broken data can only delay an exit.
     """
     # JSON dicts all the way down, or SDK objects all the way down: pick the accessor once.
     get = dict.get if isinstance(chunk, dict) else field
@@ -44,7 +46,7 @@ def parse_chat_chunk(chunk: Any, *, choice_index: int = 0) -> ChunkParts:
         entries = get(logprobs, "content")
         if entries is None:
             entries = get(logprobs, "refusal") or []
-        tokens = tokens_from_content_entries(entries, phase, where="choices[].logprobs.content")
+        tokens = tokens_from_content_entries(entries, phase)
     return ChunkParts(
         content=content if isinstance(content, str) else str(content),
         reasoning=reasoning if isinstance(reasoning, str) else str(reasoning),
@@ -56,19 +58,20 @@ def parse_chat_chunk(chunk: Any, *, choice_index: int = 0) -> ChunkParts:
     )
 
 
-def tokens_from_content_entries(
-    entries: Any, phase: Phase = Phase.ANSWER, *, where: str = "logprobs.content"
-) -> tuple[TokenLogprob, ...]:
-    """Convert a ``logprobs.content`` list (dicts or SDK objects) to TokenLogprob records."""
+def tokens_from_content_entries(entries: Any, phase: Phase = Phase.ANSWER) -> tuple[TokenLogprob, ...]:
+    """Convert a ``logprobs.content`` list (dicts or SDK objects) to TokenLogprob records.
+
+    Not a list: no tokens (the chunk's text then counts as one unknown token).
+    """
     if not isinstance(entries, (list, tuple)):
-        raise LogprobsFormatError(where, f"expected a list, got {type(entries).__name__}")
+        return ()
     try:
         if entries and isinstance(entries[0], dict):
             return tuple(_trusting_token(entry, phase) for entry in entries)
         return tuple(_sdk_token(entry, phase) for entry in entries)
     except (KeyError, TypeError, AttributeError, ValueError):
-        pass  # something is off: the checking path below names the field
-    return tuple(_checked_token(entry, i, phase, where) for i, entry in enumerate(entries))
+        pass  # something is off: the checking path below reads what it can
+    return tuple(_checked_token(entry, phase) for entry in entries)
 
 
 def _trusting_token(entry: dict[str, Any], phase: Phase) -> TokenLogprob:
@@ -98,33 +101,25 @@ def _sdk_token(entry: Any, phase: Phase) -> TokenLogprob:
     )
 
 
-def _checked_token(entry: Any, i: int, phase: Phase, where: str) -> TokenLogprob:
-    token = field(entry, "token")
-    if not isinstance(token, str):
-        raise LogprobsFormatError(f"{where}[{i}].token", f"expected a string, got {token!r}")
-    logprob = _number(field(entry, "logprob"), f"{where}[{i}].logprob", optional=True)
-    top = field(entry, "top_logprobs") or ()
+def _checked_token(entry: Any, phase: Phase) -> TokenLogprob:
+    """One entry read field by field: a bad value is NaN (unknown to the monitor), never an error."""
+    token = field(entry, "token") if entry is not None else None
+    text = token if isinstance(token, str) else ("" if token is None else str(token))
+    logprob = field(entry, "logprob") if entry is not None else None
+    top = field(entry, "top_logprobs") if entry is not None else None
     if not isinstance(top, (list, tuple)):
-        raise LogprobsFormatError(f"{where}[{i}].top_logprobs", "expected a list")
-    candidates = []
-    for j, alt in enumerate(top):
-        text = field(alt, "token")
-        if not isinstance(text, str):
-            raise LogprobsFormatError(
-                f"{where}[{i}].top_logprobs[{j}].token", f"expected a string, got {text!r}"
-            )
-        value = _number(field(alt, "logprob"), f"{where}[{i}].top_logprobs[{j}].logprob")
-        candidates.append((text, value))
-    return token_from_candidates(token, logprob, candidates, phase)
+        return TokenLogprob(text, None, (), (_NAN,) if top is not None else (), phase)
+    texts, values = [], []
+    for alt in top:
+        alt_text = field(alt, "token") if alt is not None else None
+        texts.append(alt_text if isinstance(alt_text, str) else str(alt_text))
+        values.append(_number(field(alt, "logprob") if alt is not None else None))
+    return normalised_token(text, None if logprob is None else _number(logprob), texts, values, phase)
 
 
-def _number(value: Any, where: str, *, optional: bool = False) -> Any:
-    if value is None and optional:
-        return None
+def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise LogprobsFormatError(where, f"expected a number, got {value!r}")
-    if value != value:
-        raise LogprobsFormatError(where, "NaN logprob")
+        return _NAN
     return float(value)
 
 

@@ -16,9 +16,10 @@ class ThinkTagSplitter:
     """Splits streamed content into reasoning and answer text at ``<think>`` tags.
 
     Modes: ``"on"`` parses tags anywhere; ``"off"`` passes everything through as answer;
-    ``"auto"`` parses tags only when the content opens with ``<think>`` (after whitespace), the
-    way reasoning models emit them. ``start_inside=True`` is for chat templates that put the
-    opening tag in the prompt, so the output starts inside the reasoning and only closes it.
+    ``"auto"`` parses tags only when the content opens with ``<think>`` (after whitespace, which
+    is dropped), the way reasoning models emit them. ``start_inside=True`` is for chat
+    templates that put the opening tag in the prompt, so the output starts inside the
+    reasoning and only closes it.
 
     A possible partial tag at the end of a chunk is held back until the next chunk decides it.
 
@@ -35,6 +36,11 @@ class ThinkTagSplitter:
         self._pending = ""
         self._decided = mode != "auto" or start_inside
         self.saw_tags = start_inside
+
+    @property
+    def decided(self) -> bool:
+        """False while ``"auto"`` mode still waits to see whether the content opens a tag."""
+        return self._decided
 
     @property
     def phase(self) -> Phase:
@@ -56,6 +62,7 @@ class ThinkTagSplitter:
             if not stripped.startswith(OPEN_TAG):
                 self.mode = "off"
                 return [(Phase.ANSWER, buffer)] if buffer else []
+            buffer = stripped
         pieces: list[tuple[Phase, str]] = []
         while buffer:
             tag = CLOSE_TAG if self.inside else OPEN_TAG

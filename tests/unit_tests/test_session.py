@@ -36,16 +36,31 @@ def test_inline_think_tags_split_text_and_tag_tokens() -> None:
     )
     session.close_text()
     assert session.reasoning == "7+5=12" and session.text == "12"
-    # "ink>" completes the opening tag (reasoning from there); the "ink>" that completes the
-    # closing tag already belongs to the answer.
-    assert session.monitor.reasoning_tokens == 3
-    assert [t.phase for t in session.tokens][-1] is Phase.ANSWER
+    # The tag tokens belong to the reasoning: "<th" waits undecided until "ink>" opens the tag,
+    # and the tokens that close it were written inside it.
+    assert [t.phase for t in session.tokens] == [Phase.REASONING] * 5 + [Phase.ANSWER]
+    assert session.monitor.reasoning_tokens == 5
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [["<think>", "7+5", "=12", "</think>", "12"], ["<th", "in", "k>", "7+5", "=12</", "think>", "12"]],
+)
+@pytest.mark.parametrize("lead", ["", "\n", " \n"])
+def test_a_split_tag_reads_like_the_tag_unsplit(pieces: list[str], lead: str) -> None:
+    session = ExitSession(ExitPolicy(threshold=0.0))
+    feed_all(session, [chunk(p) for p in ([lead] if lead else []) + pieces])
+    session.close_text()
+    assert (session.reasoning, session.text) == ("7+5=12", "12")
+    phases = [t.phase for t in session.tokens]
+    assert phases[-1] is Phase.ANSWER and set(phases[:-1]) == {Phase.REASONING}
+    assert session.monitor.watched == len(phases) - 1  # auto watches the reasoning, only it
 
 
 def test_reasoning_exit_is_in_reasoning_phase_and_answer_is_ignored() -> None:
     session = ExitSession(ExitPolicy(threshold=0.5, min_tokens=3))
     feed_all(session, [chunk(reasoning=f" r{i}") for i in range(3)])
-    assert session.should_stop and session.exited_in_reasoning
+    assert session.should_stop and session.stop_in_reasoning
 
 
 def test_text_free_tokens_take_the_phase_of_the_next_text() -> None:
@@ -95,14 +110,6 @@ def test_tool_calls_are_never_cut() -> None:
     assert session.monitor.decision.should_exit and not session.should_stop
 
 
-def test_report_and_usage_for_an_aborted_stream() -> None:
-    session = ExitSession(ExitPolicy(threshold=0.5, min_tokens=2), max_tokens=50, model="m")
-    feed_all(session, [chunk("a"), chunk("b")])
-    report = session.report(prompt_tokens=7, prompt_tokens_estimated=True)
-    assert report.exited and report.tokens_generated == 2 and report.tokens_saved_vs_budget == 48
-    assert session.usage_block(report) == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
-
-
 def test_a_number_is_never_cut_in_the_middle() -> None:
     session = ExitSession(ExitPolicy(threshold=0.5, min_tokens=2))
     feed_all(session, [chunk("is"), chunk(" 4")])
@@ -110,5 +117,41 @@ def test_a_number_is_never_cut_in_the_middle() -> None:
     feed_all(session, [chunk("8")])
     assert not session.should_stop
     feed_all(session, [chunk(".")])
-    assert session.should_stop and session.text == "is 48."
+    assert not session.should_stop  # "48.5" may follow
+    feed_all(session, [chunk(" So")])
+    assert session.should_stop and session.text == "is 48. So"
     assert session.decision.token_index == 1  # the report keeps where the policy decided
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        ["3", ".", "14"],
+        ["1", ",", "000"],
+        ["3", "/", "4"],
+        [" -", "2"],
+        ["1", "e", "5"],
+        ["2", "e", "-", "3"],
+    ],
+)
+def test_no_kind_of_number_is_cut(pieces: list[str]) -> None:
+    session = ExitSession(ExitPolicy(threshold=0.5, min_tokens=1))
+    feed_all(session, [chunk("x =")])
+    assert session.should_stop
+    for piece in pieces:
+        feed_all(session, [chunk(piece)])
+        assert not session.should_stop, f"cut inside {''.join(pieces)!r} after {piece!r}"
+    feed_all(session, [chunk(" done")])
+    assert session.should_stop and session.text == "x =" + "".join(pieces) + " done"
+
+
+def test_the_number_guard_gives_up_after_its_bound() -> None:
+    from entropy_exit_integrations.session import MAX_NUMBER_DEFERRAL
+
+    session = ExitSession(ExitPolicy(threshold=0.5, min_tokens=1))
+    feed_all(session, [chunk("1")])
+    for _ in range(MAX_NUMBER_DEFERRAL - 1):
+        feed_all(session, [chunk("1")])
+        assert not session.should_stop
+    feed_all(session, [chunk("1")])
+    assert session.should_stop

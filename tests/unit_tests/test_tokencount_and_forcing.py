@@ -11,7 +11,7 @@ from entropy_exit_integrations import ExitPolicy
 from entropy_exit_integrations.errors import EntropyExitWarning, LogprobsUnavailableError, is_logprobs_refusal
 from entropy_exit_integrations.forcing import AnswerForcing, EchoStripper
 from entropy_exit_integrations.providers import ChunkParts
-from entropy_exit_integrations.session import ExitSession
+from entropy_exit_integrations.engine import MonitoredCall
 from entropy_exit_integrations.tokencount import bundled_tiktoken_cache, count_message_tokens, count_tokens
 
 
@@ -77,12 +77,13 @@ def test_provider_refusal_raises_or_passes_through() -> None:
     )
     assert is_logprobs_refusal(error) and not is_logprobs_refusal(other)
     with pytest.raises(LogprobsUnavailableError, match="does not support logprobs") as raised:
-        ExitSession(ExitPolicy(threshold=1.0)).refuse_logprobs(error)
+        MonitoredCall(ExitPolicy(threshold=1.0)).refused(error)
     assert raised.value.provider_message == "This model does not support logprobs."
-    lenient = ExitSession(ExitPolicy(threshold=1.0, on_missing="pass_through"))
+    assert MonitoredCall(ExitPolicy(threshold=1.0)).refused(other) is False  # not a refusal
+    lenient = MonitoredCall(ExitPolicy(threshold=1.0, on_missing="pass_through"))
     with pytest.warns(EntropyExitWarning, match="runs unmonitored"):
-        lenient.refuse_logprobs(error)
+        assert lenient.refused(error) is True
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the refusal was the one warning: no second one per text
         lenient.feed(ChunkParts(content="hello"))
-    assert lenient.monitor.unknown_tokens == 1 and not lenient.should_stop
+    assert lenient.session.monitor.unknown_tokens == 1 and not lenient.should_stop

@@ -49,8 +49,10 @@ def test_invoke_streams_without_streaming_flag(replay: Any) -> None:
     message = server.chat(logprobs=True, top_logprobs=20).invoke("hi", config={"callbacks": [handler]})
     assert server.requests[0]["stream"] is True
     (report,) = handler.reports.values()
-    assert not report.exited and report.tokens_generated == 11 and report.k == 20
-    assert message.response_metadata["entropy_exit"]["tokens_generated"] == 11
+    # The server's count (its usage block: 11 streamed tokens + the end-of-turn token).
+    assert not report.exited and report.tokens_generated == 12 and report.k == 20
+    assert report.usage_source == "server" and report.finish_reason == "stop"
+    assert message.response_metadata["entropy_exit"]["tokens_generated"] == 12
 
 
 def test_record_reports_without_aborting(replay: Any) -> None:
@@ -61,7 +63,11 @@ def test_record_reports_without_aborting(replay: Any) -> None:
     )
     assert text == "17 + 25 = 32."
     (report,) = handler.reports.values()
-    assert report.exited and report.exit_token_index is not None
+    # "record" never cuts: no exit, no savings, but where the policy would have stopped.
+    assert (
+        not report.exited and report.exit_token_index is None and report.tokens_saved_vs_budget in (0, None)
+    )
+    assert report.decision_token_index == 2  # min_tokens=3: the third token
     assert not server.closed_early(0)
 
 
@@ -74,7 +80,7 @@ def test_concurrent_runs_do_not_mix(replay: Any) -> None:
     assert out == ["17 + 25 = 32."] * 3
     ks = sorted(r.k for r in handler.reports.values())
     assert ks == [5, 20, 20]
-    assert all(r.tokens_generated == 11 for r in handler.reports.values())
+    assert all(r.tokens_generated == 12 and r.usage_source == "server" for r in handler.reports.values())
 
 
 def test_missing_logprobs_says_how_to_ask(replay: Any) -> None:
@@ -125,4 +131,4 @@ async def test_sync_handler_in_async_chain_records(replay: Any) -> None:
         )
     ]
     assert "".join(chunks) == "17 + 25 = 32."
-    assert [r.tokens_generated for r in handler.reports.values()] == [11]
+    assert [r.tokens_generated for r in handler.reports.values()] == [12]

@@ -1,11 +1,12 @@
 import copy
 import math
+import warnings
 
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from entropy_exit_integrations import Phase
-from entropy_exit_integrations.errors import LogprobsFormatError
+from entropy_exit_integrations import EntropyMonitor, ExitPolicy, Phase
+from entropy_exit_integrations.errors import EntropyExitWarning
 from entropy_exit_integrations.providers import (
     parse_chat_chunk,
     parse_completion_chunk,
@@ -98,8 +99,7 @@ def test_legacy_completion_logprobs() -> None:
 def test_legacy_length_mismatch_is_a_format_error() -> None:
     bad = copy.deepcopy(LEGACY)
     bad["choices"][0]["logprobs"]["token_logprobs"] = [-0.01]
-    with pytest.raises(LogprobsFormatError, match="2 tokens but 1 token_logprobs"):
-        parse_completion_chunk(bad)
+    assert parse_completion_chunk(bad).tokens == ()  # lists that do not line up: no tokens
 
 
 def mutated(path: list, value):
@@ -112,28 +112,32 @@ def mutated(path: list, value):
 
 
 @pytest.mark.parametrize(
-    ("path", "value", "field"),
+    ("path", "value", "unknown"),
     [
-        (
-            ["choices", 0, "logprobs", "content", 0, "top_logprobs", 3, "logprob"],
-            math.nan,
-            "top_logprobs[3].logprob",
-        ),
-        (
-            ["choices", 0, "logprobs", "content", 0, "top_logprobs", 2, "logprob"],
-            "x",
-            "top_logprobs[2].logprob",
-        ),
-        (["choices", 0, "logprobs", "content", 0, "token"], None, "content[0].token"),
-        (["choices", 0, "logprobs", "content", 0, "logprob"], math.nan, "content[0].logprob"),
-        (["choices", 0, "logprobs", "content"], {"a": 1}, "logprobs.content"),
-        (["choices", 0, "logprobs", "content", 0, "top_logprobs"], 5, "top_logprobs"),
+        (["choices", 0, "logprobs", "content", 0, "top_logprobs", 3, "logprob"], math.nan, 1),
+        (["choices", 0, "logprobs", "content", 0, "top_logprobs", 2, "logprob"], "x", 1),
+        (["choices", 0, "logprobs", "content", 0, "top_logprobs", 2, "logprob"], 0.5, 1),
+        (["choices", 0, "logprobs", "content", 0, "token"], None, 0),  # the candidates are fine
+        (["choices", 0, "logprobs", "content", 0, "logprob"], math.nan, 0),  # in its own top list
+        (["choices", 0, "logprobs", "content", 0, "top_logprobs"], 5, 1),
     ],
 )
-def test_malformed_chunks_name_the_field(path, value, field) -> None:
-    with pytest.raises(LogprobsFormatError) as error:
-        parse_chat_chunk(mutated(path, value))
-    assert field in error.value.field
+def test_malformed_entries_are_unknown_tokens_never_errors(path, value, unknown) -> None:
+    parts = parse_chat_chunk(mutated(path, value))  # never raises
+    monitor = EntropyMonitor(ExitPolicy(threshold=5.0, min_tokens=0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for token in parts.tokens:
+            monitor.observe(token)
+    assert len(parts.tokens) == 1 and monitor.unknown_tokens == unknown
+    assert monitor.decision.should_exit is (unknown == 0)  # an unknown token never exits
+    warned = [w for w in caught if issubclass(w.category, EntropyExitWarning)]
+    assert len(warned) == monitor.malformed_tokens
+
+
+def test_content_that_is_not_a_list_gives_no_tokens() -> None:
+    parts = parse_chat_chunk(mutated(["choices", 0, "logprobs", "content"], {"a": 1}))
+    assert parts.tokens == () and parts.has_logprobs
 
 
 def test_sentinel_and_empty_top_lists_are_accepted() -> None:

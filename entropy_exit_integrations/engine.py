@@ -1,0 +1,463 @@
+"""MonitoredCall: the one engine behind every integration, from request to report.
+
+Every integration (the openai helpers, ``ChatEntropyExit``, the LangChain callback handler,
+``EntropyExitLLM``) is a thin shim around one ``MonitoredCall``: the shim opens, reads, closes
+and reopens streams with its client and translates framework objects; everything that decides
+lives here, once, and does no I/O::
+
+    call = MonitoredCall(policy, messages=..., model=..., max_tokens=...)
+    request |= call.logprob_params()          # or the framework's way of asking for them
+    # open the stream; on an error: call.refused(error) -> retry without logprobs, or raise
+    for chunk in guarded(stream, call):       # transport errors -> StreamInterrupted
+        deltas = call.feed(parse(chunk))      # text pieces, split into reasoning and answer
+        if call.should_stop:                  # the policy says stop and no guard holds it
+            break                             # ... and close the stream
+    deltas = call.end_main(cut=call.should_stop)
+    if call.wants_forcing():
+        plan = call.forcing_plan()            # messages/prompt, extra_body, budget, stop
+        for chunk in guarded(forcing_stream, call):
+            deltas = call.feed_forced(parse(chunk))
+        deltas = call.finish_forced()
+    result = call.finish()                    # ExitResult, or StreamInterrupted
+
+Facts by construction: ``exited`` is ``cut`` (the shim closed the stream before the model
+finished); a stream that ends without a finish reason is broken, not finished; usage is the
+server's when it sent one for the whole stream, else counted here, and the report says which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import warnings
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from .core.monitor import Decision
+from .core.policy import ExitPolicy
+from .core.savings import Ended, SavingsLedger, SavingsReport
+from .core.tokens import Phase, TokenLogprob
+from .errors import (
+    EntropyExitWarning,
+    LogprobsUnavailableError,
+    StreamInterrupted,
+    is_logprobs_refusal,
+    provider_message,
+)
+from .forcing import AnswerForcing, ForcedAnswer
+from .providers.parts import ChunkParts
+from .session import ExitSession, Piece
+from .tokencount import count_message_tokens, count_tokens
+
+Api = Literal["chat", "completions"]
+OnToken = Callable[[TokenLogprob, Decision], None]
+T = TypeVar("T")
+
+ENTROPY_EXIT = "entropy_exit"
+"""``finish_reason`` of a generation this package stopped."""
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of streamed text: reasoning or answer, and whether it came from answer forcing."""
+
+    text: str
+    phase: Phase = Phase.ANSWER
+    forced: bool = False
+
+
+@dataclass
+class ExitResult:
+    """Everything one monitored generation produced (also ``StreamInterrupted.partial``).
+
+    Attributes:
+        text: the answer (with the forced answer appended when forcing ran); never reasoning.
+        reasoning: reasoning text (``reasoning_content`` deltas or ``<think>`` content).
+        finish_reason: ``"entropy_exit"`` when this package stopped it, ``"interrupted"`` when
+            the stream broke, else the server's.
+        decision: the monitor's last decision.
+        report: tokens generated and saved, how the stream ended, entropy summary, k.
+        usage: ``prompt_tokens``/``completion_tokens``/``total_tokens``: the server's when it
+            sent them for the whole call, else counted here (``report.usage_source``).
+        tokens: every generated token with its top logprobs.
+        forced_answer: the forced answer text, or None when no forcing ran.
+        chunks: raw chunks, when the openai helpers were asked to keep them.
+    """
+
+    text: str
+    reasoning: str
+    finish_reason: str
+    decision: Decision
+    report: SavingsReport
+    usage: dict[str, Any]
+    tokens: list[TokenLogprob]
+    forced_answer: str | None = None
+    chunks: list[Any] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ForcingPlan:
+    """The short request that asks for the final answer after an exit.
+
+    Attributes:
+        messages: chat messages (OpenAI dicts) to append to the original conversation.
+        prompt: the whole prompt (legacy completions), else None.
+        extra_body: extra request fields (``continue_final_message`` for prefix continuation).
+        max_tokens: the forcing budget.
+        stop: stop sequences.
+    """
+
+    messages: list[dict[str, Any]]
+    prompt: str | None
+    extra_body: dict[str, Any]
+    max_tokens: int
+    stop: list[str]
+
+
+def check_policy(policy: Any, owner: str) -> ExitPolicy:
+    """``policy`` itself, or ``TypeError`` naming what was given instead (at construction)."""
+    if not isinstance(policy, ExitPolicy):
+        raise TypeError(
+            f"{owner} needs policy=ExitPolicy(...), got {type(policy).__name__} ({policy!r}); "
+            "build one with ExitPolicy(threshold=...) or ExitPolicy.from_calibration(...)"
+        )
+    return policy
+
+
+class MonitoredCall:
+    """One monitored call: request parameters, chunks in, decisions, forcing, the result.
+
+    Args:
+        policy: the exit rule.
+        api: ``"chat"`` or ``"completions"`` (legacy prompt API).
+        messages: the conversation as OpenAI message dicts (chat): for forcing and for
+            estimating prompt tokens when the server sends no usage.
+        prompt: the prompt text (completions).
+        model: model id for the report and the token estimate.
+        max_tokens: the generation's budget, for savings against the budget.
+        force_answer: after an exit, ask for the final answer: None when the exit cut the
+            reasoning, True after any exit, False never.
+        forcing: how the answer is forced.
+        ledger: records the report of this call.
+        base_url: the server's URL (api.openai.com has no prefix continuation).
+        terminal_required: a stream that ends without a finish reason is broken (true of every
+            OpenAI-compatible server; False for framework models that never send one).
+        reasoning_field: the client can send a ``reasoning_content`` field on an assistant
+            message; if not, cut reasoning goes back inline in ``<think>`` tags.
+        on_token: called with every token and the decision after its chunk.
+        keep_tokens: keep every token on the result.
+        logprobs_hint: how to ask for logprobs in the caller's framework, for the error raised
+            when a stream carries text without them.
+    """
+
+    def __init__(
+        self,
+        policy: ExitPolicy,
+        *,
+        api: Api = "chat",
+        messages: list[dict[str, Any]] | None = None,
+        prompt: str | None = None,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        force_answer: bool | None = None,
+        forcing: AnswerForcing | None = None,
+        ledger: SavingsLedger | None = None,
+        base_url: str = "",
+        terminal_required: bool = True,
+        reasoning_field: bool = True,
+        on_token: OnToken | None = None,
+        keep_tokens: bool = True,
+        logprobs_hint: str = "",
+    ) -> None:
+        self.policy = check_policy(policy, "MonitoredCall")
+        self.api = api
+        self.messages = messages or []
+        self.prompt = prompt
+        self.model = model
+        self.max_tokens = max_tokens
+        self.force_answer = force_answer
+        self.forcing = forcing or AnswerForcing()
+        self.ledger = ledger
+        self.base_url = base_url
+        self.terminal_required = terminal_required
+        self.reasoning_field = reasoning_field
+        self.on_token = on_token
+        self.logprobs_hint = logprobs_hint
+        self.session = ExitSession(policy, keep_tokens=keep_tokens)
+        self.chunks_seen = 0
+        self.result: ExitResult | None = None
+        self._ended: Ended | None = None
+        self._forced: ForcedAnswer | None = None
+        self._forced_tokens = 0
+        self._forced_usage: dict[str, Any] | None = None
+        self._forced_finish: str | None = None
+        self._prompt_estimate: int | None = None
+        self._started = time.perf_counter()
+
+    # -- the request ----------------------------------------------------------------------
+
+    def logprob_params(self) -> dict[str, Any]:
+        """The request fields that ask an OpenAI-compatible server for the candidates."""
+        if self.api == "chat":
+            return {"logprobs": True, "top_logprobs": self.policy.top_k}
+        return {"logprobs": self.policy.top_k}
+
+    def refused(self, error: BaseException) -> bool:
+        """Whether to retry without logprobs after ``error`` (the request was refused).
+
+        False: not a refusal (re-raise ``error``). A refusal (400/403/422 about logprobs: OpenAI's
+        reasoning models; llama.cpp with tools + stream) raises ``LogprobsUnavailableError`` with
+        the provider's message, or, under ``ExitPolicy(on_missing="pass_through")``, warns and
+        returns True: the call then runs unmonitored (every token unknown, never an exit).
+        """
+        if not is_logprobs_refusal(error):
+            return False
+        message = provider_message(error)
+        if self.policy.on_missing == "raise":
+            raise LogprobsUnavailableError(
+                "the provider refused to return logprobs for this request "
+                "(ExitPolicy(on_missing='pass_through') runs such calls unmonitored)",
+                provider_message=message,
+            ) from error
+        warnings.warn(
+            f"the provider refused logprobs ({message}); this call runs unmonitored",
+            EntropyExitWarning,
+            stacklevel=3,
+        )
+        self.session.pass_through()
+        return True
+
+    # -- the main stream ------------------------------------------------------------------
+
+    def feed(self, parts: ChunkParts) -> list[TextDelta]:
+        """Account for one chunk of the main stream; returns its text deltas."""
+        self.chunks_seen += 1
+        try:
+            pieces = self.session.feed(parts)
+        except LogprobsUnavailableError as error:
+            if not self.logprobs_hint:
+                raise
+            raise LogprobsUnavailableError(
+                f"the stream carries text but no logprobs ({self.logprobs_hint})",
+                partial_text=error.partial_text,
+            ) from error
+        if self.on_token is not None and parts.tokens:
+            decision = self.session.decision
+            for token in parts.tokens:
+                self.on_token(token, decision)
+        return _deltas(pieces)
+
+    @property
+    def should_stop(self) -> bool:
+        """Close the stream now (see ``ExitSession.should_stop`` for the guards)."""
+        return self._ended is None and self.session.should_stop
+
+    def end_main(self, *, cut: bool) -> list[TextDelta]:
+        """The main stream is over: ``cut`` when the shim closed it on ``should_stop``.
+
+        Returns the text held back while a tag was being decided.
+        """
+        self._ended = "we_closed" if cut else "server_done"
+        return _deltas(self.session.close_text())
+
+    @property
+    def cut(self) -> bool:
+        return self._ended == "we_closed"
+
+    # -- forcing --------------------------------------------------------------------------
+
+    def wants_forcing(self) -> bool:
+        """After a cut: force the answer (always, never, or when the cut was in the reasoning)."""
+        if not self.cut or self.force_answer is False:
+            return False
+        return self.force_answer is True or self.session.stop_in_reasoning
+
+    def forcing_plan(self) -> ForcingPlan:
+        """The forcing request; the answer it streams goes to ``feed_forced``."""
+        session, forcing = self.session, self.forcing
+        stop = list(forcing.stop)
+        if self.api == "completions":
+            prompt = forcing.completion_prompt(self.prompt or "", session.text)
+            self._forced = ForcedAnswer(forcing, prefix="", cut_answer=session.text)
+            return ForcingPlan([], prompt, {}, forcing.max_tokens, stop)
+        tail, extra, prefix = forcing.chat_request(
+            [],
+            reasoning=session.reasoning,
+            text=session.text,
+            inline_think=session.inline_think or not self.reasoning_field,
+            base_url=self.base_url,
+        )
+        self._forced = ForcedAnswer(forcing, prefix=prefix, cut_answer=session.text)
+        return ForcingPlan(tail, None, extra, forcing.max_tokens, stop)
+
+    def feed_forced(self, parts: ChunkParts) -> list[TextDelta]:
+        """Account for one chunk of the forcing stream; returns the answer text to show.
+
+        Reasoning-field text counts as answer here: a server with a reasoning parser may stream
+        the continuation of a cut reasoning as reasoning, but it is the answer that was asked for.
+        """
+        if self._forced is None:
+            raise RuntimeError("feed_forced before forcing_plan")
+        self._forced_tokens += len(parts.tokens)
+        if parts.usage is not None:
+            self._forced_usage = parts.usage
+        if parts.finish_reason is not None:
+            self._forced_finish = parts.finish_reason
+        text = self._forced.feed(parts.reasoning + parts.content)
+        return [TextDelta(text, Phase.ANSWER, forced=True)] if text else []
+
+    def finish_forced(self) -> list[TextDelta]:
+        """The forcing stream is over; returns the text held back (a possible echo)."""
+        text = self._forced.finish() if self._forced is not None else ""
+        return [TextDelta(text, Phase.ANSWER, forced=True)] if text else []
+
+    # -- the end --------------------------------------------------------------------------
+
+    def finish(self) -> ExitResult:
+        """The result; ``StreamInterrupted`` when a stream ended without a finish reason.
+
+        Estimating prompt tokens may load a tokenizer: async callers use ``afinish``.
+        """
+        self._check_complete()
+        if self._needs_estimate():
+            self._prompt_estimate = self._estimate_prompt()
+        return self._build(self._ended or "server_done")
+
+    async def afinish(self) -> ExitResult:
+        """``finish`` without blocking the event loop (the estimate runs in a thread)."""
+        self._check_complete()
+        if self._needs_estimate():
+            self._prompt_estimate = await asyncio.to_thread(self._estimate_prompt)
+        return self._build(self._ended or "server_done")
+
+    def interrupted(self, error: BaseException | None) -> StreamInterrupted:
+        """The exception for a stream that broke; its ``partial`` has everything so far."""
+        self.session.close_text()
+        partial = self._build("broken")
+        what = f": {type(error).__name__}: {error}" if error is not None else ""
+        return StreamInterrupted(
+            f"the stream broke after {partial.report.tokens_generated} tokens{what} "
+            "(what came before is on .partial)",
+            partial,
+        )
+
+    def _check_complete(self) -> None:
+        if self._ended is None:
+            self.end_main(cut=False)
+        if not self.terminal_required:
+            return
+        if self._ended == "server_done" and self.session.finish_reason is None:
+            raise self.interrupted(None) from _no_terminal("main")
+        if self._forced is not None and self._forced_finish is None:
+            raise self.interrupted(None) from _no_terminal("forcing")
+
+    def _needs_estimate(self) -> bool:
+        usage = self.session.usage
+        return self._prompt_estimate is None and not (usage and usage.get("prompt_tokens") is not None)
+
+    def _estimate_prompt(self) -> int:
+        if self.api == "chat":
+            return count_message_tokens(self.messages, self.model).tokens
+        return count_tokens(self.prompt or "", self.model).tokens
+
+    def _build(self, ended: Ended) -> ExitResult:
+        session = self.session
+        server = session.usage
+        prompt: Any = server.get("prompt_tokens") if server else None
+        estimated = prompt is None
+        if estimated:
+            prompt = self._prompt_estimate
+        completion: Any = None
+        if ended == "server_done" and server and server.get("completion_tokens") is not None:
+            completion = int(server["completion_tokens"])
+        forced_tokens = self._forced_tokens
+        forced_server = bool(self._forced_usage and self._forced_usage.get("completion_tokens") is not None)
+        if forced_server:
+            forced_tokens = int(self._forced_usage["completion_tokens"])  # type: ignore[index]
+        from_server = completion is not None and not estimated and (self._forced is None or forced_server)
+        report = SavingsReport.from_monitor(
+            session.monitor,
+            wall_time_s=time.perf_counter() - self._started,
+            ended=ended,
+            finish_reason=session.finish_reason,
+            max_tokens=self.max_tokens,
+            completion_tokens=completion,
+            forced_answer_tokens=forced_tokens,
+            usage_source="server" if from_server else "client",
+            model=self.model,
+            prompt_tokens=None if prompt is None else int(prompt),
+            prompt_tokens_estimated=estimated and prompt is not None,
+        )
+        prompt_count = report.prompt_tokens or 0
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_count,
+            "completion_tokens": report.tokens_generated,
+            "total_tokens": prompt_count + report.tokens_generated,
+        }
+        if report.prompt_tokens_estimated:
+            usage["estimated"] = True
+        forced = self._forced
+        if ended == "we_closed":
+            finish = ENTROPY_EXIT
+        elif ended == "broken":
+            finish = "interrupted"
+        else:
+            finish = session.finish_reason or "stop"
+        result = ExitResult(
+            text=session.text + (forced.text if forced is not None else ""),
+            reasoning=session.reasoning,
+            finish_reason=finish,
+            decision=session.decision,
+            report=report,
+            usage=usage,
+            tokens=session.tokens,
+            forced_answer=forced.continuation if forced is not None else None,
+        )
+        if self.ledger is not None:
+            self.ledger.record(report)
+        self.result = result
+        return result
+
+
+def _no_terminal(which: str) -> ConnectionError:
+    return ConnectionError(f"the {which} stream ended without a finish reason (no terminal chunk)")
+
+
+def _deltas(pieces: list[Piece]) -> list[TextDelta]:
+    return [TextDelta(text, phase) for phase, text in pieces]
+
+
+def guarded(chunks: Iterable[T], call: MonitoredCall) -> Iterator[T]:
+    """Iterate a stream; an error after its first chunk raises ``StreamInterrupted``.
+
+    Before the first chunk the provider's own error propagates as a plain call would raise it
+    (a rate limit, a bad request); after it, a transport error, invalid JSON, an error event or
+    a timeout becomes ``StreamInterrupted`` with ``partial`` and the error as ``__cause__``.
+    """
+    iterator = iter(chunks)
+    while True:
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            return
+        except Exception as error:
+            if call.chunks_seen == 0:
+                raise
+            raise call.interrupted(error) from error
+        yield chunk
+
+
+async def aguarded(chunks: AsyncIterable[T], call: MonitoredCall) -> AsyncIterator[T]:
+    """Async twin of ``guarded``."""
+    iterator = aiter(chunks)
+    while True:
+        try:
+            chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except Exception as error:
+            if call.chunks_seen == 0:
+                raise
+            raise call.interrupted(error) from error
+        yield chunk

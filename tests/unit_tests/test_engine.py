@@ -1,0 +1,204 @@
+"""MonitoredCall: reports true by construction, usage provenance, bad data only delays."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from entropy_exit_integrations import ExitPolicy, StreamInterrupted
+from entropy_exit_integrations.engine import ENTROPY_EXIT, MonitoredCall, check_policy, guarded
+from entropy_exit_integrations.providers import ChunkParts, parse_chat_chunk
+
+
+def chunk(text: str, *, sure: bool = True, finish: str | None = None, tool: bool = False) -> dict:
+    """A chat chunk of one token: near certain (2 candidates) or uniform over 4."""
+    top = (
+        [{"token": text, "logprob": -0.001}, {"token": "~", "logprob": -9.0}]
+        if sure
+        else [{"token": f"{text}{i}", "logprob": math.log(0.25)} for i in range(4)]
+    )
+    delta: dict = {"content": text}
+    if tool:
+        delta["tool_calls"] = [{"index": 0, "function": {"arguments": "{"}}]
+    entry = {"token": text, "logprob": top[0]["logprob"], "top_logprobs": top}
+    return {
+        "choices": [{"index": 0, "delta": delta, "logprobs": {"content": [entry]}, "finish_reason": finish}]
+    }
+
+
+def usage(prompt: int, completion: int) -> dict:
+    return {"choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion}}
+
+
+def drive(call: MonitoredCall, chunks: list[dict]) -> bool:
+    """The loop every shim runs; returns whether it cut the stream."""
+    for c in chunks:
+        call.feed(parse_chat_chunk(c))
+        if call.should_stop:
+            break
+    cut = call.should_stop
+    call.end_main(cut=cut)
+    return cut
+
+
+def test_an_exit_is_a_cut_and_counts_client_side() -> None:
+    call = MonitoredCall(ExitPolicy(threshold=1.0, min_tokens=3), max_tokens=50, messages=[], model="m")
+    assert drive(call, [chunk("a"), chunk("b"), chunk("c"), chunk("d")])
+    result = call.finish()
+    report = result.report
+    assert result.finish_reason == ENTROPY_EXIT and report.exited and report.ended == "we_closed"
+    assert report.exit_token_index == 2 and report.tokens_generated == 3
+    assert report.tokens_saved_vs_budget == 47 and report.usage_source == "client"
+    assert report.prompt_tokens_estimated and result.usage["estimated"] is True
+
+
+def test_a_deferred_stop_the_stream_outran_is_not_an_exit() -> None:
+    """Case 1 of the engine issue: confident while a tool call streams, then the model finished."""
+    call = MonitoredCall(ExitPolicy(threshold=1.0, min_tokens=1), max_tokens=100)
+    chunks = [chunk("a", tool=True), chunk("b"), chunk("c", finish="tool_calls"), usage(11, 95)]
+    assert not drive(call, chunks)
+    result = call.finish()
+    report = result.report
+    assert result.finish_reason == "tool_calls" and not report.exited and report.ended == "server_done"
+    assert report.tokens_saved_vs_budget == 0 and report.decision_token_index == 0
+    assert report.usage_source == "server" and result.usage == {
+        "prompt_tokens": 11,
+        "completion_tokens": 95,
+        "total_tokens": 106,
+    }
+
+
+def test_no_stop_after_the_model_finished() -> None:
+    call = MonitoredCall(ExitPolicy(threshold=1.0, min_tokens=1))
+    call.feed(parse_chat_chunk(chunk("a", finish="stop")))
+    assert call.session.decision.should_exit and not call.should_stop
+
+
+def test_a_stream_without_a_finish_reason_is_broken() -> None:
+    call = MonitoredCall(ExitPolicy(threshold=0.0), max_tokens=100)
+    assert not drive(call, [chunk("a"), chunk("b")])
+    with pytest.raises(StreamInterrupted) as raised:
+        call.finish()
+    partial = raised.value.partial
+    assert partial.text == "ab" and len(partial.tokens) == 2
+    assert partial.report.ended == "broken" and partial.report.exit_reason == "interrupted"
+    assert isinstance(raised.value.__cause__, ConnectionError)
+
+
+def test_framework_streams_without_finish_reasons_are_not_broken() -> None:
+    call = MonitoredCall(ExitPolicy(threshold=0.0), terminal_required=False)
+    drive(call, [chunk("a")])
+    assert call.finish().finish_reason == "stop"
+
+
+def test_guarded_turns_mid_stream_errors_into_stream_interrupted() -> None:
+    call = MonitoredCall(ExitPolicy(threshold=0.0))
+
+    def stream():
+        yield chunk("a")
+        raise ValueError("bad json")
+
+    with pytest.raises(StreamInterrupted) as raised:
+        for c in guarded(stream(), call):
+            call.feed(parse_chat_chunk(c))
+    assert raised.value.partial.text == "a" and isinstance(raised.value.__cause__, ValueError)
+
+    def fails_at_once():
+        raise KeyError("rate limited")
+        yield  # pragma: no cover
+
+    fresh = MonitoredCall(ExitPolicy(threshold=0.0))
+    with pytest.raises(KeyError):  # before the first chunk: the provider's own error
+        list(guarded(fails_at_once(), fresh))
+
+
+def test_forcing_after_a_reasoning_cut_sends_the_reasoning_inline_when_the_client_cannot() -> None:
+    call = MonitoredCall(ExitPolicy(threshold=1.0, min_tokens=2), reasoning_field=False)
+    reasoning = [
+        {"choices": [{"delta": {"reasoning_content": t}, "logprobs": chunk(t)["choices"][0]["logprobs"]}]}
+        for t in ("think", "ing")
+    ]
+    assert drive(call, reasoning) and call.wants_forcing()
+    plan = call.forcing_plan()
+    assert plan.messages[-1]["content"].startswith("<think>\nthinking\n</think>")
+    # vLLM may stream the continuation of a cut reasoning as reasoning: it is the answer.
+    call.feed_forced(ChunkParts(reasoning=" 42", finish_reason="stop"))
+    call.finish_forced()
+    result = call.finish()
+    assert result.text == "42" and result.forced_answer == "42" and result.reasoning == "thinking"
+
+
+def test_check_policy_names_what_it_got() -> None:
+    with pytest.raises(TypeError, match="dict"):
+        check_policy({"threshold": 1.0}, "X")
+    with pytest.raises(TypeError, match="NoneType"):
+        MonitoredCall(None)  # type: ignore[arg-type]
+
+
+# -- bad data only delays: a property over any stream and any corruption ----------------------
+
+CORRUPTIONS = {
+    "nan": lambda top: [{**c, "logprob": float("nan")} for c in top],
+    "empty": lambda top: [],
+    "one_live": lambda top: [top[0]] + [{**c, "logprob": -9999.0} for c in top[1:]],
+    "minus_inf": lambda top: [top[0]] + [{**c, "logprob": float("-inf")} for c in top[1:]],
+    "positive": lambda top: [{**c, "logprob": 0.7} for c in top],
+    "string": lambda top: [{**c, "logprob": "x"} for c in top],
+    "not_a_list": lambda top: 3,
+}
+
+
+def exit_index(chunks: list[dict], policy: ExitPolicy) -> int | None:
+    call = MonitoredCall(policy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, c in enumerate(chunks):
+            call.feed(parse_chat_chunk(c))
+            if call.session.decision.should_exit:
+                return i
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    stream=st.lists(
+        st.lists(st.floats(min_value=-12.0, max_value=0.0), min_size=2, max_size=6), min_size=1, max_size=40
+    ),
+    corrupt=st.dictionaries(st.integers(0, 39), st.sampled_from(sorted(CORRUPTIONS))),
+    aggregation=st.sampled_from(["mean", "window", "ema"]),
+    window=st.integers(1, 8),
+    min_tokens=st.integers(0, 10),
+    patience=st.integers(1, 3),
+    threshold=st.floats(min_value=0.0, max_value=3.0),
+)
+def test_corrupting_any_tokens_logprobs_never_moves_the_exit_earlier(
+    stream, corrupt, aggregation, window, min_tokens, patience, threshold
+) -> None:
+    policy = ExitPolicy(
+        threshold=threshold,
+        aggregation=aggregation,
+        window=window,
+        min_tokens=min_tokens,
+        patience=patience,
+        top_k=5,
+    )
+    clean = []
+    for i, values in enumerate(stream):
+        top = [{"token": f"t{i}_{j}", "logprob": v} for j, v in enumerate(values)]
+        entry = {"token": top[0]["token"], "logprob": values[0], "top_logprobs": top}
+        clean.append({"choices": [{"delta": {"content": "w"}, "logprobs": {"content": [entry]}}]})
+    dirty = copy.deepcopy(clean)
+    for i, kind in corrupt.items():
+        if i < len(dirty):
+            entry = dirty[i]["choices"][0]["logprobs"]["content"][0]
+            entry["top_logprobs"] = CORRUPTIONS[kind](entry["top_logprobs"])
+            if kind in ("nan", "string"):
+                entry["logprob"] = entry["top_logprobs"][0]["logprob"] if entry["top_logprobs"] else None
+    before = exit_index(clean, policy)
+    after = exit_index(dirty, policy)
+    assert after is None or (before is not None and after >= before)
