@@ -113,13 +113,82 @@ def _run_config(args: argparse.Namespace, model: str) -> Any:
     )
 
 
+def _add_policy_shape_arguments(parser: argparse.ArgumentParser, *, window: int, min_tokens: int) -> None:
+    parser.add_argument("--window", type=int, default=window, help=f"window / EMA span (default: {window})")
+    parser.add_argument(
+        "--min-tokens",
+        type=int,
+        default=min_tokens,
+        help=f"watched tokens before any exit (default: {min_tokens})",
+    )
+
+
+def _add_risk_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--risk",
+        type=float,
+        default=None,
+        help="pick the largest threshold whose rate of harmful exits (a wrong answer where the full run "
+        "was right) has an upper confidence bound at most RISK, e.g. 0.05 (default: off for the gate, "
+        "0.05 for --aggregation)",
+    )
+    parser.add_argument(
+        "--confidence", type=float, default=0.9, help="confidence of the risk bound (default: 0.9)"
+    )
+    parser.add_argument(
+        "--forced-cache",
+        default=None,
+        help="JSON file caching answers forced at exit points, so reruns ask nothing twice "
+        "(default: TRACES.forced.json beside --traces, else forced.json beside --out)",
+    )
+
+
+def _forced_cache(args: argparse.Namespace, beside: str) -> Any:
+    from pathlib import Path
+
+    from .bench.traces import ForcedCache
+
+    if args.forced_cache:
+        return ForcedCache(args.forced_cache)
+    if args.traces:
+        path = Path(args.traces)
+        return ForcedCache(path.with_name(path.stem + ".forced.json"))
+    return ForcedCache(Path(beside).with_name("forced.json"))
+
+
+def _load_traces(path: str) -> list[Any]:
+    from .bench.replay import load_traces
+
+    traces = load_traces(path)
+    if not traces:
+        raise EntropyExitError(f"{path}: no traces")
+    print(f"read {len(traces)} traces from {path}")
+    return traces
+
+
+def _maybe_connect(args: argparse.Namespace) -> Any:
+    """A client for the --base-url server in --traces mode (no embedded server), or nothing."""
+    import contextlib
+
+    if args.traces and args.base_url is None:
+        return contextlib.nullcontext((None, args.model))
+    from .bench.commands import connect
+
+    return connect(args.base_url, args.model, args.api_key, args.model_file)
+
+
 def _add_calibrate_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "calibrate",
-        help="set the entropy threshold from a few graded questions and save a profile",
-        description="Run the model on n calibration questions (train split where one exists), grade "
-        "them, print per-class entropy statistics, AUROC (95%% bootstrap CI), length-only AUROC, tau per "
-        "method and a verdict, and save the profile as JSON.",
+        help="set the entropy threshold from a few graded questions (or recorded traces) and save a profile",
+        description="Run the model on n calibration questions (train split where one exists), or read "
+        "traces recorded anywhere (--traces, no model needed), grade them, print per-class entropy "
+        "statistics, the AUROC with an interval valid at small n, the length-only AUROC, tau per method, "
+        "a verdict that says how many examples would change it, and how often the verdict can say "
+        "'strong' at your sample size; save the profile as JSON. --risk picks a threshold whose rate of "
+        "harmful exits is bounded instead. --aggregation calibrates a streaming policy (its own "
+        "aggregate, window and min_tokens) on the traces, which needs one forced answer per candidate "
+        "exit point: from the trace file or the cache, else asked from --base-url.",
     )
     _add_model_arguments(parser, n=16, dataset="arithmetic")
     parser.add_argument(
@@ -129,26 +198,81 @@ def _add_calibrate_parser(subparsers: Subparsers) -> None:
         help="method whose tau the profile uses (default: mean, the paper's)",
     )
     parser.add_argument("--out", default="profile.json", help="profile path (default: profile.json)")
-    parser.add_argument("--traces", default=None, help="also save the recorded traces (JSONL)")
+    parser.add_argument(
+        "--traces", default=None, help="calibrate on this trace file (JSONL) instead of running the model"
+    )
+    parser.add_argument("--save-traces", default=None, help="also save the recorded traces (JSONL)")
+    _add_risk_arguments(parser)
+    parser.add_argument(
+        "--aggregation",
+        default=None,
+        choices=["mean", "window", "ema"],
+        help="calibrate a streaming policy with this aggregate (risk-controlled) instead of the "
+        "sequence-mean threshold of the gate",
+    )
+    _add_policy_shape_arguments(parser, window=16, min_tokens=16)
+    parser.add_argument(
+        "--patience", type=int, default=1, help="streaming: confident tokens in a row (default: 1)"
+    )
+    parser.add_argument(
+        "--phase",
+        default="auto",
+        choices=["auto", "reasoning", "answer", "both"],
+        help="streaming: watched tokens (default: auto)",
+    )
     parser.set_defaults(func=_run_calibrate)
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from .bench.commands import connect, run_calibration
+    import time
 
-    with connect(args.base_url, args.model, args.api_key, args.model_file) as (client, model):
-        cal = run_calibration(
-            client,
-            _run_config(args, model),
-            dataset=args.dataset,
-            n=args.n,
-            method=args.method,
-            seed=args.seed,
-            out=args.out,
-            traces_out=args.traces,
+    from .bench.commands import ExitAnswers, calibrate_traces, run_calibration
+    from .core.policy import ExitPolicy
+
+    shape = None
+    if args.aggregation is not None:
+        shape = ExitPolicy(
+            threshold=0.0,
+            aggregation=args.aggregation,
+            window=args.window,
+            min_tokens=args.min_tokens,
+            patience=args.patience,
+            phase=args.phase,
         )
+    cache = _forced_cache(args, args.out)
+    started = time.perf_counter()
+    with _maybe_connect(args) as (client, model):
+        if args.traces:
+            traces = _load_traces(args.traces)
+            config = _run_config(args, model) if client is not None else None
+            answers = ExitAnswers(traces, client=client, config=config, cache=cache)
+            cal = calibrate_traces(
+                traces,
+                method=args.method,
+                model=args.model,
+                risk=args.risk,
+                confidence=args.confidence,
+                shape=shape,
+                answers=answers,
+            )
+            cal.save(args.out)
+        else:
+            cal = run_calibration(
+                client,
+                _run_config(args, model),
+                dataset=args.dataset,
+                n=args.n,
+                method=args.method,
+                seed=args.seed,
+                out=args.out,
+                traces_out=args.save_traces,
+                risk=args.risk,
+                confidence=args.confidence,
+                shape=shape,
+                cache=cache,
+            )
     print(cal.summary())
-    print(f"profile saved to {args.out}")
+    print(f"profile saved to {args.out} ({time.perf_counter() - started:.1f} s)")
     return 0
 
 
@@ -156,44 +280,110 @@ def _add_bench_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
         help="measure token savings against accuracy for every exit rule on one model",
-        description="Record full greedy traces (top-20 logprobs), replay every rule offline (no exit, our "
-        "gate and streaming exit, budget cut, DeepConf online, fixed 0.15 bits), confirm the chosen ones "
-        "live with answer forcing, and write results.json, results.md and PNG plots.",
+        description="Record full greedy traces (top-20 logprobs), or read them from a file recorded "
+        "anywhere (--traces), replay every rule offline (no exit, the calibrated policy, mean and "
+        "sliding-window exits, the paper's gate, budget cut, DeepConf online, fixed 0.15 bits), confirm "
+        "the chosen ones live with answer forcing, and write results.json, results.md and PNG plots. "
+        "With --traces and no --base-url nothing calls a model: rows that need one (live runs, the "
+        "gate's extended step, forced answers not in the file or the cache) are skipped, with a message.",
     )
     _add_model_arguments(parser, n=100, dataset="arithmetic")
     parser.add_argument("--profile", default=None, help="calibration profile from `entropy-exit calibrate`")
     parser.add_argument("--out", default="bench-out", help="output directory (default: bench-out)")
-    parser.add_argument("--window", type=int, default=16, help="streaming exit window (default: 16)")
-    parser.add_argument("--min-tokens", type=int, default=16, help="streaming exit min tokens (default: 16)")
+    parser.add_argument(
+        "--traces", default=None, help="bench on this trace file (JSONL) instead of recording"
+    )
+    parser.add_argument(
+        "--forced-cache",
+        default=None,
+        help="JSON cache of answers forced at exits (default: TRACES.forced.json beside --traces, "
+        "else forced.json in --out)",
+    )
+    _add_policy_shape_arguments(parser, window=16, min_tokens=16)
     parser.add_argument("--no-live", action="store_true", help="replay only: no live confirmation runs")
     parser.set_defaults(func=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from .bench.commands import BenchOptions, connect, run_bench
+    import time
+    from pathlib import Path
+
+    from .bench.commands import BenchOptions, bench_traces, run_bench
     from .core.calibration import Calibration
 
     profile = Calibration.load(args.profile) if args.profile else None
     options = BenchOptions(window=args.window, min_tokens=args.min_tokens, live=not args.no_live)
-    with connect(args.base_url, args.model, args.api_key, args.model_file) as (client, model):
-        rows = run_bench(
-            client,
-            _run_config(args, model),
-            dataset=args.dataset,
-            n=args.n,
-            out_dir=args.out,
-            profile=profile,
-            options=options,
-            seed=args.seed,
-        )
+    started = time.perf_counter()
+    with _maybe_connect(args) as (client, model):
+        if args.traces:
+            traces = _load_traces(args.traces)
+            rows = bench_traces(
+                traces,
+                out_dir=args.out,
+                profile=profile,
+                options=options,
+                client=client,
+                config=_run_config(args, model) if client is not None else None,
+                cache=_forced_cache(args, str(Path(args.out) / "x")),
+                source=args.traces,
+            )
+        else:
+            rows = run_bench(
+                client,
+                _run_config(args, model),
+                dataset=args.dataset,
+                n=args.n,
+                out_dir=args.out,
+                profile=profile,
+                options=options,
+                seed=args.seed,
+            )
     for row in rows:
         print(
-            f"{row.rule:<40} acc {row.accuracy:6.1%}  tokens {row.tokens:>7}  saved {row.saved_pct:5.1f}% "
+            f"{row.rule:<44} acc {row.accuracy:6.1%}  tokens {row.tokens:>7}  saved {row.saved_pct:5.1f}% "
             f"(kept {row.saved_kept_pct:5.1f}%)  exits {row.exits:>4} "
             f"(before answer {row.exits_before_answer})"
             f"  {row.verdict}"
         )
     print(f"results: {args.out}/results.json, {args.out}/results.md, plots in {args.out}/")
+    print(f"bench took {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _add_convert_parser(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert-chunks",
+        help="turn raw OpenAI-format stream chunks (JSON lines) into a trace file",
+        description="Read chat.completion.chunk objects saved one per line by any client (streams are "
+        'told apart by their id; a line may wrap its chunk as {"chunk": ..., "problem_id": ..., '
+        '"question": ..., "reference": ..., "kind": ..., "messages": [...]}), pair the streams '
+        "in order with the questions of --dataset or --questions when the lines do not name them, grade "
+        "them and write a trace file (schema entropy-exit-trace, version 1) for calibrate/bench --traces.",
+    )
+    parser.add_argument("chunks", help="JSONL file of raw stream chunks")
+    parser.add_argument("--out", required=True, help="trace file to write (JSONL)")
+    parser.add_argument(
+        "--dataset", default=None, help="arithmetic, gsm8k, math500, aime24 or a JSONL path, in stream order"
+    )
+    parser.add_argument("--split", default="test", help="dataset split (default: test)")
+    parser.add_argument("--offset", type=int, default=0, help="first dataset row (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed (arithmetic; default: 0)")
+    parser.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .bench.datasets import load_dataset
+    from .bench.replay import save_traces
+    from .bench.traces import convert_chunks
+
+    problems = None
+    if args.dataset:
+        problems = load_dataset(args.dataset, split=args.split, seed=args.seed, offset=args.offset)
+    traces = convert_chunks(args.chunks, problems)
+    save_traces(traces, args.out)
+    right = sum(t.correct for t in traces)
+    tokens = sum(len(t.tokens) for t in traces)
+    print(f"{len(traces)} traces ({tokens} tokens, {right} correct) written to {args.out}")
     return 0
 
 
@@ -234,6 +424,7 @@ _PARSERS: list[Callable[[Subparsers], None]] = [
     _add_serve_parser,
     _add_calibrate_parser,
     _add_bench_parser,
+    _add_convert_parser,
 ]
 
 

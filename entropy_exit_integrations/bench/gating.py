@@ -39,7 +39,8 @@ def run_extended(
         problem, trace = pair
         started = time.perf_counter()
         first = _FirstPass(trace)
-        text, runs = gate.extend(client, first, trace.entropy, config.create_kwargs(problem))
+        messages = {"messages": trace.messages} if trace.messages else {}
+        text, runs = gate.extend(client, first, trace.entropy, config.create_kwargs(problem, **messages))
         spent = sum(int(r.report.tokens_generated) for r in runs)
         return Extended(text, spent, grade(problem.kind, text, problem.answer), time.perf_counter() - started)
 

@@ -9,16 +9,22 @@ short live request per exit (``runner.force_answers``).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..core.calibration import sequence_entropy
 from ..core.tokens import Phase, TokenLogprob
+from ..errors import EntropyExitError
 from .graders import extract_math_answer, grade, last_number
 from .rules import Rule
+
+TRACE_SCHEMA = "entropy-exit-trace"
+TRACE_VERSION = 1
+"""Version of the trace JSONL schema (documented in ``bench.traces``) that ``save_traces`` writes."""
 
 
 def token_to_json(token: TokenLogprob) -> list[Any]:
@@ -26,12 +32,22 @@ def token_to_json(token: TokenLogprob) -> list[Any]:
 
 
 def token_from_json(row: Sequence[Any]) -> TokenLogprob:
-    return TokenLogprob(row[0], row[1], tuple(row[2]), tuple(row[3]), Phase(row[4]))
+    if not isinstance(row, (list, tuple)) or len(row) not in (4, 5):
+        raise ValueError(f"a token is [text, logprob, [top tokens], [top logprobs], phase], got {row!r}")
+    if len(row[2]) != len(row[3]):
+        raise ValueError(f"top tokens and top logprobs differ in length: {row!r}")
+    phase = Phase(row[4]) if len(row) == 5 else Phase.ANSWER
+    logprob = None if row[1] is None else float(row[1])
+    return TokenLogprob(str(row[0]), logprob, tuple(row[2]), tuple(float(v) for v in row[3]), phase)
 
 
 @dataclass
 class Trace:
-    """One recorded generation of one problem."""
+    """One recorded generation of one problem (one line of a trace file).
+
+    ``forced`` holds answers forced after an exit, keyed by the number of tokens kept (the
+    exit's token index + 1): ``{"answer": text, "tokens": n, "cue": cue}``.
+    """
 
     problem_id: str
     question: str
@@ -43,29 +59,65 @@ class Trace:
     correct: bool
     wall_time_s: float
     reasoning: str = ""
+    model: str | None = None
+    k: int | None = None
+    max_tokens: int | None = None
+    messages: list[dict[str, Any]] | None = None
+    forced: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def entropy(self) -> float | None:
+        """Sequence entropy (mean over watched tokens, bits), by the live monitor."""
         return sequence_entropy(self.tokens)
 
     def prefix(self, exit_index: int) -> str:
         """Text generated up to and including token ``exit_index``."""
         return "".join(t.token for t in self.tokens[: exit_index + 1])
 
+    def split_prefix(self, exit_index: int) -> tuple[str, str]:
+        """(reasoning, answer) text generated up to and including token ``exit_index``."""
+        kept = self.tokens[: exit_index + 1]
+        reasoning = "".join(t.token for t in kept if t.phase is Phase.REASONING)
+        return reasoning, "".join(t.token for t in kept if t.phase is not Phase.REASONING)
+
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data: dict[str, Any] = {"schema": TRACE_SCHEMA, "version": TRACE_VERSION}
+        data.update({f.name: getattr(self, f.name) for f in fields(self)})
         data["tokens"] = [token_to_json(t) for t in self.tokens]
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Trace:
+        """A trace from one JSON row: schema version 1, or the unversioned rows of older files."""
         values = dict(data)
+        schema, version = values.pop("schema", TRACE_SCHEMA), values.pop("version", 0)
+        if schema != TRACE_SCHEMA or not isinstance(version, int) or version > TRACE_VERSION:
+            raise ValueError(
+                f"not a trace this version reads: schema {schema!r} version {version!r} "
+                f"(this package reads {TRACE_SCHEMA!r} up to version {TRACE_VERSION})"
+            )
+        missing = [name for name in ("problem_id", "tokens", "text", "correct") if name not in values]
+        if missing:
+            raise ValueError(f"missing required fields {missing}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown fields {unknown}")
+        values.setdefault("question", "")
+        values.setdefault("reference", "")
+        values.setdefault("kind", "numeric")
+        values.setdefault("finish_reason", "stop")
+        values.setdefault("wall_time_s", 0.0)
         values["tokens"] = [token_from_json(row) for row in values["tokens"]]
+        values["correct"] = bool(values["correct"])
+        values["forced"] = {str(n): dict(entry) for n, entry in (values.get("forced") or {}).items()}
         return cls(**values)
 
 
 def save_traces(traces: Iterable[Trace], path: str | Path) -> Path:
+    """Write traces as JSONL (schema ``entropy-exit-trace``, version 1); returns the path."""
     target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("w", encoding="utf-8") as handle:
         for trace in traces:
             handle.write(json.dumps(trace.to_json()) + "\n")
@@ -73,8 +125,17 @@ def save_traces(traces: Iterable[Trace], path: str | Path) -> Path:
 
 
 def load_traces(path: str | Path) -> list[Trace]:
+    """Read a trace file; a malformed line raises ``EntropyExitError`` naming the line."""
+    traces = []
     with Path(path).open(encoding="utf-8") as handle:
-        return [Trace.from_json(json.loads(line)) for line in handle if line.strip()]
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                traces.append(Trace.from_json(json.loads(line)))
+            except (ValueError, TypeError, KeyError) as error:
+                raise EntropyExitError(f"{path}:{number}: {error}") from error
+    return traces
 
 
 def answer_of(kind: str, text: str) -> str | None:
@@ -101,9 +162,8 @@ class Outcome:
     """Forcing ran and the outcome matches the full run's (None: no forcing)."""
 
 
-def replay_rule(rule: Rule, trace: Trace) -> Outcome:
-    """Where the rule stops on this trace, and the prefix's graded answer (no forcing)."""
-    index = rule.exit_index(trace.tokens)
+def outcome_at(trace: Trace, index: int | None) -> Outcome:
+    """The outcome of stopping ``trace`` after token ``index`` (None: never stopped), unforced."""
     if index is None or index >= len(trace.tokens) - 1:
         return Outcome(trace.problem_id, False, None, len(trace.tokens), trace.correct, trace.correct, True)
     prefix = trace.prefix(index)
@@ -117,6 +177,11 @@ def replay_rule(rule: Rule, trace: Trace) -> Outcome:
         trace.correct,
         complete,
     )
+
+
+def replay_rule(rule: Rule, trace: Trace) -> Outcome:
+    """Where the rule stops on this trace, and the prefix's graded answer (no forcing)."""
+    return outcome_at(trace, rule.exit_index(trace.tokens))
 
 
 @dataclass

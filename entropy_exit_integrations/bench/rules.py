@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core.calibration import live_stop_index
 from ..core.monitor import EntropyMonitor
 from ..core.policy import ExitPolicy
 from ..core.tokens import TokenLogprob
@@ -38,10 +39,12 @@ class PolicyRule:
     live: bool = True
 
     def exit_index(self, tokens: Sequence[TokenLogprob]) -> int | None:
+        """The token a live run stops after: the monitor's exit, moved past a number being
+        written (a live stop never cuts "48" after the "4")."""
         monitor = EntropyMonitor(self.policy)
         for token in tokens:
             if monitor.observe(token).should_exit:
-                return monitor.decision.token_index
+                return live_stop_index(tokens, monitor.decision.token_index)
         return None
 
     def exit_trace(self, tokens: Sequence[TokenLogprob]) -> list[float | None]:

@@ -101,6 +101,7 @@ def record_traces(client: Any, problems: Sequence[Problem], config: RunConfig) -
         result = stream_chat(client, policy=RECORD_POLICY, **config.create_kwargs(problem))
         if not result.tokens:
             raise EntropyExitError(f"{problem.id}: the server returned no tokens with logprobs")
+        tokens = list(result.tokens)
         return Trace(
             problem.id,
             problem.question,
@@ -108,10 +109,14 @@ def record_traces(client: Any, problems: Sequence[Problem], config: RunConfig) -
             problem.kind,
             result.text,
             result.finish_reason,
-            list(result.tokens),
+            tokens,
             grade(problem.kind, result.text, problem.answer),
             time.perf_counter() - started,
             result.reasoning,
+            model=config.model,
+            k=RECORD_POLICY.top_k,
+            max_tokens=config.max_tokens,
+            messages=messages_for(problem, config.system_prompt),
         )
 
     return run_all(problems, work, config, "recording traces")
@@ -141,7 +146,7 @@ def run_live(
             policy=policy,
             force_answer=True,
             forcing=forcing or forcing_for(problem.kind),
-            **config.create_kwargs(problem),
+            **config.create_kwargs(problem, **({"messages": trace.messages} if trace.messages else {})),
         )
         exited = result.finish_reason == "entropy_exit"
         index = result.decision.token_index if exited else None
@@ -174,55 +179,79 @@ def forcing_for(kind: str) -> AnswerForcing:
     return AnswerForcing(max_tokens=16 if kind == "numeric" else 48)
 
 
+def force_answer(
+    client: Any, config: RunConfig, trace: Trace, exit_index: int, forcing: AnswerForcing | None = None
+) -> tuple[str, int]:
+    """Ask the model for its final answer after the first ``exit_index + 1`` tokens of ``trace``.
+
+    The same request ``stream_chat`` makes after a live exit (``AnswerForcing.chat_request``), on
+    the trace's own messages. Returns the answer text and the tokens it cost.
+    """
+    forcing = forcing or forcing_for(trace.kind)
+    problem = Problem(trace.problem_id, trace.question, trace.reference, trace.kind)
+    messages = trace.messages or messages_for(problem, config.system_prompt)
+    reasoning, text = trace.split_prefix(exit_index)
+    history, extra, echo = forcing.chat_request(
+        messages,
+        reasoning=reasoning,
+        text=text,
+        inline_think=False,
+        base_url=str(getattr(client, "base_url", "") or ""),
+    )
+    response = client.chat.completions.create(
+        model=config.model,
+        messages=history,
+        max_tokens=forcing.max_tokens,
+        temperature=0.0,
+        seed=config.seed,
+        extra_body=extra or None,
+        stop=list(forcing.stop) or None,
+    )
+    answer = response.choices[0].message.content or ""
+    if echo and answer.startswith(echo):
+        answer = answer[len(echo) :]
+    used = response.usage.completion_tokens if response.usage else len(answer.split())
+    return answer, int(used)
+
+
+def grade_forced(trace: Trace, exit_index: int, answer: str, forcing: AnswerForcing | None = None) -> bool:
+    """Whether the cut text followed by the answer cue and the forced answer grades right."""
+    forcing = forcing or forcing_for(trace.kind)
+    return grade(trace.kind, trace.prefix(exit_index) + forcing.cue + answer, trace.reference)
+
+
 def force_answers(
     client: Any,
     traces: Sequence[Trace],
     outcomes: Sequence[Outcome],
     config: RunConfig,
-    problems: Sequence[Problem],
+    problems: Sequence[Problem] | None = None,
     forcing: AnswerForcing | None = None,
 ) -> list[Outcome]:
-    """For every exit, ask the model for its answer given the prefix (one short request each).
+    """For every exit, ask the model for its answer given the prefix (one short request each)."""
 
-    The same request ``stream_chat`` makes after a live exit (``AnswerForcing.chat_request``).
-    """
-    forcing = forcing or forcing_for(problems[0].kind if problems else "numeric")
-    base_url = str(getattr(client, "base_url", "") or "")
-
-    def work(item: tuple[Trace, Outcome, Problem]) -> Outcome:
-        trace, outcome, problem = item
+    def work(item: tuple[Trace, Outcome]) -> Outcome:
+        trace, outcome = item
         if not outcome.exited or outcome.exit_index is None:
             return outcome
-        prefix = trace.prefix(outcome.exit_index)
-        messages = messages_for(problem, config.system_prompt)
-        history, extra, echo = forcing.chat_request(
-            messages, reasoning="", text=prefix, inline_think=False, base_url=base_url
-        )
-        response = client.chat.completions.create(
-            model=config.model,
-            messages=history,
-            max_tokens=forcing.max_tokens,
-            temperature=0.0,
-            seed=config.seed,
-            extra_body=extra or None,
-            stop=list(forcing.stop) or None,
-        )
-        answer = response.choices[0].message.content or ""
-        if echo and answer.startswith(echo):
-            answer = answer[len(echo) :]
-        used = response.usage.completion_tokens if response.usage else len(answer.split())
-        correct = grade(trace.kind, prefix + forcing.cue + answer, trace.reference)
-        return Outcome(
-            outcome.problem_id,
-            True,
-            outcome.exit_index,
-            outcome.tokens_used,
-            correct,
-            outcome.baseline_correct,
-            outcome.answer_complete,
-            answer,
-            int(used),
-            correct == outcome.baseline_correct,
-        )
+        answer, used = force_answer(client, config, trace, outcome.exit_index, forcing)
+        correct = grade_forced(trace, outcome.exit_index, answer, forcing)
+        return forced_outcome(outcome, correct, used, answer)
 
-    return run_all(list(zip(traces, outcomes, problems)), work, config, "forcing answers")
+    return run_all(list(zip(traces, outcomes)), work, config, "forcing answers")
+
+
+def forced_outcome(outcome: Outcome, correct: bool, tokens: int, answer: str | None = None) -> Outcome:
+    """``outcome`` (an exit) completed by its forced answer."""
+    return Outcome(
+        outcome.problem_id,
+        True,
+        outcome.exit_index,
+        outcome.tokens_used,
+        correct,
+        outcome.baseline_correct,
+        outcome.answer_complete,
+        answer if answer is not None else "",
+        int(tokens),
+        correct == outcome.baseline_correct,
+    )

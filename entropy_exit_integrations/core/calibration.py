@@ -478,10 +478,13 @@ def _fixed_sequence(
             break
         chosen, chosen_bound = step, bound
     if chosen is not None:
+        if savings_of == "tokens":
+            gain = f"{chosen.exits} exits, saving {chosen.saved:.0%} of the tokens (forced answers included)"
+        else:
+            gain = f"{chosen.exits} questions pass, skipping the extended step on {chosen.saved:.0%} of them"
         detail = (
             f"threshold {chosen.threshold:.4f} bits: {chosen.harmful} harmful exits in {n} questions, "
-            f"{confidence:.0%} upper bound {chosen_bound:.1%} <= {risk:.0%}; "
-            f"{chosen.exits} exits, saving {chosen.saved:.0%} of {savings_of}"
+            f"{confidence:.0%} upper bound {chosen_bound:.1%} <= {risk:.0%}; {gain}"
         )
         if chosen.unknown:
             detail += f" ({chosen.unknown} exits without a known answer counted as harmful)"

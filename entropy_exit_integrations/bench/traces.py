@@ -1,0 +1,242 @@
+"""Recorded traces: the file format, a converter from raw stream chunks, and forced answers.
+
+Traces let ``entropy-exit calibrate --traces`` and ``entropy-exit bench --traces`` run with no
+model at hand: record full greedy generations anywhere (a GPU server, any client), copy the file,
+calibrate and benchmark offline. Only answers forced at exit points need a model; they are cached.
+
+Trace file (JSONL), schema ``entropy-exit-trace`` version 1
+-----------------------------------------------------------
+One JSON object per line, one full generation (never cut early) per line:
+
+======================  ========  ===============================================================
+field                   required  meaning
+======================  ========  ===============================================================
+``schema``, ``version`` yes*      ``"entropy-exit-trace"``, ``1`` (*rows without them are read as
+                                  the unversioned format of earlier releases, which is the same)
+``problem_id``          yes       a stable id of the question
+``tokens``              yes       every generated token, in order: ``[text, logprob or null,
+                                  [top tokens], [top logprobs], "reasoning" | "answer"]``
+                                  (natural-log logprobs; ``[]`` when none were sent)
+``text``                yes       the answer text (the content; reasoning goes in ``reasoning``)
+``correct``             yes       the full run's final answer, graded
+``question``            no        the question (used to force answers when ``messages`` is absent)
+``reference``           no        the reference answer (needed to grade forced answers)
+``kind``                no        grader: ``"numeric"`` (default) or ``"math"``
+``reasoning``           no        reasoning text
+``finish_reason``       no        the server's (default ``"stop"``)
+``wall_time_s``         no        request time, seconds (default 0)
+``model``, ``k``,       no        model id, top logprobs requested, generation budget
+``max_tokens``
+``messages``            no        the request's chat messages (default: the kind's system prompt
+                                  and the question)
+``forced``              no        answers forced after an exit, keyed by tokens kept (exit index
+                                  + 1) as a string: ``{"41": {"answer": " 42", "tokens": 3,
+                                  "cue": "\\n\\nFinal answer:"}}``
+======================  ========  ===============================================================
+
+Forced answers are also cached in a JSON file (``ForcedCache``), keyed by question, trace and
+tokens kept, so a rerun asks the model nothing it was asked before.
+
+Raw chunks
+----------
+``convert_chunks`` turns OpenAI-format ``chat.completion.chunk`` objects saved as JSON lines (one
+chunk per line, exactly the SSE ``data:`` payloads, any client) into traces. A file may hold many
+streams: consecutive chunks with the same ``id`` are one stream. A line may also wrap its chunk as
+``{"chunk": {...}, "problem_id": ..., "question": ..., "reference": ..., "kind": ...,
+"messages": [...]}``; otherwise streams are paired in order with the given problems.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..core.tokens import Phase, TokenLogprob
+from ..errors import EntropyExitError
+from .datasets import Problem
+from .graders import grade
+from .replay import Trace
+
+__all__ = ["ForcedCache", "convert_chunks", "problems_of", "read_chunk_streams"]
+
+_THINK = re.compile(r"<think>(.*?)(</think>|$)", re.DOTALL)
+
+
+def problems_of(traces: Sequence[Trace]) -> list[Problem]:
+    """The problems the traces answer (id, question, reference, grader kind)."""
+    return [Problem(t.problem_id, t.question, t.reference, t.kind) for t in traces]
+
+
+def read_chunk_streams(path: str | Path) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Group a JSONL file of chunks into streams: (metadata of the stream's first line, chunks)."""
+    streams: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    current: str | None = None
+    with Path(path).open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise EntropyExitError(f"{path}:{number}: not JSON ({error})") from error
+            if not isinstance(row, dict):
+                raise EntropyExitError(f"{path}:{number}: a chunk must be a JSON object")
+            meta: dict[str, Any] = {}
+            if "chunk" in row:
+                meta = {k: v for k, v in row.items() if k != "chunk"}
+                row = row["chunk"]
+            stream_id = str(row.get("id", ""))
+            if not streams or stream_id != current or (meta and meta != streams[-1][0]):
+                streams.append((meta, []))
+                current = stream_id
+            streams[-1][1].append(row)
+    return streams
+
+
+def _split_think(tokens: list[TokenLogprob]) -> list[TokenLogprob]:
+    """Tag tokens inside inline ``<think>...</think>`` as reasoning."""
+    text = "".join(t.token for t in tokens)
+    if "<think>" not in text:
+        return tokens
+    inside = [False] * (len(text) + 1)
+    for match in _THINK.finditer(text):
+        for position in range(match.start(), match.end()):
+            inside[position] = True
+    tagged, position = [], 0
+    for token in tokens:
+        phase = Phase.REASONING if inside[position] else token.phase
+        tagged.append(token if phase is token.phase else token._replace(phase=phase))
+        position += len(token.token)
+    return tagged
+
+
+def _stream_to_trace(meta: dict[str, Any], chunks: list[dict[str, Any]], problem: Problem | None) -> Trace:
+    from ..providers.openai_chat import parse_chat_chunk
+
+    tokens: list[TokenLogprob] = []
+    content: list[str] = []
+    reasoning: list[str] = []
+    finish = "stop"
+    model = None
+    for chunk in chunks:
+        parts = parse_chat_chunk(chunk)
+        tokens.extend(parts.tokens)
+        content.append(parts.content)
+        reasoning.append(parts.reasoning)
+        finish = parts.finish_reason or finish
+        model = model or chunk.get("model")
+    tokens = _split_think(tokens)
+    text = "".join(content)
+    if "<think>" in text:
+        reasoning.append("".join(m.group(1) for m in _THINK.finditer(text)))
+        text = _THINK.sub("", text).lstrip()
+    if not tokens:
+        raise EntropyExitError(f"stream {chunks[0].get('id')!r} carries no logprobs: request top_logprobs")
+    problem_id = meta.get("problem_id") or (problem.id if problem else str(chunks[0].get("id", "stream")))
+    question = meta.get("question") or (problem.question if problem else "")
+    reference = str(meta.get("reference", problem.answer if problem else ""))
+    kind = meta.get("kind") or (problem.kind if problem else "numeric")
+    correct = bool(reference) and grade(kind, text, reference)
+    k = max((len(t.top_logprobs) for t in tokens), default=0)
+    return Trace(
+        str(problem_id),
+        str(question),
+        reference,
+        str(kind),
+        text,
+        str(finish),
+        tokens,
+        correct,
+        float(meta.get("wall_time_s", 0.0)),
+        "".join(reasoning),
+        model=meta.get("model") or model,
+        k=k or None,
+        max_tokens=meta.get("max_tokens"),
+        messages=meta.get("messages"),
+    )
+
+
+def convert_chunks(path: str | Path, problems: Sequence[Problem] | None = None) -> list[Trace]:
+    """Traces from raw ``chat.completion.chunk`` JSON lines (see the module docstring).
+
+    ``problems`` pairs streams with questions in order when the lines do not say which question
+    they answer; each stream's text is graded against its reference answer.
+    """
+    streams = read_chunk_streams(path)
+    if problems is not None and len(problems) < len(streams):
+        raise EntropyExitError(
+            f"{path}: {len(streams)} streams but only {len(problems)} problems to pair them with"
+        )
+    return [
+        _stream_to_trace(meta, chunks, problems[index] if problems is not None else None)
+        for index, (meta, chunks) in enumerate(streams)
+    ]
+
+
+class ForcedCache:
+    """Answers forced at exit points, per (question, trace, tokens kept), kept in a JSON file.
+
+    Lookups also read the ``forced`` field of the traces themselves. ``save`` writes the file
+    (atomically); nothing is written when nothing new was forced.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else None
+        self.entries: dict[str, dict[str, Any]] = {}
+        self._dirty = False
+        if self.path is not None and self.path.exists():
+            data = json.loads(self.path.read_text())
+            if data.get("schema") != "entropy-exit-forced":
+                raise EntropyExitError(f"{self.path} is not a forced-answer cache")
+            self.entries = dict(data.get("entries", {}))
+
+    @staticmethod
+    def key(trace: Trace, kept: int) -> str:
+        digest = hashlib.sha256(
+            json.dumps(
+                [trace.model, trace.messages, trace.question, [t.token for t in trace.tokens]]
+            ).encode()
+        ).hexdigest()[:16]
+        return f"{trace.problem_id}|{digest}|{kept}"
+
+    def get(self, trace: Trace, kept: int, cue: str) -> dict[str, Any] | None:
+        """The forced answer after ``kept`` tokens of ``trace`` with this cue, if known."""
+        for entry in (trace.forced.get(str(kept)), self.entries.get(self.key(trace, kept))):
+            if entry is not None and entry.get("cue", cue) == cue:
+                return entry
+        return None
+
+    def put(self, trace: Trace, kept: int, *, answer: str, tokens: int, cue: str) -> dict[str, Any]:
+        entry = {
+            "answer": answer,
+            "tokens": int(tokens),
+            "cue": cue,
+            "problem_id": trace.problem_id,
+            "kept": kept,
+        }
+        self.entries[self.key(trace, kept)] = entry
+        self._dirty = True
+        return entry
+
+    def save(self) -> Path | None:
+        if self.path is None or not self._dirty:
+            return None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(self.path.suffix + ".tmp")
+        payload = {"schema": "entropy-exit-forced", "version": 1, "entries": self.entries}
+        temporary.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+        temporary.replace(self.path)
+        self._dirty = False
+        return self.path
+
+    def attach(self, traces: Iterable[Trace]) -> None:
+        """Copy cached answers into the traces' ``forced`` fields (to save them with the traces)."""
+        for trace in traces:
+            prefix = self.key(trace, 0).rsplit("|", 1)[0] + "|"
+            for key, entry in self.entries.items():
+                if key.startswith(prefix):
+                    trace.forced[key.rsplit("|", 1)[1]] = {k: entry[k] for k in ("answer", "tokens", "cue")}
