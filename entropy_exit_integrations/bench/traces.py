@@ -122,14 +122,27 @@ def _stream_to_trace(meta: dict[str, Any], chunks: list[dict[str, Any]], problem
     reasoning: list[str] = []
     finish = "stop"
     model = None
+    pending: list[TokenLogprob] = []
     for chunk in chunks:
         parts = parse_chat_chunk(chunk)
-        tokens.extend(parts.tokens)
+        if parts.content or parts.reasoning:
+            # tokens that came without text (llama.cpp sends the first in the role chunk) take
+            # the phase of the next text
+            phase = (
+                parts.tokens[0].phase
+                if parts.tokens
+                else (Phase.ANSWER if parts.content else Phase.REASONING)
+            )
+            tokens.extend(t._replace(phase=phase) for t in pending)
+            tokens.extend(parts.tokens)
+            pending = []
+        else:
+            pending.extend(parts.tokens)
         content.append(parts.content)
         reasoning.append(parts.reasoning)
         finish = parts.finish_reason or finish
         model = model or chunk.get("model")
-    tokens = _split_think(tokens)
+    tokens = _split_think(tokens + pending)
     text = "".join(content)
     if "<think>" in text:
         reasoning.append("".join(m.group(1) for m in _THINK.finditer(text)))
