@@ -139,3 +139,48 @@ def test_gate_plain_and_langchain(llama_server: Any) -> None:
     meta = message.response_metadata["entropy_gate"]
     assert message.usage_metadata is not None
     assert meta["passed"] is False and meta["tokens_used"] == message.usage_metadata["output_tokens"]
+
+
+def _answers_line(printed: str) -> str:
+    return next(line for line in printed.splitlines() if line.startswith("answers at exit points:"))
+
+
+def test_stream_calibration_forces_answers_once_then_runs_offline(
+    llama_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A window policy calibrated live (traces saved, answers forced at exit points and cached),
+    then again from the saved traces with no server: same threshold, nothing left unknown."""
+    traces, cache = tmp_path / "traces.jsonl", tmp_path / "forced.json"
+    shape = ["--aggregation", "window", "--window", "4", "--min-tokens", "4", "--risk", "0.4"]
+    live = [
+        "calibrate",
+        "--base-url",
+        llama_server.base_url,
+        "--model",
+        llama_server.model,
+        "--n",
+        "6",
+        *COMMON,
+        *shape,
+        "--save-traces",
+        str(traces),
+        "--forced-cache",
+        str(cache),
+        "--out",
+        str(tmp_path / "live.json"),
+    ]
+    assert main(live) == 0
+    first = _answers_line(capsys.readouterr().out)
+    cal = Calibration.load(tmp_path / "live.json")
+    assert cal.kind == "stream" and (cal.aggregation, cal.window, cal.min_tokens) == ("window", 4, 4)
+    assert cal.risk is not None and cal.risk.candidates >= 1
+    assert "unknown" not in first  # with a server every answer is known
+    forced = int(first.split(" forced")[0].split()[-1]) if " forced" in first else 0
+    entries = json.loads(cache.read_text())["entries"] if cache.exists() else {}
+    assert len(entries) == forced
+    offline = ["calibrate", "--traces", str(traces), *shape, "--forced-cache", str(cache)]
+    assert main([*offline, "--out", str(tmp_path / "offline.json")]) == 0
+    second = _answers_line(capsys.readouterr().out)
+    assert "unknown" not in second and " forced" not in second  # all from the text or the cache
+    again = Calibration.load(tmp_path / "offline.json")
+    assert again.tau == cal.tau and again.risk == cal.risk
