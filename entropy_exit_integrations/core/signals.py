@@ -31,7 +31,7 @@ STRONG = "strong"
 WEAK = "weak signal: early exit will cost accuracy on this model"
 NO_SIGNAL = "no signal"
 UNMEASURED = "unmeasured: every example was correct, the signal cannot be tested"
-INCONCLUSIVE = "inconclusive: too few examples to call the signal strong"
+INCONCLUSIVE = "inconclusive: too few examples to tell whether the signal is strong"
 
 VERDICTS: tuple[str, ...] = (STRONG, INCONCLUSIVE, WEAK, NO_SIGNAL, UNMEASURED)
 """Verdicts in code order: ``VERDICTS[code]`` for a code from ``verdict_codes``."""
@@ -146,6 +146,7 @@ def per_class_needed(value: float, floor: float, level: float = LEVEL) -> int | 
 def verdict_codes(
     value: np.ndarray,
     low: np.ndarray,
+    high: np.ndarray,
     n_pos: np.ndarray,
     n_neg: np.ndarray,
     length: np.ndarray | None = None,
@@ -156,11 +157,11 @@ def verdict_codes(
     * "unmeasured": no incorrect example;
     * "strong": AUROC >= 0.75, its lower bound > 0.65, at least 6 examples per class, and
       length alone not better by more than 0.05;
-    * "weak signal": AUROC below 0.75 (no sample size makes it strong), or length better;
-    * "inconclusive": an AUROC that looks strong, from too few examples to say so.
+    * "weak signal": length alone predicts better, or the whole interval is under 0.75;
+    * "inconclusive": the rest: the interval still reaches both sides of the line.
     """
     value = np.asarray(value, dtype=float)
-    low = np.asarray(low, dtype=float)
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
     n_pos, n_neg = np.asarray(n_pos), np.asarray(n_neg)
     length_better = (
         np.zeros(value.shape, dtype=bool)
@@ -170,13 +171,22 @@ def verdict_codes(
     enough = np.minimum(n_pos, n_neg) >= MIN_PER_CLASS
     strong = (value >= STRONG_POINT) & (low > STRONG_FLOOR) & enough & ~length_better
     no_signal = (value < NO_SIGNAL_POINT) & (low <= 0.5)
-    weak = length_better | (value < STRONG_POINT)
+    weak = length_better | (high < STRONG_POINT)
     codes = np.full(value.shape, VERDICTS.index(INCONCLUSIVE))
     codes = np.where(weak, VERDICTS.index(WEAK), codes)
     codes = np.where(no_signal, VERDICTS.index(NO_SIGNAL), codes)
     codes = np.where(strong, VERDICTS.index(STRONG), codes)
     codes = np.where(n_neg == 0, VERDICTS.index(UNMEASURED), codes)
     return np.where(n_pos == 0, VERDICTS.index(NO_SIGNAL), codes)
+
+
+def per_class_below(value: float, ceiling: float, level: float = LEVEL) -> int | None:
+    """Smallest ``min(n_correct, n_incorrect)`` at which an AUROC of ``value`` has its upper
+    bound below ``ceiling`` (None when ``value >= ceiling``)."""
+    if not value < ceiling:
+        return None
+    z = _z(level)
+    return max(1, math.floor(z * z * ceiling * (1 - ceiling) / (ceiling - value) ** 2) + 1)
 
 
 def verdict_of(
@@ -188,7 +198,7 @@ def verdict_of(
     length_interval: tuple[float, float] | None = None,
 ) -> tuple[str, str, int | None]:
     """The verdict, its plain explanation, and how many examples (in all, with the same class
-    mix and AUROC) would change it to the next better verdict (None: no number would)."""
+    mix and AUROC) would settle or change it (None: no number would)."""
     if n_correct == 0:
         return NO_SIGNAL, "no correct examples: there is no confident answer to keep", None
     if score is None or interval is None:
@@ -203,6 +213,7 @@ def verdict_of(
         verdict_codes(
             np.array([score]),
             np.array([interval[0]]),
+            np.array([interval[1]]),
             np.array([n_correct]),
             np.array([n_incorrect]),
             None if length is None else np.array([length]),
@@ -234,11 +245,18 @@ def verdict_of(
         if length is not None and length > score + LENGTH_MARGIN:
             text += ": length predicts correctness better than entropy"
         else:
-            text += f": an AUROC under {STRONG_POINT} is weak at any sample size"
+            text += f": even the interval's upper end is under {STRONG_POINT}"
         return verdict, text, None
-    per = max(MIN_PER_CLASS, per_class_needed(score, STRONG_FLOOR) or MIN_PER_CLASS)
-    needed = total(per)
-    text += f": about {needed} examples ({per} of the smaller class) with this AUROC would make it strong"
+    if score >= STRONG_POINT:
+        per = max(MIN_PER_CLASS, per_class_needed(score, STRONG_FLOOR) or MIN_PER_CLASS)
+        needed = total(per)
+        text += f": about {needed} examples ({per} of the smaller class) with this AUROC would make it strong"
+        return verdict, text, needed
+    per = per_class_below(score, STRONG_POINT)
+    needed = total(per) if per is not None else None
+    text += f": the AUROC is under {STRONG_POINT} but the interval reaches {interval[1]:.2f}"
+    if needed is not None:
+        text += f"; about {needed} examples with this AUROC would show it is weak"
     return verdict, text, needed
 
 
@@ -267,8 +285,8 @@ def verdict_rates(
     length = rng.standard_normal((reps, n))
     score, n_pos, n_neg = auroc_many(signal, correct)
     length_score, _, _ = auroc_many(length, correct)
-    low, _ = auroc_interval(score, np.minimum(n_pos, n_neg))
-    codes = verdict_codes(score, low, n_pos, n_neg, length_score)
+    low, high = auroc_interval(score, np.minimum(n_pos, n_neg))
+    codes = verdict_codes(score, low, high, n_pos, n_neg, length_score)
     return np.bincount(codes, minlength=len(VERDICTS)) / reps
 
 

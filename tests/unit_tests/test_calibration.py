@@ -100,6 +100,14 @@ def test_eight_separated_examples_are_inconclusive_not_strong() -> None:
     assert "about 12 examples" in cal.verdict_detail
     assert cal.expected_tokens == 50
 
+    def separated_per_class(k: int) -> list[tuple[float, bool, int]]:
+        return [(0.1 + 0.01 * j, True, 50) for j in range(k)] + [
+            (0.6 + 0.01 * j, False, 50) for j in range(k)
+        ]
+
+    assert calibrate(separated_per_class(6)).verdict == STRONG  # 12 examples are indeed enough
+    assert calibrate(separated_per_class(5)).verdict == INCONCLUSIVE  # and 10 are not
+
 
 def test_sixteen_separated_examples_are_strong() -> None:
     data = [(0.1 + 0.01 * j, True, 50) for j in range(8)] + [(0.6 + 0.01 * j, False, 50) for j in range(8)]
@@ -248,3 +256,30 @@ def test_old_profiles_still_load(tmp_path) -> None:
         data.pop(key)
     again = Calibration.from_dict(data)
     assert again.kind == "sequence" and again.risk is None and again.auroc == 1.0
+
+
+def _binormal(n_per_class: int, value: float) -> list[tuple[float, bool, int]]:
+    """Entropies at normal quantiles with a population AUROC of ``value``; equal lengths."""
+    from statistics import NormalDist
+
+    grid = [NormalDist().inv_cdf((i + 0.5) / n_per_class) for i in range(n_per_class)]
+    shift = math.sqrt(2) * NormalDist().inv_cdf(value)
+    return [(-(g + shift), True, 50) for g in grid] + [(-g, False, 50) for g in grid]
+
+
+def test_a_middling_auroc_is_inconclusive_from_few_examples_and_weak_from_many() -> None:
+    few, many = calibrate(_binormal(6, 0.66)), calibrate(_binormal(150, 0.66))
+    assert few.auroc is not None and 0.6 <= few.auroc < 0.75
+    assert few.verdict == INCONCLUSIVE and few.auroc_ci is not None and few.auroc_ci[1] >= 0.75
+    assert "would show it is weak" in few.verdict_detail and few.examples_needed is not None
+    assert few.examples_needed > 12
+    assert many.verdict == WEAK and many.auroc_ci is not None and many.auroc_ci[1] < 0.75
+    assert "upper end is under 0.75" in many.verdict_detail
+    # the number `few` gave is the smallest that settles it: the same AUROC from that many
+    # examples (half per class) is called weak, from one fewer per class still inconclusive
+    from entropy_exit_integrations.core.signals import verdict_of
+
+    per_class = few.examples_needed // 2
+    for k, expected in ((per_class, WEAK), (per_class - 1, INCONCLUSIVE)):
+        low, high = auroc_interval(few.auroc, k)
+        assert verdict_of(few.auroc, (float(low), float(high)), None, k, k)[0] == expected

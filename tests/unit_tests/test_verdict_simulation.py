@@ -41,8 +41,8 @@ def draw(value: float, n: int, prevalence: float, rng: np.random.Generator):
 def verdicts(entropy: np.ndarray, correct: np.ndarray, length: np.ndarray) -> np.ndarray:
     score, n_pos, n_neg = auroc_many(-entropy, correct)
     length_score, _, _ = auroc_many(-length.astype(float), correct)
-    low, _ = auroc_interval(score, np.minimum(n_pos, n_neg))
-    return verdict_codes(score, low, n_pos, n_neg, length_score)
+    low, high = auroc_interval(score, np.minimum(n_pos, n_neg))
+    return verdict_codes(score, low, high, n_pos, n_neg, length_score)
 
 
 def strong_rates(prevalence: float, seed: int) -> dict[float, dict[int, float]]:
