@@ -222,3 +222,31 @@ def test_cli_calibrate_traces_gate_and_stream(trace_file: Path, tmp_path: Path, 
     assert cal.risk is not None and cal.risk.risk == 0.05
     assert "no --base-url to ask): each counts as a harmful exit" in printed
     assert not (trace_file.parent / "traces.forced.json").exists()  # nothing was forced: nothing written
+
+
+RECORDED = Path(__file__).resolve().parent.parent / "data" / "traces" / "smollm2_arithmetic_12.jsonl"
+
+
+def test_offline_commands_on_a_real_recorded_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SmolLM2 traces recorded by the embedded server (see tests/data/traces/README.md)."""
+    traces = load_traces(RECORDED)
+    assert len(traces) == 12 and sum(t.correct for t in traces) == 4
+    assert {t.model for t in traces} == {"smollm2-135m-instruct"} and all(t.messages for t in traces)
+    profile = tmp_path / "profile.json"
+    assert main(["calibrate", "--traces", str(RECORDED), "--out", str(profile)]) == 0
+    cal = Calibration.load(profile)
+    assert (cal.n, cal.correct.n, cal.incorrect.n, cal.model) == (12, 4, 8, "smollm2-135m-instruct")
+    assert cal.verdict != "strong"  # 4 right answers can never make it strong
+    out = tmp_path / "bench"
+    args = ["bench", "--traces", str(RECORDED), "--profile", str(profile), "--out", str(out)]
+    assert main([*args, "--window", "8", "--min-tokens", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "bench took" in printed
+    results = json.loads((out / "results.json").read_text())
+    rows = {row["rule"]: row for row in results["rules"]}
+    baseline = rows["no exit (baseline)"]
+    assert baseline["accuracy"] == pytest.approx(4 / 12)
+    assert baseline["tokens"] == sum(len(t.tokens) for t in traces)
+    calibrated = next(row for name, row in rows.items() if name.startswith("stream exit calibrated"))
+    assert calibrated["threshold"] == pytest.approx(cal.tau)
+    assert results["meta"]["max_tokens"] == 48
