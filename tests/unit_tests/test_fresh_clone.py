@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-NEEDS_DATA = ["tests/unit_tests/test_graders.py", "tests/unit_tests/test_bench_replay.py"]
+NEEDS_DATA = [
+    "tests/unit_tests/test_graders.py",
+    "tests/unit_tests/test_bench_replay.py",
+    "tests/unit_tests/test_bench_traces.py",
+]
 
 
 def _git(*args: str, cwd: Path) -> str:
