@@ -130,7 +130,7 @@ def test_arithmetic_is_deterministic_and_correct() -> None:
     assert messages_for(first[0])[1]["content"] == first[0].question
 
 
-def test_datasets_from_shared_files_and_jsonl(tmp_path) -> None:
+def test_datasets_from_package_data_and_jsonl(tmp_path) -> None:
     gsm = load_dataset("gsm8k", split="train", n=2)
     assert gsm[0].answer == "72" and gsm[0].kind == "numeric"
     assert load_dataset("math500", n=1)[0].kind == "math"

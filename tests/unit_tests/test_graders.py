@@ -1,4 +1,4 @@
-"""Graders on tricky real answers: MATH-500 references (read from the shared data) and GSM8K."""
+"""Graders on tricky real answers: MATH-500 references (read from the package data) and GSM8K."""
 
 from __future__ import annotations
 
