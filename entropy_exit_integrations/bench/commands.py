@@ -27,6 +27,7 @@ from ..core.calibration import (
     stream_stop_indices,
 )
 from ..core.policy import ExitPolicy
+from ..errors import PolicyError
 from ..gate import EntropyGate, Refine
 from .datasets import load_dataset
 from .gating import gate_summary, run_extended
@@ -413,8 +414,13 @@ def bench_traces(
     taus = {name: value for name, value in (profile.taus.items() if profile else []) if value is not None}
     chosen: PolicyRule | None = None
     # the calibrated policy: live with forcing when there is a server, else replayed (+ forced)
+    policy: ExitPolicy | None = None
     if profile is not None:
-        policy = _chosen_policy(profile, options, log)
+        try:
+            policy = _chosen_policy(profile, options, log)
+        except PolicyError as error:
+            skipped.append(f"the calibrated policy: {error}")
+    if profile is not None and policy is not None:
         chosen = PolicyRule(f"stream exit calibrated ({profile.method}, {policy.aggregation})", policy)
         if options.live and client is not None and config is not None:
             outcomes, wall, agreement = run_live(client, problems, traces, policy, config)
