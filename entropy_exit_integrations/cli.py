@@ -357,8 +357,9 @@ def _add_convert_parser(subparsers: Subparsers) -> None:
         description="Read chat.completion.chunk objects saved one per line by any client (streams are "
         'told apart by their id; a line may wrap its chunk as {"chunk": ..., "problem_id": ..., '
         '"question": ..., "reference": ..., "kind": ..., "messages": [...]}), pair the streams '
-        "in order with the questions of --dataset or --questions when the lines do not name them, grade "
-        "them and write a trace file (schema entropy-exit-trace, version 1) for calibrate/bench --traces.",
+        "in order with the questions of --dataset (a built-in set or a JSONL of questions) when the "
+        "lines do not name them, grade them and write a trace file (schema entropy-exit-trace, "
+        "version 1) for calibrate/bench --traces.",
     )
     parser.add_argument("chunks", help="JSONL file of raw stream chunks")
     parser.add_argument("--out", required=True, help="trace file to write (JSONL)")
