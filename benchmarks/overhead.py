@@ -4,7 +4,8 @@ Replays the recorded llama.cpp top-20 chat chunks (tests/data/recordings/llamacp
 as raw SSE payload strings, cycled up to N tokens, and times side by side in one run:
 
 * ``json.loads``                 - the floor: any client must at least parse the chunk;
-* ``json.loads + adapter + monitor`` - the full path (parse_chat_chunk -> ExitSession.feed);
+* ``json.loads + adapter + monitor`` - the full path (parse_chat_chunk -> MonitoredCall.feed,
+  the engine every integration runs);
 * ``monitor only``               - EntropyMonitor.observe on already-built TokenLogprob records.
 
     python benchmarks/overhead.py [--tokens 1000000] [--repeat 3]
@@ -23,8 +24,8 @@ from pathlib import Path
 from openai.types.chat import ChatCompletionChunk
 
 from entropy_exit_integrations import EntropyMonitor, ExitPolicy
+from entropy_exit_integrations.engine import MonitoredCall
 from entropy_exit_integrations.providers import parse_chat_chunk
-from entropy_exit_integrations.session import ExitSession
 
 RECORDING = Path(__file__).resolve().parent.parent / "tests/data/recordings/llamacpp_chat_top20.jsonl"
 
@@ -61,7 +62,7 @@ def main() -> None:
             loads(payload)
 
     def full_path() -> None:
-        session = ExitSession(policy, keep_tokens=False)
+        session = MonitoredCall(policy, keep_tokens=False)
         feed = session.feed
         for payload in payloads:
             feed(parse_chat_chunk(loads(payload)))
@@ -70,7 +71,7 @@ def main() -> None:
     sdk_chunks = [ChatCompletionChunk.model_validate(loads(p)) for p in payloads[: len(payloads) // 10]]
 
     def sdk_full_path() -> None:
-        session = ExitSession(policy, keep_tokens=False)
+        session = MonitoredCall(policy, keep_tokens=False)
         feed = session.feed
         for chunk in sdk_chunks:
             feed(parse_chat_chunk(chunk))

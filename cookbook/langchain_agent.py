@@ -49,7 +49,10 @@ class JsonSchemaToolCalls(ChatOpenAI):
         kwargs["extra_body"] = {"json_schema": function["parameters"]}  # llama-server: a grammar
         args = "".join(c.text for c in super()._stream(messages, stop, run_manager, **kwargs))
         call = tool_call_chunk(name=function["name"], args=args, id="call_0", index=0)
-        yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[call]))
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(content="", tool_call_chunks=[call]),
+            generation_info={"finish_reason": "tool_calls"},  # a complete answer, as ChatOpenAI ends one
+        )
 
 
 def _as_text(message: BaseMessage) -> BaseMessage:

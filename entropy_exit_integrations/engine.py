@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from .core.monitor import Decision
 from .core.policy import ExitPolicy
@@ -58,8 +58,7 @@ ENTROPY_EXIT = "entropy_exit"
 """``finish_reason`` of a generation this package stopped."""
 
 
-@dataclass(frozen=True)
-class TextDelta:
+class TextDelta(NamedTuple):
     """A piece of streamed text: reasoning or answer, and whether it came from answer forcing."""
 
     text: str
@@ -314,13 +313,15 @@ class MonitoredCall:
 
     # -- the end --------------------------------------------------------------------------
 
-    def finish(self) -> ExitResult:
+    def finish(self, *, estimate_prompt: bool = True) -> ExitResult:
         """The result; ``StreamInterrupted`` when a stream ended without a finish reason.
 
-        Estimating prompt tokens may load a tokenizer: async callers use ``afinish``.
+        Estimating prompt tokens (when the server sent no usage) may load a tokenizer: async
+        callers use ``afinish``, and a caller that must act before the stream is closed (the
+        LangChain handler raises from inside it) passes ``estimate_prompt=False``.
         """
         self._check_complete()
-        if self._needs_estimate():
+        if estimate_prompt and self._needs_estimate():
             self._prompt_estimate = self._estimate_prompt()
         return self._build(self._ended or "server_done")
 
@@ -425,7 +426,7 @@ def _no_terminal(which: str) -> ConnectionError:
 
 
 def _deltas(pieces: list[Piece]) -> list[TextDelta]:
-    return [TextDelta(text, phase) for phase, text in pieces]
+    return [TextDelta(text, phase) for phase, text in pieces] if pieces else []
 
 
 def guarded(chunks: Iterable[T], call: MonitoredCall) -> Iterator[T]:

@@ -7,25 +7,17 @@ monitor and says when a stop is allowed. Nothing here imports a framework or doe
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from .core.guards import MAX_NUMBER_DEFERRAL, TAIL_CHARS, inside_number
 from .core.monitor import Decision, EntropyMonitor
 from .core.policy import ExitPolicy
 from .core.tokens import Phase, TokenLogprob
 from .errors import EntropyExitWarning, LogprobsUnavailableError
 from .providers.parts import ChunkParts
 from .providers.reasoning import ThinkTags, ThinkTagSplitter
-
-MAX_NUMBER_DEFERRAL = 32
-"""Tokens a stop may wait for a number to end; after that it stops anyway."""
-
-_NUMBER_TAIL = re.compile(r"(?:(?<![A-Za-z_\d])\d[\d,._/:]*(?:[eE][-+]?\d*)?|(?:^|[\s(=\[])[-+])$")
-"""Text that may still be inside a number: a digit run with separators or an open exponent,
-or a lone sign that may start one ("3.", "1,0", "3/", "1e", "1e-", " -"); not a name that
-ends in digits ("r2", "GPT4")."""
 
 Piece = tuple[Phase, str]
 
@@ -88,7 +80,8 @@ class ExitSession:
 
         Guards: a tool call is never cut (once one streams, the stream runs to its end); a
         number is not cut (stopping after the "3." of "3.14" would hand the forced answer a
-        wrong number), for at most ``MAX_NUMBER_DEFERRAL`` tokens after the decision.
+        wrong number), for at most ``MAX_NUMBER_DEFERRAL`` tokens after the decision
+        (``core.guards``, the rule replays of recorded traces use too).
         """
         if not self.monitor.decision.should_exit or self.finish_reason is not None:
             return False
@@ -123,11 +116,15 @@ class ExitSession:
         pieces: list[Piece] = []
         if reasoning:
             pieces.append((Phase.REASONING, reasoning))
+            self._reasoning.append(reasoning)
         phase: Phase | None = Phase.REASONING if reasoning and not content else None
         if content:
-            phase = self._split(content, pieces)
-        for piece_phase, text in pieces:
-            (self._reasoning if piece_phase is Phase.REASONING else self._content).append(text)
+            if self._splitter.mode == "off":  # the common case: no tags to look for
+                pieces.append((Phase.ANSWER, content))
+                self._content.append(content)
+                phase = Phase.ANSWER
+            else:
+                phase = self._split(content, pieces)
         if phase is None:
             # No text yet says which phase these tokens belong to (a role chunk, a tag still
             # being decided, vLLM's swallowed </think>): they wait for the next text.
@@ -142,12 +139,11 @@ class ExitSession:
     def _split(self, content: str, pieces: list[Piece]) -> Phase | None:
         """Split content at ``<think>`` tags; the phase of its tokens, None while undecided."""
         splitter = self._splitter
-        if splitter.mode == "off":
-            pieces.append((Phase.ANSWER, content))
-            return Phase.ANSWER
         was_inside = splitter.inside
         found = splitter.feed(content)
         pieces.extend(found)
+        for piece_phase, text in found:
+            (self._reasoning if piece_phase is Phase.REASONING else self._content).append(text)
         if not splitter.decided:
             return None
         if was_inside or splitter.inside or any(p is Phase.REASONING for p, _ in found):
@@ -187,8 +183,7 @@ class ExitSession:
 
     def _inside_number(self) -> bool:
         parts = self._reasoning if self._last_phase is Phase.REASONING else self._content
-        tail = "".join(parts[-4:])[-24:]
-        return bool(tail) and _NUMBER_TAIL.search(tail) is not None
+        return inside_number("".join(parts[-TAIL_CHARS:]))
 
     def close_text(self) -> list[Piece]:
         """End of stream: release text held back while deciding a possible tag, and its tokens."""
@@ -202,5 +197,8 @@ class ExitSession:
         return pieces
 
 
-def _with_phase(tokens: Sequence[TokenLogprob], phase: Phase) -> tuple[TokenLogprob, ...]:
-    return tuple(t if t.phase is phase else t._replace(phase=phase) for t in tokens)
+def _with_phase(tokens: Sequence[TokenLogprob], phase: Phase) -> Sequence[TokenLogprob]:
+    for token in tokens:
+        if token.phase is not phase:
+            return tuple(t if t.phase is phase else t._replace(phase=phase) for t in tokens)
+    return tokens  # the common case: every token already has it

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,16 +22,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _running(server: LocalServer, what: str) -> Iterator[LocalServer]:
-    """Start ``server`` for the session; fail loudly in CI (``CI=true``), skip elsewhere."""
+    """Start ``server`` for the session, or fail the tests that need it and say why.
+
+    Never a skip: an integration run whose server cannot start has tested nothing. Run
+    ``pytest tests/unit_tests`` for the tests that need no server.
+    """
     from entropy_exit_integrations.errors import ServerError
 
     try:
         server.start()
     except (ServerError, OSError) as exc:
-        reason = f"{what} unavailable: {exc}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+        pytest.fail(f"{what} unavailable: {exc}", pytrace=False)
     try:
         yield server
     finally:

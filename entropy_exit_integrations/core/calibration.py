@@ -43,6 +43,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from ..errors import EntropyExitWarning, PolicyError
+from .guards import stop_indices
 from .monitor import EntropyMonitor
 from .policy import ExitPolicy
 from .signals import (
@@ -668,14 +669,12 @@ def _interval(value: float | None, n_min: int) -> tuple[float, float] | None:
 def live_stop_index(tokens: Sequence[TokenLogprob], exit_index: int) -> int:
     """Where a live stream stops after the monitor exits at ``exit_index``.
 
-    A live run never cuts a number in half: the stop waits for the next token that is not
-    digits (``ExitSession.should_stop``). Returns ``len(tokens) - 1`` or more when the stream
-    would have ended first.
+    A live run never cuts a number in half (``core.guards``, the rule ``ExitSession`` applies).
+    Returns ``len(tokens)`` or more when the stream would have ended first.
     """
-    index = exit_index
-    while index < len(tokens) and tokens[index].token.strip().isdigit():
-        index += 1
-    return index
+    if exit_index >= len(tokens):
+        return exit_index
+    return stop_indices(tokens)[exit_index]
 
 
 @dataclass(frozen=True)
@@ -701,10 +700,7 @@ def _replay(tokens: Sequence[TokenLogprob], policy: ExitPolicy) -> _Replay:
         index.append(position)
         aggregate.append(math.inf if decision.entropy is None else decision.entropy)
         eligible.append(decision.reason == "uncertain")  # ready, known, past min_tokens
-    stop_at = np.arange(len(tokens) + 1)
-    for position in range(len(tokens) - 1, -1, -1):
-        if tokens[position].token.strip().isdigit():
-            stop_at[position] = stop_at[position + 1]
+    stop_at = np.array([*stop_indices(tokens), len(tokens)])
     return _Replay(
         np.asarray(index, dtype=int),
         np.asarray(aggregate, dtype=float),

@@ -103,7 +103,17 @@ class EntropyMonitor:
         k = len(top)
         if k > self.max_k:
             self.max_k = k
-        bits = self._bits(top) if k else None
+        bits: float | None = None
+        if k:
+            try:
+                bits = self._entropy(top)
+            except LogprobsFormatError as error:
+                self._malformed(error)
+            else:
+                if bits == 0.0 and self._renormalised:
+                    bits = self._zero_or_unknown(top)
+                elif bits is not None and bits > self._unknown_bits:
+                    bits = self._unknown_bits
         if bits is None:
             self.unknown_tokens += 1
             self.trace.append(_NAN)
@@ -118,26 +128,19 @@ class EntropyMonitor:
             self.decision = self._decide(index, bits)
         return self.decision
 
-    def _bits(self, top: tuple[float, ...]) -> float | None:
-        """The token's entropy, or None when it is unknown (see the class docstring)."""
-        try:
-            bits = self._entropy(top)
-        except LogprobsFormatError as error:
-            self.malformed_tokens += 1
-            if self.malformed_tokens == 1:
-                warnings.warn(
-                    f"{error}: the token counts as unknown (bad logprobs can only delay an exit)",
-                    EntropyExitWarning,
-                    stacklevel=4,
-                )
-            return None
-        if bits == 0.0 and self._renormalised:
-            # Exactly zero: one live candidate (the others -inf/-9999) says nothing.
-            if sum(1 for value in top if value > SENTINEL_LOGPROB) < 2:
-                return None
-        elif bits is not None and bits > self._unknown_bits:
-            return self._unknown_bits
-        return bits
+    def _malformed(self, error: LogprobsFormatError) -> None:
+        self.malformed_tokens += 1
+        if self.malformed_tokens == 1:
+            warnings.warn(
+                f"{error}: the token counts as unknown (bad logprobs can only delay an exit)",
+                EntropyExitWarning,
+                stacklevel=4,
+            )
+
+    @staticmethod
+    def _zero_or_unknown(top: tuple[float, ...]) -> float | None:
+        """Exactly 0 bits: real certainty, or one live candidate (the rest -inf/-9999), unknown."""
+        return 0.0 if sum(1 for value in top if value > SENTINEL_LOGPROB) >= 2 else None
 
     def _watches(self, phase: Phase) -> bool:
         watch = self._watch_phase

@@ -2,10 +2,13 @@
 
 The handler reads the logprobs of every streamed token from ``on_llm_new_token(chunk=...)``
 and keeps one ``MonitoredCall`` (the engine every integration uses) per ``run_id``, so
-concurrent runs (``.batch``, parallel branches) never mix. With ``on_exit="raise"`` it raises ``EntropyExit`` from the token callback once the
-model is confident: ``raise_error = True`` makes LangChain propagate it, which unwinds the
-model's HTTP stream (ChatOpenAI iterates it inside a ``with`` block), so the server stops
-generating. ``on_exit="record"`` only reports.
+concurrent runs (``.batch``, parallel branches) never mix. With ``on_exit="raise"`` it raises
+``EntropyExit`` from the token callback once the model is confident: ``raise_error = True``
+makes LangChain propagate it, which unwinds the model's HTTP stream (ChatOpenAI iterates it
+inside a ``with`` block), so the server stops generating. ``on_exit="record"`` only reports
+(``exited`` stays False: it never cut anything; ``decision_token_index`` says where it would
+have). A stream that breaks after its first token raises ``StreamInterrupted`` from
+``on_llm_error``, as in every integration.
 
 Two things the model must do for the handler to see anything:
 
@@ -129,7 +132,9 @@ class _Monitors:
     """The framework-facing logic shared by the sync and async handlers.
 
     ``token`` and ``end`` return the call to finish (the sync handler calls ``finish``, the
-    async one awaits ``afinish``, so a token estimate never blocks the event loop).
+    async one awaits ``afinish``, so a token estimate never blocks the event loop). An exit
+    raises from inside the model's stream, so its report counts no prompt tokens unless the
+    server sent them (``prompt_tokens`` is None): nothing may delay the close.
     """
 
     def __init__(self, policy: ExitPolicy, on_exit: OnExit, ledger: SavingsLedger | None) -> None:
@@ -304,8 +309,8 @@ class EntropyExitCallbackHandler(_Common, BaseCallbackHandler, _StreamingMarker)
 
     def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
         call = self._monitors.token(run_id, chunk)
-        if call is not None:
-            raise self._monitors.exit_error(run_id, call.finish())
+        if call is not None:  # raise at once: the stream closes as this unwinds
+            raise self._monitors.exit_error(run_id, call.finish(estimate_prompt=False))
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         call = self._monitors.end(run_id, response)
@@ -338,8 +343,8 @@ class AsyncEntropyExitCallbackHandler(_Common, AsyncCallbackHandler, _StreamingM
 
     async def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
         call = self._monitors.token(run_id, chunk)
-        if call is not None:
-            raise self._monitors.exit_error(run_id, await call.afinish())
+        if call is not None:  # raise at once: the stream closes as this unwinds
+            raise self._monitors.exit_error(run_id, call.finish(estimate_prompt=False))
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         call = self._monitors.end(run_id, response)

@@ -7,6 +7,7 @@ special. Chunks may be JSON dicts or openai SDK objects.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from ..core.tokens import Phase, TokenLogprob, normalised_token
@@ -14,6 +15,8 @@ from ._fields import field
 from .parts import EMPTY, ChunkParts
 
 _NAN = float("nan")
+_TEXT = operator.itemgetter("token")
+_LOGPROB = operator.itemgetter("logprob")
 
 
 def parse_chat_chunk(chunk: Any, *, choice_index: int = 0) -> ChunkParts:
@@ -47,14 +50,14 @@ def parse_chat_chunk(chunk: Any, *, choice_index: int = 0) -> ChunkParts:
         if entries is None:
             entries = get(logprobs, "refusal") or []
         tokens = tokens_from_content_entries(entries, phase)
-    return ChunkParts(
-        content=content if isinstance(content, str) else str(content),
-        reasoning=reasoning if isinstance(reasoning, str) else str(reasoning),
-        tokens=tokens,
-        has_logprobs=logprobs is not None,
-        finish_reason=get(choice, "finish_reason"),
-        usage=_as_dict(usage) if usage is not None else None,
-        tool_call=tool_call,
+    return ChunkParts(  # positional: this runs once per token
+        content if content.__class__ is str else str(content),
+        reasoning if reasoning.__class__ is str else str(reasoning),
+        tokens,
+        logprobs is not None,
+        get(choice, "finish_reason"),
+        None if usage is None else _as_dict(usage),
+        tool_call,
     )
 
 
@@ -84,8 +87,8 @@ def _trusting_token(entry: dict[str, Any], phase: Phase) -> TokenLogprob:
     token = entry["token"]
     logprob = entry["logprob"]
     top = entry["top_logprobs"] or ()
-    texts = [alt["token"] for alt in top]
-    values = [alt["logprob"] for alt in top]
+    texts = list(map(_TEXT, top))
+    values = list(map(_LOGPROB, top))
     total = sum(values) + (0.0 if logprob is None else logprob)
     "".join(texts)
     if total != total or token.__class__ is not str:

@@ -146,7 +146,7 @@ def test_no_kind_of_number_is_cut(pieces: list[str]) -> None:
 
 
 def test_the_number_guard_gives_up_after_its_bound() -> None:
-    from entropy_exit_integrations.session import MAX_NUMBER_DEFERRAL
+    from entropy_exit_integrations.core.guards import MAX_NUMBER_DEFERRAL
 
     session = ExitSession(ExitPolicy(threshold=0.5, min_tokens=1))
     feed_all(session, [chunk("1")])

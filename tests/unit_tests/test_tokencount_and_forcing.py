@@ -8,10 +8,10 @@ import openai
 import pytest
 
 from entropy_exit_integrations import ExitPolicy
+from entropy_exit_integrations.engine import MonitoredCall
 from entropy_exit_integrations.errors import EntropyExitWarning, LogprobsUnavailableError, is_logprobs_refusal
 from entropy_exit_integrations.forcing import AnswerForcing, EchoStripper
 from entropy_exit_integrations.providers import ChunkParts
-from entropy_exit_integrations.engine import MonitoredCall
 from entropy_exit_integrations.tokencount import bundled_tiktoken_cache, count_message_tokens, count_tokens
 
 
