@@ -48,6 +48,7 @@ from .errors import (
 from .forcing import AnswerForcing, ForcedAnswer
 from .providers.parts import ChunkParts
 from .session import ExitSession, Piece
+from .telemetry import record_call
 from .tokencount import count_message_tokens, count_tokens
 
 Api = Literal["chat", "completions"]
@@ -418,6 +419,7 @@ class MonitoredCall:
         if self.ledger is not None:
             self.ledger.record(report)
         self.result = result
+        record_call(self, result)  # OpenTelemetry span and counters (the otel extra), else nothing
         return result
 
 
