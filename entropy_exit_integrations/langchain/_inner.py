@@ -13,7 +13,6 @@ from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableBinding, RunnableParallel, RunnableSequence
 
-from .callbacks import REPORT_KEY
 
 _CLASSES: dict[type, type] = {}
 
@@ -155,19 +154,6 @@ def _as_chunks(result: ChatResult) -> list[ChatGenerationChunk]:
 async def aiter_list(chunks: list[ChatGenerationChunk]) -> AsyncIterator[ChatGenerationChunk]:
     for chunk in chunks:
         yield chunk
-
-
-def to_run_metadata(run_manager: Any, chunks: list[ChatGenerationChunk]) -> None:
-    """Put the report into the run's metadata of every attached tracer (LangSmith shows it)."""
-    if run_manager is None or not chunks:
-        return
-    report = chunks[-1].message.response_metadata.get(REPORT_KEY)
-    for handler in getattr(run_manager, "handlers", ()):
-        run_map = getattr(handler, "run_map", None)
-        run = run_map.get(str(run_manager.run_id)) if isinstance(run_map, dict) else None
-        extra = getattr(run, "extra", None)
-        if report is not None and isinstance(extra, dict):
-            extra.setdefault("metadata", {})[REPORT_KEY] = report
 
 
 def swap_model(runnable: Any, old: BaseChatModel, new: BaseChatModel) -> Any:

@@ -26,7 +26,6 @@ from ._inner import (
     inner_stream,
     open_stream,
     swap_model,
-    to_run_metadata,
     with_reasoning_capture,
 )
 from ._translate import Monitored, delta_chunks, forcing_call, last_chunk, monitored, passed_on
@@ -104,9 +103,10 @@ class ChatEntropyExit(BaseChatModel):
 
             msg.usage_metadata  # {'input_tokens': ..., 'output_tokens': ..., 'total_tokens': ...}
 
-    Observability: the report is in the message's ``response_metadata`` (tracers record it with
-    the run's outputs); when the model is invoked without streaming it is also written into the
-    run's metadata of every attached tracer (LangSmith shows it next to ``usage_metadata``).
+    Observability: the report is in the message's ``response_metadata``, so every tracer
+    (LangSmith, ``collect_runs``, any ``BaseTracer``) records it with the run's outputs, for
+    ``invoke``, ``stream``, ``ainvoke`` and ``astream`` alike; with the ``otel`` extra each call
+    also emits an OpenTelemetry span (``entropy_exit_integrations.telemetry``).
     """
 
     model: BaseChatModel
@@ -273,7 +273,6 @@ class ChatEntropyExit(BaseChatModel):
             if run_manager is not None:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
-        to_run_metadata(run_manager, chunks)
         return generate_from_stream(iter(chunks))
 
     async def _agenerate(
@@ -288,7 +287,6 @@ class ChatEntropyExit(BaseChatModel):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
-        to_run_metadata(run_manager, chunks)
         return await agenerate_from_stream(aiter_list(chunks))
 
     def bind_tools(

@@ -196,14 +196,29 @@ class _Tracer(BaseTracer):
         self.finished.append(run)
 
 
-def test_report_reaches_the_tracer_run(replay: Any) -> None:
+@pytest.mark.parametrize("mode", ["invoke", "stream", "ainvoke", "astream"])
+@pytest.mark.parametrize("policy", [EAGER, NEVER], ids=["exit", "no-exit"])
+async def test_report_reaches_the_traced_run_outputs(replay: Any, mode: str, policy: ExitPolicy) -> None:
+    """Through the tracer API alone (``on_llm_end`` outputs), streaming or not, sync or async."""
     server = replay(TOP20)
     tracer = _Tracer()
-    message = ChatEntropyExit(model=server.chat(), policy=EAGER).invoke("q", config={"callbacks": [tracer]})
+    llm = ChatEntropyExit(model=server.chat(), policy=policy)
+    config: Any = {"callbacks": [tracer]}
+    if mode == "invoke":
+        message = llm.invoke("q", config=config)
+    elif mode == "ainvoke":
+        message = await llm.ainvoke("q", config=config)
+    else:
+        chunks = list(llm.stream("q", config=config)) if mode == "stream" else []
+        if mode == "astream":
+            chunks = [chunk async for chunk in llm.astream("q", config=config)]
+        message = sum(chunks[1:], chunks[0])
+    report = message.response_metadata["entropy_exit"]
+    assert report["exited"] is (policy is EAGER)
     (run,) = tracer.finished
-    assert run.extra["metadata"]["entropy_exit"] == message.response_metadata["entropy_exit"]
     generation = run.outputs["generations"][0][0]
-    assert generation["message"]["kwargs"]["response_metadata"]["entropy_exit"]["exited"]
+    assert generation["message"]["kwargs"]["response_metadata"]["entropy_exit"] == report
+    assert "entropy_exit" not in run.extra.get("metadata", {})  # no reaching into tracer internals
 
 
 class _ToolCallStream(BaseChatModel):
