@@ -3,13 +3,14 @@
 
 from ._responses import REPORT_KEY
 from .closing import ResponseCapture, http_clients, install_hooks
-from .events import EntropyExitEventHandler, LLMCallRecord
+from .events import EntropyExitEventHandler, EntropyExitReportEvent, LLMCallRecord
 from .llms import EntropyExitLLM
 
 __all__ = [
     "REPORT_KEY",
     "EntropyExitEventHandler",
     "EntropyExitLLM",
+    "EntropyExitReportEvent",
     "LLMCallRecord",
     "ResponseCapture",
     "http_clients",

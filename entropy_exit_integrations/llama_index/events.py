@@ -6,26 +6,36 @@ get_dispatcher().add_event_handler(handler)
 response = query_engine.query("...")
 response.metadata["entropy_exit"]      # the records of the LLM calls this query made
 handler.records, handler.ledger        # every call so far
+
+Every ``EntropyExitLLM`` call also dispatches an ``EntropyExitReportEvent`` (its report, on the
+call's instrumentation span) when it ends or breaks: any LlamaIndex event handler or
+observability integration that records events sees it.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
 
 from ..core.policy import ExitPolicy
 from ..core.savings import SavingsLedger, SavingsReport
 from ..engine import MonitoredCall
+from ..errors import StreamInterrupted
 from ..providers.parts import ChunkParts
 from ._responses import REPORT_KEY, parts_of, text_of, tokens_from_llama_logprobs
 from .closing import _ACTIVE
 
 _WRAPPER = "EntropyExitLLM"
+_dispatcher = get_dispatcher(__name__)
+R = TypeVar("R")
 _OPEN_QUERIES: ContextVar[tuple[list[LLMCallRecord], ...]] = ContextVar(
     "entropy_exit_open_queries", default=()
 )
@@ -191,3 +201,55 @@ def _whole_response_parts(response: Any) -> ChunkParts:
     if not tokens:
         tokens = parts_of(response).tokens
     return ChunkParts(content=text_of(response), tokens=tokens, has_logprobs=bool(tokens))
+
+
+class EntropyExitReportEvent(BaseEvent):
+    """The report of one ``EntropyExitLLM`` call, dispatched when the call ends or breaks.
+
+    ``span_id`` is the call's instrumentation span (the one its ``LLMChatEndEvent`` or
+    ``LLMCompletionEndEvent`` carries). ``report`` is ``SavingsReport.to_dict()``: for a stream
+    that broke, the partial report (``ended == "broken"``).
+    """
+
+    report: dict[str, Any]
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "EntropyExitReportEvent"
+
+
+def dispatch_report(report: SavingsReport | dict[str, Any], span_id: str | None) -> None:
+    """Dispatch an ``EntropyExitReportEvent`` to every LlamaIndex event handler."""
+    data = report.to_dict() if isinstance(report, SavingsReport) else report
+    _dispatcher.event(EntropyExitReportEvent(report=data, span_id=span_id))
+
+
+def reported(responses: Iterator[R], span_id: str | None) -> Generator[R, None, None]:
+    """``responses`` unchanged; the report of the final one (or of a break) is dispatched."""
+    try:
+        for response in responses:
+            data = _report_of(response)
+            if data is not None:
+                dispatch_report(data, span_id)
+            yield response
+    except StreamInterrupted as error:
+        dispatch_report(error.partial.report, span_id)
+        raise
+
+
+async def areported(responses: AsyncIterator[R], span_id: str | None) -> AsyncGenerator[R, None]:
+    """Async twin of ``reported``."""
+    try:
+        async for response in responses:
+            data = _report_of(response)
+            if data is not None:
+                dispatch_report(data, span_id)
+            yield response
+    except StreamInterrupted as error:
+        dispatch_report(error.partial.report, span_id)
+        raise
+
+
+def _report_of(response: Any) -> dict[str, Any] | None:
+    extra = getattr(response, "additional_kwargs", None)
+    return extra.get(REPORT_KEY) if isinstance(extra, dict) else None

@@ -18,7 +18,9 @@ and their relatives), the HTTP response too, so the server stops generating. Log
 requested through the inner LLM's own fields (``logprobs=True``, ``top_logprobs=policy.top_k``,
 on a shallow copy: the original is not changed). The final response carries the per-token
 logprobs in ``.logprobs`` (LlamaIndex's type) and the report in
-``additional_kwargs["entropy_exit"]`` (a dict; ``SavingsReport.from_dict`` rebuilds it).
+``additional_kwargs["entropy_exit"]`` (a dict; ``SavingsReport.from_dict`` rebuilds it), and
+the same report goes to LlamaIndex instrumentation as an ``EntropyExitReportEvent`` on the call's
+span (also for a stream that broke: its partial report).
 Streaming calls yield the inner responses as they come, then that final response (``delta=""``).
 """
 
@@ -38,6 +40,7 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
 )
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, SerializeAsAny
+from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
@@ -47,6 +50,7 @@ from ..engine import check_policy
 from ..forcing import AnswerForcing
 from ._stream import Shim, arun, run
 from .closing import install_hooks
+from .events import areported, reported
 
 
 class EntropyExitLLM(FunctionCallingLLM):
@@ -110,41 +114,48 @@ class EntropyExitLLM(FunctionCallingLLM):
     def _call(self, mode: str, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Shim:
         return Shim(self, mode, payload, kwargs, formatted)  # type: ignore[arg-type]
 
+    def _run(self, mode: str, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
+        """The call's responses; its report goes out as an ``EntropyExitReportEvent`` on this span."""
+        return reported(run(self._call(mode, payload, kwargs, formatted)), active_span_id.get())
+
+    def _arun(self, mode: str, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
+        return areported(arun(self._call(mode, payload, kwargs, formatted)), active_span_id.get())
+
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return _last(run(self._call("chat", messages, kwargs)))
+        return _last(self._run("chat", messages, kwargs))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        return run(self._call("chat", messages, kwargs))
+        return self._run("chat", messages, kwargs)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return await _alast(arun(self._call("chat", messages, kwargs)))
+        return await _alast(self._arun("chat", messages, kwargs))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        return arun(self._call("chat", messages, kwargs))
+        return self._arun("chat", messages, kwargs)
 
     # -- completion -------------------------------------------------------------------------
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return _last(run(self._call("completion", prompt, kwargs, formatted)))
+        return _last(self._run("completion", prompt, kwargs, formatted))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        return run(self._call("completion", prompt, kwargs, formatted))
+        return self._run("completion", prompt, kwargs, formatted)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return await _alast(arun(self._call("completion", prompt, kwargs, formatted)))
+        return await _alast(self._arun("completion", prompt, kwargs, formatted))
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        return arun(self._call("completion", prompt, kwargs, formatted))
+        return self._arun("completion", prompt, kwargs, formatted)
 
     # -- tools: prepared and read by the inner LLM ------------------------------------------
 

@@ -18,14 +18,22 @@ from llama_index.core.base.llms.types import (
     LogProb,
 )
 from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 
-from entropy_exit_integrations import ExitPolicy, LogprobsUnavailableError, SavingsLedger, SavingsReport
+from entropy_exit_integrations import (
+    ExitPolicy,
+    LogprobsUnavailableError,
+    SavingsLedger,
+    SavingsReport,
+    StreamInterrupted,
+)
 from entropy_exit_integrations.llama_index import (
     REPORT_KEY,
     EntropyExitEventHandler,
     EntropyExitLLM,
+    EntropyExitReportEvent,
     ResponseCapture,
     install_hooks,
 )
@@ -216,3 +224,71 @@ def test_event_handler_records_plain_and_wrapped_calls_once() -> None:
     assert not monitor.report.exited and monitor.report.tokens_generated == 10
     assert wrapper.report.exited and wrapper.report.tokens_generated == 5
     assert handler.summary()["would_save_tokens"] == 5
+
+
+class _Collect(BaseEventHandler):
+    events: list[Any] = []
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Collect"
+
+    def handle(self, event: Any, **kwargs: Any) -> None:
+        self.events.append(event)
+
+    def of(self, name: str) -> list[Any]:
+        return [e for e in self.events if type(e).__name__ == name]
+
+
+class _BreakingLLM(ScriptedLLM):
+    """Streams like ScriptedLLM, then the connection breaks after ``n`` chunks."""
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        inner = ScriptedLLM.stream_complete(self, prompt, formatted=formatted, **kwargs)
+
+        def gen() -> CompletionResponseGen:
+            yield from inner
+            raise httpx.ReadError("connection reset")
+
+        return gen()
+
+
+@pytest.mark.parametrize("style", ["complete", "stream_chat", "acomplete", "astream_chat"])
+async def test_each_call_dispatches_its_report_on_its_span(style: str) -> None:
+    collect = _Collect(events=[])
+    dispatcher = get_dispatcher()
+    dispatcher.add_event_handler(collect)
+    llm = EntropyExitLLM(llm=ScriptedLLM(), policy=ExitPolicy(threshold=0.5, min_tokens=5))
+    try:
+        if style == "complete":
+            last = llm.complete("q")
+        elif style == "acomplete":
+            last = await llm.acomplete("q")
+        elif style == "stream_chat":
+            *_, last = llm.stream_chat([ChatMessage(role="user", content="q")])
+        else:
+            last = [r async for r in await llm.astream_chat([ChatMessage(role="user", content="q")])][-1]
+    finally:
+        dispatcher.event_handlers.remove(collect)
+    (event,) = collect.of("EntropyExitReportEvent")
+    assert isinstance(event, EntropyExitReportEvent)
+    assert event.report == last.additional_kwargs[REPORT_KEY] == llm.last_report.to_dict()
+    assert event.report["exited"] and event.report["tokens_generated"] == 5
+    (end,) = collect.of("LLMCompletionEndEvent" if "complete" in style else "LLMChatEndEvent")
+    assert event.span_id == end.span_id is not None
+
+
+def test_a_broken_stream_dispatches_its_partial_report() -> None:
+    collect = _Collect(events=[])
+    dispatcher = get_dispatcher()
+    dispatcher.add_event_handler(collect)
+    llm = EntropyExitLLM(llm=_BreakingLLM(n=3), policy=ExitPolicy(threshold=0.0))
+    try:
+        with pytest.raises(StreamInterrupted) as raised:
+            list(llm.stream_complete("q"))
+    finally:
+        dispatcher.event_handlers.remove(collect)
+    (event,) = collect.of("EntropyExitReportEvent")
+    assert event.report == raised.value.partial.report.to_dict()
+    assert event.report["ended"] == "broken" and event.report["tokens_generated"] == 3
