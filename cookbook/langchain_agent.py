@@ -4,65 +4,27 @@ Runs against the embedded llama.cpp server (started here) or ``--base-url http:/
 (with ``--model NAME``). Exits non-zero unless the tool ran and a report per step was produced
 (it runs in CI).
 
-The embedded llama-server cannot call tools with SmolLM2 (its chat template has no tools, so it
-answers in plain text even with ``tool_choice="required"``) and refuses logprobs on a streamed
-request that carries ``tools``. ``JsonSchemaToolCalls`` fills the gap for this demo: a required
-tool call is generated as JSON constrained by the tool's schema (a grammar on the server) and
-handed back as a tool call. With a server that calls tools and streams their logprobs (vLLM),
-use plain ``ChatOpenAI`` instead.
+SmolLM2 cannot call tools on the embedded llama-server (its chat template has none, so it
+answers in plain text even with ``tool_choice="required"``). ``ChatSchemaToolCalls`` fills the
+gap: a required tool call is generated as JSON constrained by the tool's schema (a grammar on
+the server) and streamed back as a tool call with its logprobs, so every step is monitored.
+With a server and model that call tools themselves (vLLM with a tool parser), use plain
+``ChatOpenAI`` instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Iterator
 from typing import Any
 
 from langchain.agents import create_agent
 from langchain.agents.middleware import wrap_model_call
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
-from langchain_core.messages.tool import tool_call_chunk
-from langchain_core.outputs import ChatGenerationChunk
+from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
-from langchain_openai import ChatOpenAI
 
 from entropy_exit_integrations import ExitPolicy
-from entropy_exit_integrations.langchain import EntropyExitMiddleware
+from entropy_exit_integrations.langchain import ChatSchemaToolCalls, EntropyExitMiddleware
 from entropy_exit_integrations.local import LocalServer
-
-
-class JsonSchemaToolCalls(ChatOpenAI):
-    """ChatOpenAI for a server without tool calling: a required call comes from schema-bound JSON."""
-
-    def _stream(
-        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
-    ) -> Iterator[ChatGenerationChunk]:
-        tools = kwargs.pop("tools", None)
-        choice = kwargs.pop("tool_choice", None)
-        kwargs.pop("parallel_tool_calls", None)
-        messages = [_as_text(m) for m in messages]
-        if not tools or choice not in ("required", "any"):
-            yield from super()._stream(messages, stop, run_manager, **kwargs)
-            return
-        function = tools[0]["function"]
-        kwargs["extra_body"] = {"json_schema": function["parameters"]}  # llama-server: a grammar
-        args = "".join(c.text for c in super()._stream(messages, stop, run_manager, **kwargs))
-        call = tool_call_chunk(name=function["name"], args=args, id="call_0", index=0)
-        yield ChatGenerationChunk(
-            message=AIMessageChunk(content="", tool_call_chunks=[call]),
-            generation_info={"finish_reason": "tool_calls"},  # a complete answer, as ChatOpenAI ends one
-        )
-
-
-def _as_text(message: BaseMessage) -> BaseMessage:
-    """Tool turns as plain text, for a chat template that has no tool roles."""
-    if isinstance(message, ToolMessage):
-        return HumanMessage(f"The tool returned: {message.content}")
-    if isinstance(message, AIMessage) and message.tool_calls:
-        calls = ", ".join(f"{c['name']}({json.dumps(c['args'])})" for c in message.tool_calls)
-        return AIMessage(f"I call the tool: {calls}")
-    return message
 
 
 @tool
@@ -80,7 +42,7 @@ def call_the_tool_first(request: Any, handler: Any) -> Any:
 
 
 def run(base_url: str, model: str) -> None:
-    llm = JsonSchemaToolCalls(
+    llm = ChatSchemaToolCalls(
         base_url=base_url, api_key="sk-no-key", model=model, temperature=0, max_tokens=200
     )
     middleware = EntropyExitMiddleware(ExitPolicy(threshold=2.0, min_tokens=8))  # hand-set, uncalibrated

@@ -39,6 +39,7 @@ from .core.policy import ExitPolicy
 from .core.savings import Ended, SavingsLedger, SavingsReport
 from .core.tokens import Phase, TokenLogprob
 from .errors import (
+    LLAMA_CPP_TOOLS_REFUSAL,
     EntropyExitWarning,
     LogprobsUnavailableError,
     StreamInterrupted,
@@ -94,6 +95,35 @@ class ExitResult:
     tokens: list[TokenLogprob]
     forced_answer: str | None = None
     chunks: list[Any] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How to ask again after a refusal: without the OpenAI logprob fields, plus ``extra_body``.
+
+    Attributes:
+        extra_body: request fields to add (``{"n_probs": k}`` for llama.cpp with tools).
+        monitored: the retry still returns logprobs.
+    """
+
+    extra_body: dict[str, Any]
+    monitored: bool
+
+    def merged_extra_body(self, existing: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``existing`` without an earlier retry's fields, plus this retry's (None when empty)."""
+        kept = {k: v for k, v in (existing or {}).items() if k not in _RETRY_FIELDS}
+        merged = {**kept, **self.extra_body}
+        return merged or None
+
+
+_RETRY_FIELDS = ("n_probs",)
+
+ATTEMPTS = 3
+"""Requests a call makes at most to open its stream: the first, a retry with ``n_probs``
+(llama.cpp with tools), one without logprobs (``on_missing="pass_through"``)."""
+
+LOGPROB_FIELDS = ("logprobs", "top_logprobs")
+"""The OpenAI request fields a retry after a refusal drops."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +223,7 @@ class MonitoredCall:
         self._forced_usage: dict[str, Any] | None = None
         self._forced_finish: str | None = None
         self._prompt_estimate: int | None = None
+        self._tried_n_probs = False
         self._started = time.perf_counter()
 
     # -- the request ----------------------------------------------------------------------
@@ -203,17 +234,26 @@ class MonitoredCall:
             return {"logprobs": True, "top_logprobs": self.policy.top_k}
         return {"logprobs": self.policy.top_k}
 
-    def refused(self, error: BaseException) -> bool:
-        """Whether to retry without logprobs after ``error`` (the request was refused).
+    def refused(self, error: BaseException) -> Retry | None:
+        """How to ask again after ``error`` refused the request, or None: not a refusal (re-raise).
 
-        False: not a refusal (re-raise ``error``). A refusal (400/403/422 about logprobs: OpenAI's
-        reasoning models; llama.cpp with tools + stream) raises ``LogprobsUnavailableError`` with
-        the provider's message, or, under ``ExitPolicy(on_missing="pass_through")``, warns and
-        returns True: the call then runs unmonitored (every token unknown, never an exit).
+        * llama.cpp refuses ``logprobs`` on a streamed request with tools ("not supported with
+          tools + stream") but serves its native ``n_probs``: the retry asks for that, and the
+          call stays monitored. Recognised by that message, so no extra request is made to
+          find out which server this is.
+        * Any other refusal (OpenAI's reasoning models; vLLM over ``--max-logprobs``, even as an
+          error event in an HTTP 200 stream) raises ``LogprobsUnavailableError`` with the
+          provider's message, or, under ``ExitPolicy(on_missing="pass_through")``, warns and
+          retries without logprobs: the call then runs unmonitored (never an exit).
+
+        The shim drops the OpenAI logprob fields from the request and adds ``extra_body``.
         """
         if not is_logprobs_refusal(error):
-            return False
+            return None
         message = provider_message(error)
+        if not self._tried_n_probs and LLAMA_CPP_TOOLS_REFUSAL in message.lower():
+            self._tried_n_probs = True
+            return Retry({"n_probs": self.policy.top_k}, monitored=True)
         if self.policy.on_missing == "raise":
             raise LogprobsUnavailableError(
                 "the provider refused to return logprobs for this request "
@@ -226,7 +266,7 @@ class MonitoredCall:
             stacklevel=3,
         )
         self.session.pass_through()
-        return True
+        return Retry({}, monitored=False)
 
     # -- the main stream ------------------------------------------------------------------
 

@@ -40,16 +40,26 @@ class LogprobsUnavailableError(EntropyExitError):
         super().__init__(text)
 
 
-def is_logprobs_refusal(error: BaseException) -> bool:
-    """The provider answered 400/403/422 about logprobs.
+LLAMA_CPP_TOOLS_REFUSAL = "not supported with tools"
+"""llama.cpp's refusal of logprobs on a streamed request with tools ("logprobs is not supported
+with tools + stream"); its native ``n_probs`` field works there."""
 
-    OpenAI's reasoning models refuse them; llama.cpp refuses them on a streamed request that
-    carries tools ("logprobs is not supported with tools + stream").
+
+def is_logprobs_refusal(error: BaseException) -> bool:
+    """The provider refused the request because it asked for logprobs.
+
+    A 400/403/422 about logprobs (OpenAI's reasoning models; llama.cpp with tools + stream), the
+    same refusal in an error event at the start of an HTTP 200 stream (vLLM over its
+    ``--max-logprobs``: no status), or llama.cpp's tools refusal with any status (older builds
+    answer 500).
     """
     status = getattr(error, "status_code", None) or getattr(
         getattr(error, "response", None), "status_code", None
     )
-    return status in (400, 403, 422) and "logprob" in str(error).lower()
+    text = str(error).lower()
+    if LLAMA_CPP_TOOLS_REFUSAL in text and "logprob" in text:
+        return True
+    return status in (400, 403, 422, None) and "logprob" in text
 
 
 def provider_message(error: BaseException) -> str:

@@ -24,6 +24,7 @@ On exit the HTTP response is closed (``Stream.close()``), so the server stops ge
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -32,7 +33,9 @@ import openai
 from .core.policy import ExitPolicy
 from .core.savings import SavingsLedger
 from .engine import (
+    ATTEMPTS,
     ENTROPY_EXIT,
+    LOGPROB_FIELDS,
     Api,
     ExitResult,
     MonitoredCall,
@@ -91,11 +94,14 @@ class _MonitoredStream:
             raise RuntimeError("the stream has not finished: iterate it to the end first")
         return self._result
 
-    def _retry_request(self, error: openai.APIStatusError) -> dict[str, Any]:
-        """The request again without logprobs, if the error was a refusal the policy passes."""
-        if not self._call.refused(error):
+    def _retry(self, request: dict[str, Any], error: openai.APIError, attempt: int) -> dict[str, Any]:
+        """The request to send after ``error``, as the engine says; re-raises what is no refusal."""
+        retry = self._call.refused(error) if attempt < ATTEMPTS - 1 else None
+        if retry is None:
             raise error
-        return {k: v for k, v in self._request.items() if k not in ("logprobs", "top_logprobs")}
+        request = {k: v for k, v in request.items() if k not in (*LOGPROB_FIELDS, "extra_body")}
+        extra = retry.merged_extra_body(self._request.get("extra_body"))
+        return request if extra is None else {**request, "extra_body": extra}
 
     def _feed(self, chunk: Any) -> list[TextDelta]:
         if self._chunks is not None:
@@ -142,17 +148,25 @@ class ExitStream(_MonitoredStream):
             self._stream.close()
             self._stream = None
 
-    def _open(self, request: dict[str, Any]) -> Any:
-        try:
-            return self._create(**request)
-        except openai.APIStatusError as error:
-            return self._create(**self._retry_request(error))
+    def _open(self) -> Iterator[Any]:
+        """The main stream with its first chunk read, so that a refusal in its first event (vLLM)
+        is retried like one at the request."""
+        request = self._request
+        for attempt in range(ATTEMPTS):
+            try:
+                self._stream = self._create(**request)
+                chunks = iter(self._stream)
+                first = next(chunks, None)
+                return itertools.chain(() if first is None else (first,), chunks)
+            except openai.APIError as error:
+                self.close()
+                request = self._retry(request, error, attempt)
+        raise AssertionError("unreachable")
 
     def __iter__(self) -> Iterator[TextDelta]:
         call = self._call
         try:
-            self._stream = self._open(self._request)
-            for chunk in guarded(self._stream, call):
+            for chunk in guarded(self._open(), call):
                 yield from self._feed(chunk)
                 if call.should_stop:
                     break
@@ -188,17 +202,24 @@ class AsyncExitStream(_MonitoredStream):
             await self._stream.close()
             self._stream = None
 
-    async def _open(self, request: dict[str, Any]) -> Any:
-        try:
-            return await self._create(**request)
-        except openai.APIStatusError as error:
-            return await self._create(**self._retry_request(error))
+    async def _open(self) -> AsyncIterator[Any]:
+        """Async twin of ``ExitStream._open``."""
+        request = self._request
+        for attempt in range(ATTEMPTS):
+            try:
+                self._stream = await self._create(**request)
+                chunks = aiter(self._stream)
+                first = await anext(chunks, None)
+                return _achain(first, chunks)
+            except openai.APIError as error:
+                await self.aclose()
+                request = self._retry(request, error, attempt)
+        raise AssertionError("unreachable")
 
     async def __aiter__(self) -> AsyncIterator[TextDelta]:
         call = self._call
         try:
-            self._stream = await self._open(self._request)
-            async for chunk in aguarded(self._stream, call):
+            async for chunk in aguarded(await self._open(), call):
                 for delta in self._feed(chunk):
                     yield delta
                 if call.should_stop:
@@ -221,6 +242,13 @@ class AsyncExitStream(_MonitoredStream):
         finally:
             await self.aclose()
         self._done(await call.afinish())
+
+
+async def _achain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    if first is not None:
+        yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _options(

@@ -13,6 +13,7 @@ from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableBinding, RunnableParallel, RunnableSequence
 
+from ..engine import ATTEMPTS
 
 _CLASSES: dict[type, type] = {}
 
@@ -69,33 +70,35 @@ def with_reasoning_capture(model: BaseChatModel) -> BaseChatModel:
 def open_stream(
     inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, run: Any
 ) -> tuple[Generator[ChatGenerationChunk, None, None], list[ChatGenerationChunk]]:
-    """The inner stream and its first chunk; ``run.refused(error)`` says whether to retry."""
-    stream = inner_stream(inner, messages, stop, run.request)
-    try:
-        first = next(stream, None)
-    except Exception as error:
-        stream.close()
-        if not run.refused(error):
-            raise
+    """The inner stream and its first chunk; a refusal is retried as ``run.refused`` says."""
+    for attempt in range(ATTEMPTS):
         stream = inner_stream(inner, messages, stop, run.request)
-        first = next(stream, None)
-    return stream, [] if first is None else [first]
+        try:
+            first = next(stream, None)
+        except Exception as error:
+            stream.close()
+            if attempt == ATTEMPTS - 1 or not run.refused(error, inner):
+                raise
+            continue
+        return stream, [] if first is None else [first]
+    raise AssertionError("unreachable")
 
 
 async def aopen_stream(
     inner: BaseChatModel, messages: list[BaseMessage], stop: list[str] | None, run: Any
 ) -> tuple[AsyncIterator[ChatGenerationChunk], list[ChatGenerationChunk]]:
     """Async twin of ``open_stream``."""
-    stream = ainner_stream(inner, messages, stop, run.request)
-    try:
-        first = await anext(stream, None)
-    except Exception as error:
-        await stream.aclose()  # type: ignore[attr-defined]
-        if not run.refused(error):
-            raise
+    for attempt in range(ATTEMPTS):
         stream = ainner_stream(inner, messages, stop, run.request)
-        first = await anext(stream, None)
-    return stream, [] if first is None else [first]
+        try:
+            first = await anext(stream, None)
+        except Exception as error:
+            await stream.aclose()  # type: ignore[attr-defined]
+            if attempt == ATTEMPTS - 1 or not run.refused(error, inner):
+                raise
+            continue
+        return stream, [] if first is None else [first]
+    raise AssertionError("unreachable")
 
 
 def inner_stream(

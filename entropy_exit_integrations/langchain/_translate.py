@@ -41,12 +41,18 @@ class Monitored:
     model_name: str
     saw_model_name: bool = False
 
-    def refused(self, error: BaseException) -> bool:
-        """A logprobs refusal the policy passes: retry with the request minus those keys."""
-        if not self.call.refused(error):
+    def refused(self, error: BaseException, inner: BaseChatModel) -> bool:
+        """A refusal the engine answers with a retry: the request minus the logprob keys, plus
+        its ``extra_body`` (``n_probs`` for llama.cpp with tools)."""
+        retry = self.call.refused(error)
+        if retry is None:
             return False
         for key in self.logprob_keys:
             self.request.pop(key, None)
+        existing = self.request.get("extra_body", getattr(inner, "extra_body", None))
+        extra = retry.merged_extra_body(existing)
+        if extra is not None or "extra_body" in self.request:
+            self.request["extra_body"] = extra
         return True
 
 

@@ -117,6 +117,8 @@ class ChatEntropyExit(BaseChatModel):
     logprobs_kwargs: dict[str, Any] | None = None
     capture_reasoning: bool = True
     """Keep ``reasoning_content`` deltas that ChatOpenAI drops (ChatOpenAI-family models only)."""
+    stop: list[str] | None = None
+    """Default stop sequences for the inner model (a call's own ``stop`` wins)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -205,7 +207,7 @@ class ChatEntropyExit(BaseChatModel):
         inner = self._inner()
         run = self._monitored(inner, messages, kwargs)
         call = run.call
-        stream, head = open_stream(inner, messages, stop, run)
+        stream, head = open_stream(inner, messages, stop if stop is not None else self.stop, run)
         try:
             for chunk in guarded(itertools.chain(head, stream), call):
                 yield passed_on(run, chunk)
@@ -235,7 +237,7 @@ class ChatEntropyExit(BaseChatModel):
         inner = self._inner()
         run = self._monitored(inner, messages, kwargs)
         call = run.call
-        stream, head = await aopen_stream(inner, messages, stop, run)
+        stream, head = await aopen_stream(inner, messages, stop if stop is not None else self.stop, run)
         try:
             for chunk in head:
                 yield passed_on(run, chunk)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, MessageRole
 
 from ..core.tokens import Phase
-from ..engine import ExitResult, MonitoredCall, TextDelta, aguarded, guarded
+from ..engine import ATTEMPTS, ExitResult, MonitoredCall, TextDelta, aguarded, guarded
 from ._responses import REPORT_KEY, parts_of, to_llama_logprobs, with_text
 from .closing import ResponseCapture
 
@@ -77,10 +77,15 @@ class Shim:
         return inner.model_copy(update=update) if update else inner
 
     def refused(self, error: BaseException) -> bool:
-        """True to retry without logprobs after ``error``; raises when logprobs were refused."""
-        if not (self.openai_based and self.call.refused(error)):
+        """True to retry as the engine says after ``error`` (without the OpenAI logprob fields,
+        plus ``extra_body``: ``n_probs`` for llama.cpp with tools); raises on a refusal."""
+        retry = self.call.refused(error) if self.openai_based else None
+        if retry is None:
             return False
         self.inner = self.owner.llm.model_copy(update={"logprobs": False})
+        extra = retry.merged_extra_body(self.kwargs.pop("extra_body", None))
+        if extra is not None:
+            self.kwargs["extra_body"] = extra
         return True
 
     # -- streams ----------------------------------------------------------------------------
@@ -211,11 +216,11 @@ async def _aclose(inner: Any, capture: ResponseCapture) -> None:
 def _start(shim: Shim) -> tuple[Any, list[Any]]:
     """Open the main stream and read its first response (where the request is made).
 
-    A provider that refuses logprobs (llama.cpp does with tools + stream) raises
-    ``LogprobsUnavailableError``, or, with ``on_missing="pass_through"``, is asked again
-    without logprobs and passed through unmonitored.
+    A refusal is retried as the engine says (``MonitoredCall.refused``): llama.cpp with tools
+    gets ``n_probs``; elsewhere ``LogprobsUnavailableError``, or under
+    ``on_missing="pass_through"`` an unmonitored retry.
     """
-    for attempt in (0, 1):
+    for attempt in range(ATTEMPTS):
         inner = None
         try:
             with shim.capture.active():
@@ -226,13 +231,13 @@ def _start(shim: Shim) -> tuple[Any, list[Any]]:
                     return inner, []
         except Exception as error:
             _close(inner, shim.capture)
-            if attempt or not shim.refused(error):
+            if attempt == ATTEMPTS - 1 or not shim.refused(error):
                 raise
     raise AssertionError("unreachable")
 
 
 async def _astart(shim: Shim) -> tuple[Any, list[Any]]:
-    for attempt in (0, 1):
+    for attempt in range(ATTEMPTS):
         inner = None
         try:
             with shim.capture.active():
@@ -243,7 +248,7 @@ async def _astart(shim: Shim) -> tuple[Any, list[Any]]:
                     return inner, []
         except Exception as error:
             await _aclose(inner, shim.capture)
-            if attempt or not shim.refused(error):
+            if attempt == ATTEMPTS - 1 or not shim.refused(error):
                 raise
     raise AssertionError("unreachable")
 

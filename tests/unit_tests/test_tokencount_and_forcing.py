@@ -79,11 +79,40 @@ def test_provider_refusal_raises_or_passes_through() -> None:
     with pytest.raises(LogprobsUnavailableError, match="does not support logprobs") as raised:
         MonitoredCall(ExitPolicy(threshold=1.0)).refused(error)
     assert raised.value.provider_message == "This model does not support logprobs."
-    assert MonitoredCall(ExitPolicy(threshold=1.0)).refused(other) is False  # not a refusal
+    assert MonitoredCall(ExitPolicy(threshold=1.0)).refused(other) is None  # not a refusal
     lenient = MonitoredCall(ExitPolicy(threshold=1.0, on_missing="pass_through"))
     with pytest.warns(EntropyExitWarning, match="runs unmonitored"):
-        assert lenient.refused(error) is True
+        retry = lenient.refused(error)
+    assert retry is not None and retry.extra_body == {} and not retry.monitored
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the refusal was the one warning: no second one per text
         lenient.feed(ChunkParts(content="hello"))
     assert lenient.session.monitor.unknown_tokens == 1 and not lenient.should_stop
+
+
+def test_llama_cpp_tools_refusal_is_retried_with_n_probs_once() -> None:
+    request = httpx.Request("POST", "http://127.0.0.1:8080/v1/chat/completions")
+    body = {"error": {"code": 400, "message": "logprobs is not supported with tools + stream"}}
+    error = openai.BadRequestError(
+        "logprobs is not supported with tools + stream",
+        response=httpx.Response(400, request=request),
+        body=body,
+    )
+    call = MonitoredCall(ExitPolicy(threshold=1.0, top_k=7))
+    retry = call.refused(error)
+    assert retry is not None and retry.extra_body == {"n_probs": 7} and retry.monitored
+    with pytest.raises(LogprobsUnavailableError, match="tools"):  # the same refusal again: a refusal
+        call.refused(error)
+    old_build = openai.InternalServerError(  # some builds answer 500
+        "logprobs is not supported with tools + stream",
+        response=httpx.Response(500, request=request),
+        body=None,
+    )
+    assert is_logprobs_refusal(old_build)
+
+
+def test_a_refusal_in_an_error_event_of_a_200_stream_is_a_refusal() -> None:
+    request = httpx.Request("POST", "http://127.0.0.1:8000/v1/chat/completions")
+    event = openai.APIError("Requested top logprobs 20 > max logprobs 5", request, body=None)
+    assert is_logprobs_refusal(event)
+    assert not is_logprobs_refusal(openai.APIError("server overloaded", request, body=None))

@@ -2,11 +2,10 @@
 
 What the tiny model does (SmolLM2-135M on llama-server, measured): it never emits a tool call
 (its chat template has no tools, so llama-server's tool parser sees plain text), and
-llama-server refuses ``logprobs`` with ``tools`` + ``stream`` (HTTP 400). So a FunctionAgent
-step is either a clear ``LogprobsUnavailableError`` (default policy) or, with
-``on_missing="pass_through"``, an unmonitored step whose report says so. The ReActAgent sends no
-``tools`` and is monitored and cut; the model does not follow the ReAct format, and LlamaIndex
-takes its text as the answer.
+llama-server refuses ``logprobs`` with ``tools`` + ``stream`` (HTTP 400) but serves its native
+``n_probs``: the engine retries with it, so every FunctionAgent step is monitored. The
+ReActAgent sends no ``tools`` and is monitored and cut; the model does not follow the ReAct
+format, and LlamaIndex takes its text as the answer.
 """
 
 from __future__ import annotations
@@ -33,29 +32,17 @@ def multiply(a: int, b: int) -> int:
     return a * b
 
 
-async def test_function_agent_with_a_real_tool(llama_server: Any) -> None:
+@pytest.mark.parametrize("policy", [ExitPolicy(threshold=0.0), CONFIDENT], ids=["no-exit", "exit"])
+async def test_function_agent_steps_are_monitored_with_tools(llama_server: Any, policy: ExitPolicy) -> None:
     ledger = SavingsLedger()
-    policy = ExitPolicy(threshold=10.0, min_tokens=8, on_missing="pass_through")
     llm = EntropyExitLLM(llm=openai_like(llama_server, 48), policy=policy, ledger=ledger)
     agent = FunctionAgent(tools=[FunctionTool.from_defaults(multiply)], llm=llm)
-    with pytest.warns(Warning):
-        result = await agent.run("What is 6 times 7? Use the multiply tool.")
+    result = await agent.run("What is 6 times 7? Use the multiply tool.")
     assert str(result).strip()
     assert len(ledger) >= 1  # one report per agent step
-    for report in ledger.reports:  # llama-server gave no logprobs with tools: unmonitored, said so
-        assert not report.exited and report.unknown_tokens == report.tokens_generated > 0
-    print("FunctionAgent:", str(result)[:80], "|", ledger)
-
-
-async def test_function_agent_default_policy_says_why(llama_server: Any) -> None:
-    llm = EntropyExitLLM(llm=openai_like(llama_server, 48), policy=CONFIDENT)
-    agent = FunctionAgent(tools=[FunctionTool.from_defaults(multiply)], llm=llm)
-    with pytest.raises(Exception) as error:
-        await agent.run("What is 6 times 7?")
-    cause: BaseException | None = error.value
-    while cause is not None and not isinstance(cause, LogprobsUnavailableError):
-        cause = cause.__cause__ or cause.__context__
-    assert cause is not None and "tools + stream" in str(cause)
+    for report in ledger.reports:  # tools + stream: llama.cpp's n_probs, so every step is monitored
+        assert report.k == 20 and report.unknown_tokens == 0 and report.tokens_generated > 0
+        assert report.exited is (policy is CONFIDENT)
 
 
 async def test_react_agent_steps_exit_and_report(llama_server: Any) -> None:

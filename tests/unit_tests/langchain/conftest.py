@@ -68,6 +68,8 @@ class Replay:
     by_prompt: dict[str, str] = field(default_factory=dict)
     refuse_tools_logprobs: bool = False
     """Answer tools + stream + logprobs the way llama-server does (its real 400 body)."""
+    refuse_n_probs: bool = False
+    """Refuse llama.cpp's ``n_probs`` with tools too (a server that is not llama.cpp)."""
 
     def _chunks(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         prompt = str(body["messages"][-1].get("content"))
@@ -79,7 +81,8 @@ class Replay:
     def handler(self, request: httpx.Request, is_async: bool = False) -> httpx.Response:
         body = json.loads(request.content)
         self.requests.append(body)
-        if self.refuse_tools_logprobs and body.get("tools") and body.get("logprobs") and body.get("stream"):
+        asks = body.get("logprobs") or (self.refuse_n_probs and body.get("n_probs"))
+        if self.refuse_tools_logprobs and body.get("tools") and asks and body.get("stream"):
             error = {
                 "code": 400,
                 "message": "logprobs is not supported with tools + stream",

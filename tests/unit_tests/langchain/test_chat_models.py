@@ -164,23 +164,42 @@ def test_string_model_and_standard_params() -> None:
         ChatEntropyExit(model=GenericFakeChatModel(messages=iter([])), policy=EAGER, temperature=0)
 
 
-def test_logprobs_refused_with_tools_raises_by_default(replay: Any) -> None:
-    server = replay(TOP20, refuse_tools_logprobs=True)
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_llama_cpp_tools_refusal_is_retried_with_n_probs(replay: Any, use_async: bool) -> None:
+    server = replay(TOP20, TOP20, refuse_tools_logprobs=True)
+    bound = ChatEntropyExit(model=server.chat(), policy=NEVER).bind_tools([add])
+    message = await bound.ainvoke("q") if use_async else bound.invoke("q")
+    first, retry = server.requests
+    assert first["logprobs"] is True and first["tools"]
+    assert "logprobs" not in retry and "top_logprobs" not in retry and retry["tools"]
+    assert retry["n_probs"] == 20  # llama.cpp's own field, sent in extra_body
+    report = message.response_metadata["entropy_exit"]
+    assert report["k"] == 20 and report["unknown_tokens"] == 0  # the tool step is monitored
+
+
+def test_a_refusal_of_n_probs_too_raises_by_default(replay: Any) -> None:
+    server = replay(TOP20, refuse_tools_logprobs=True, refuse_n_probs=True)
     bound = ChatEntropyExit(model=server.chat(), policy=EAGER).bind_tools([add])
     with pytest.raises(LogprobsUnavailableError, match="tools \\+ stream") as caught:
         bound.invoke("q")
-    assert "on_missing='pass_through'" in str(caught.value)
+    assert "on_missing='pass_through'" in str(caught.value) and len(server.requests) == 2
 
 
 @pytest.mark.parametrize("use_async", [False, True])
 async def test_logprobs_refused_with_tools_passes_through(replay: Any, use_async: bool) -> None:
-    server = replay(TOP20, "llamacpp_chat_nologprobs.jsonl", refuse_tools_logprobs=True)
+    server = replay(
+        TOP20, TOP20, "llamacpp_chat_nologprobs.jsonl", refuse_tools_logprobs=True, refuse_n_probs=True
+    )
     policy = ExitPolicy(threshold=3.0, min_tokens=3, on_missing="pass_through")
     bound = ChatEntropyExit(model=server.chat(), policy=policy).bind_tools([add])
     with pytest.warns(EntropyExitWarning, match="refused logprobs"):
         message = await bound.ainvoke("q") if use_async else bound.invoke("q")
-    assert [r.get("logprobs") for r in server.requests] == [True, None]
-    assert server.requests[1]["tools"] and message.content == "17 + 25 = 32."
+    assert [(r.get("logprobs"), r.get("n_probs")) for r in server.requests] == [
+        (True, None),
+        (None, 20),
+        (None, None),
+    ]
+    assert server.requests[2]["tools"] and message.content == "17 + 25 = 32."
     assert message.response_metadata["entropy_exit"]["exited"] is False
 
 
