@@ -138,7 +138,7 @@ async def test_async_context_manager_and_external_mode(llama_server: LocalServer
         ).chat.completions.create(
             model=server.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
         )
-        assert reply.choices[0].message.content
+        assert 0 < reply.usage.completion_tokens <= 4  # it answered, within max_tokens
     assert process.poll() is not None and not server.is_running
 
 

@@ -86,10 +86,12 @@ def test_missing_logprobs_raise_with_partial_text() -> None:
 
 def test_missing_logprobs_pass_through_warns_once_and_never_exits() -> None:
     session = ExitSession(ExitPolicy(threshold=5.0, min_tokens=0, on_missing="pass_through"))
+    chunks = load_chunks("llamacpp_chat_nologprobs.jsonl")
     with pytest.warns(EntropyExitWarning, match="no logprobs") as caught:
-        feed_all(session, load_chunks("llamacpp_chat_nologprobs.jsonl"))
+        feed_all(session, chunks)
     assert len(caught) == 1
-    assert not session.should_stop and session.text
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
+    assert not session.should_stop and session.text == streamed != ""
     assert session.monitor.unknown_tokens == session.monitor.tokens_seen > 0
 
 

@@ -72,7 +72,11 @@ def test_handler_aborts_the_chain_and_the_server_stops(llama_server: Any) -> Non
     with pytest.raises(EntropyExit) as caught:
         chain.invoke({"topic": "a lighthouse keeper"}, config={"callbacks": [handler]})
     report = caught.value.report
-    assert report.exited and caught.value.partial_text
+    assert report.exited
+    # The partial text is exactly the tokens read before the exit.
+    tokens = caught.value.partial.tokens
+    assert len(tokens) == report.tokens_generated
+    assert "".join(t.token for t in tokens).strip() == caught.value.partial_text.strip() != ""
     evidence.check([report.to_dict()])
 
 
@@ -124,12 +128,17 @@ def test_batch_with_the_handler_keeps_runs_apart(llama_server: Any) -> None:
 async def test_ainvoke_and_astream(llama_server: Any) -> None:
     ledger = SavingsLedger()
     llm = ChatEntropyExit(model=_inner(llama_server), policy=POLICY, ledger=ledger)
-    chain = PROMPT | llm | StrOutputParser()
+    chain = PROMPT | llm
     evidence = _Predicted(llama_server)
-    text = await chain.ainvoke({"topic": "a lighthouse keeper"})
-    assert text
-    pieces = [piece async for piece in chain.astream({"topic": "a lighthouse keeper"})]
-    assert "".join(pieces)
+    invoked = await chain.ainvoke({"topic": "a lighthouse keeper"})
+    streamed = None
+    async for chunk in chain.astream({"topic": "a lighthouse keeper"}):
+        streamed = chunk if streamed is None else streamed + chunk
+    assert len(ledger) == 2
+    for message in (invoked, streamed):  # each call's text is exactly the tokens its stream gave
+        tokens = message.response_metadata["logprobs"]["content"]
+        assert len(tokens) == message.response_metadata["entropy_exit"]["tokens_generated"]
+        assert "".join(t["token"] for t in tokens).strip() == message.content.strip() != ""
     await asyncio.to_thread(evidence.check, [r.to_dict() for r in ledger.reports])
 
 
