@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, TypeVar
 
 from .core.monitor import Decision
 from .core.policy import ExitPolicy
@@ -48,7 +48,7 @@ from .errors import (
 )
 from .forcing import AnswerForcing, ForcedAnswer
 from .providers.parts import ChunkParts
-from .session import ExitSession, Piece
+from .session import ExitSession, TextDelta
 from .telemetry import record_call
 from .tokencount import count_message_tokens, count_tokens
 
@@ -58,14 +58,6 @@ T = TypeVar("T")
 
 ENTROPY_EXIT = "entropy_exit"
 """``finish_reason`` of a generation this package stopped."""
-
-
-class TextDelta(NamedTuple):
-    """A piece of streamed text: reasoning or answer, and whether it came from answer forcing."""
-
-    text: str
-    phase: Phase = Phase.ANSWER
-    forced: bool = False
 
 
 @dataclass
@@ -274,7 +266,7 @@ class MonitoredCall:
         """Account for one chunk of the main stream; returns its text deltas."""
         self.chunks_seen += 1
         try:
-            pieces = self.session.feed(parts)
+            deltas = self.session.feed(parts)
         except LogprobsUnavailableError as error:
             if not self.logprobs_hint:
                 raise
@@ -286,7 +278,7 @@ class MonitoredCall:
             decision = self.session.decision
             for token in parts.tokens:
                 self.on_token(token, decision)
-        return _deltas(pieces)
+        return deltas
 
     @property
     def should_stop(self) -> bool:
@@ -299,7 +291,7 @@ class MonitoredCall:
         Returns the text held back while a tag was being decided.
         """
         self._ended = "we_closed" if cut else "server_done"
-        return _deltas(self.session.close_text())
+        return self.session.close_text()
 
     @property
     def cut(self) -> bool:
@@ -394,6 +386,15 @@ class MonitoredCall:
         if self._forced is not None and self._forced_finish is None:
             raise self.interrupted(None) from _no_terminal("forcing")
 
+    def count_prompt(self) -> None:
+        """Estimate the prompt's tokens now (before the request: the handler, which cannot wait
+        at the exit). The first count in a process loads a tokenizer."""
+        self._prompt_estimate = self._estimate_prompt()
+
+    async def acount_prompt(self) -> None:
+        """``count_prompt`` off the event loop."""
+        self._prompt_estimate = await asyncio.to_thread(self._estimate_prompt)
+
     def _needs_estimate(self) -> bool:
         usage = self.session.usage
         return self._prompt_estimate is None and not (usage and usage.get("prompt_tokens") is not None)
@@ -465,10 +466,6 @@ class MonitoredCall:
 
 def _no_terminal(which: str) -> ConnectionError:
     return ConnectionError(f"the {which} stream ended without a finish reason (no terminal chunk)")
-
-
-def _deltas(pieces: list[Piece]) -> list[TextDelta]:
-    return [TextDelta(text, phase) for phase, text in pieces] if pieces else []
 
 
 def guarded(chunks: Iterable[T], call: MonitoredCall) -> Iterator[T]:

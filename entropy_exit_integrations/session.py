@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from .core.guards import MAX_NUMBER_DEFERRAL, TAIL_CHARS, inside_number
 from .core.monitor import Decision, EntropyMonitor
@@ -19,7 +19,13 @@ from .errors import EntropyExitWarning, LogprobsUnavailableError
 from .providers.parts import ChunkParts
 from .providers.reasoning import ThinkTags, ThinkTagSplitter
 
-Piece = tuple[Phase, str]
+
+class TextDelta(NamedTuple):
+    """A piece of streamed text: reasoning or answer, and whether it came from answer forcing."""
+
+    text: str
+    phase: Phase = Phase.ANSWER
+    forced: bool = False
 
 
 class ExitSession:
@@ -102,7 +108,7 @@ class ExitSession:
         """Reasoning arrived inside ``<think>`` tags in the content."""
         return self._splitter.saw_tags
 
-    def feed(self, parts: ChunkParts) -> list[Piece]:
+    def feed(self, parts: ChunkParts) -> list[TextDelta]:
         """Account for one chunk; returns the text pieces that became certain, in order."""
         content, reasoning, tokens, has_logprobs, finish_reason, usage, tool_call = parts
         if usage is not None:
@@ -113,14 +119,14 @@ class ExitSession:
             self.tool_call_started = True
         if has_logprobs:
             self._saw_logprobs = True
-        pieces: list[Piece] = []
+        pieces: list[TextDelta] = []
         if reasoning:
-            pieces.append((Phase.REASONING, reasoning))
+            pieces.append(TextDelta(reasoning, Phase.REASONING))
             self._reasoning.append(reasoning)
         phase: Phase | None = Phase.REASONING if reasoning and not content else None
         if content:
             if self._splitter.mode == "off":  # the common case: no tags to look for
-                pieces.append((Phase.ANSWER, content))
+                pieces.append(TextDelta(content))
                 self._content.append(content)
                 phase = Phase.ANSWER
             else:
@@ -129,6 +135,14 @@ class ExitSession:
             # No text yet says which phase these tokens belong to (a role chunk, a tag still
             # being decided, vLLM's swallowed </think>): they wait for the next text.
             self._undecided.extend(tokens)
+        elif tokens and not self._undecided:  # the common case, inline: it runs per token
+            self._last_phase = phase
+            tokens = _with_phase(tokens, phase)
+            observe = self.monitor.observe
+            for token in tokens:
+                observe(token)
+            if self._keep_tokens:
+                self.tokens.extend(tokens)
         else:
             if self._undecided:
                 tokens = (*self._undecided, *tokens)
@@ -136,13 +150,13 @@ class ExitSession:
             self._observe(_with_phase(tokens, phase), parts, phase)
         return pieces
 
-    def _split(self, content: str, pieces: list[Piece]) -> Phase | None:
+    def _split(self, content: str, pieces: list[TextDelta]) -> Phase | None:
         """Split content at ``<think>`` tags; the phase of its tokens, None while undecided."""
         splitter = self._splitter
         was_inside = splitter.inside
         found = splitter.feed(content)
-        pieces.extend(found)
         for piece_phase, text in found:
+            pieces.append(TextDelta(text, piece_phase))
             (self._reasoning if piece_phase is Phase.REASONING else self._content).append(text)
         if not splitter.decided:
             return None
@@ -185,14 +199,14 @@ class ExitSession:
         parts = self._reasoning if self._last_phase is Phase.REASONING else self._content
         return inside_number("".join(parts[-TAIL_CHARS:]))
 
-    def close_text(self) -> list[Piece]:
+    def close_text(self) -> list[TextDelta]:
         """End of stream: release text held back while deciding a possible tag, and its tokens."""
-        pieces = self._splitter.flush()
-        for piece_phase, text in pieces:
+        pieces = [TextDelta(text, phase) for phase, text in self._splitter.flush()]
+        for text, piece_phase, _ in pieces:
             (self._reasoning if piece_phase is Phase.REASONING else self._content).append(text)
         if self._undecided:
             tokens, self._undecided = tuple(self._undecided), []
-            phase = pieces[-1][0] if pieces else self._last_phase
+            phase = pieces[-1].phase if pieces else self._last_phase
             self._observe(_with_phase(tokens, phase), ChunkParts(tokens=tokens), phase)
         return pieces
 

@@ -1,10 +1,13 @@
 """Counting tokens where no logprob entries exist (prompts, forced-answer prompts, plain text).
 
 Generated tokens are counted from logprob entries, one per token, exact for any tokenizer.
-Elsewhere tiktoken gives a count, exact for OpenAI models and an estimate for others. tiktoken
-downloads its BPE files on first use, which fails offline; llama-index-core ships
-``cl100k_base`` and ``o200k_base`` in its ``_static/tiktoken_cache``, so that cache is used when
-``TIKTOKEN_CACHE_DIR`` is not set. Without tiktoken, a 4-characters-per-token estimate is used.
+Elsewhere: for a model tiktoken knows (OpenAI's), tiktoken's exact count; for any other model,
+an estimate of 4 characters per token. tiktoken's encodings are another model's tokenizer
+there, no better an estimate than that for the prompt (the chat template the server adds
+dominates the error), and loading one holds the GIL for 0.2-0.7 s, which would stall an
+event loop at the first exit. tiktoken downloads its BPE files on first use, which fails
+offline; llama-index-core ships ``cl100k_base`` and ``o200k_base`` in its
+``_static/tiktoken_cache``, so that cache is used when ``TIKTOKEN_CACHE_DIR`` is not set.
 """
 
 from __future__ import annotations
@@ -36,27 +39,20 @@ def bundled_tiktoken_cache() -> Path | None:
 
 
 @functools.lru_cache(maxsize=16)
-def _encoding(model: str | None) -> tuple[Any, bool, str] | None:
+def _encoding(model: str | None) -> tuple[Any, str] | None:
+    """tiktoken's own encoding of an OpenAI model, or None (another model, or no tiktoken)."""
+    if not model:
+        return None
     try:
         import tiktoken
     except ImportError:
         return None
-    exact = True
-    name: str | None = None
-    if model:
-        try:
-            name = tiktoken.encoding_name_for_model(model)
-        except KeyError:
-            exact = False
-    else:
-        exact = False
-    candidates = [name] if name else []
-    candidates += [n for n in ("o200k_base", "cl100k_base") if n != name]
-    for candidate in candidates:
-        encoding = _load_offline(tiktoken, candidate)
-        if encoding is not None:
-            return encoding, exact and candidate == name, candidate
-    return None
+    try:
+        name = tiktoken.encoding_name_for_model(model)
+    except KeyError:
+        return None
+    encoding = _load_offline(tiktoken, name)
+    return None if encoding is None else (encoding, name)
 
 
 def _load_offline(tiktoken: Any, name: str) -> Any:
@@ -78,8 +74,8 @@ def count_tokens(text: str, model: str | None = None) -> TokenCount:
     loaded = _encoding(model)
     if loaded is None:
         return TokenCount(max(1, len(text) // 4) if text else 0, True, "chars/4")
-    encoding, exact, name = loaded
-    return TokenCount(len(encoding.encode(text, disallowed_special=())), not exact, name)
+    encoding, name = loaded
+    return TokenCount(len(encoding.encode(text, disallowed_special=())), False, name)
 
 
 def count_message_tokens(messages: list[dict[str, Any]], model: str | None = None) -> TokenCount:

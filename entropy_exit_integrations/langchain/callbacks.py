@@ -131,10 +131,10 @@ class _Run:
 class _Monitors:
     """The framework-facing logic shared by the sync and async handlers.
 
-    ``token`` and ``end`` return the call to finish (the sync handler calls ``finish``, the
-    async one awaits ``afinish``, so a token estimate never blocks the event loop). An exit
-    raises from inside the model's stream, so its report counts no prompt tokens unless the
-    server sent them (``prompt_tokens`` is None): nothing may delay the close.
+    ``start`` returns the new call and ``token``/``end`` the call to finish; the sync handler
+    counts the prompt and finishes in place, the async one awaits ``acount_prompt``/``afinish``,
+    so a token estimate never blocks the event loop. An exit raises from inside the model's
+    stream, where nothing may delay the close: the prompt was counted before the request.
     """
 
     def __init__(self, policy: ExitPolicy, on_exit: OnExit, ledger: SavingsLedger | None) -> None:
@@ -173,6 +173,7 @@ class _Monitors:
         )
         with self._lock:
             self._runs[run_id] = _Run(call)
+        return call
 
     def token(self, run_id: UUID, chunk: Any) -> MonitoredCall | None:
         """Feed a token event; the call to finish and raise ``EntropyExit`` for, if any."""
@@ -302,10 +303,10 @@ class EntropyExitCallbackHandler(_Common, BaseCallbackHandler, _StreamingMarker)
         self._monitors = _Monitors(policy, on_exit, ledger)
 
     def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.start(run_id, kwargs, messages=messages[0] if messages else None)
+        self._monitors.start(run_id, kwargs, messages=messages[0] if messages else None).count_prompt()
 
     def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.start(run_id, kwargs, prompt=prompts[0] if prompts else "")
+        self._monitors.start(run_id, kwargs, prompt=prompts[0] if prompts else "").count_prompt()
 
     def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
         call = self._monitors.token(run_id, chunk)
@@ -336,10 +337,11 @@ class AsyncEntropyExitCallbackHandler(_Common, AsyncCallbackHandler, _StreamingM
     async def on_chat_model_start(
         self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any
     ) -> None:
-        self._monitors.start(run_id, kwargs, messages=messages[0] if messages else None)
+        call = self._monitors.start(run_id, kwargs, messages=messages[0] if messages else None)
+        await call.acount_prompt()
 
     async def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.start(run_id, kwargs, prompt=prompts[0] if prompts else "")
+        await self._monitors.start(run_id, kwargs, prompt=prompts[0] if prompts else "").acount_prompt()
 
     async def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
         call = self._monitors.token(run_id, chunk)

@@ -34,7 +34,8 @@ def test_tiktoken_works_offline_from_the_bundled_cache() -> None:
 def test_unknown_models_fall_back_and_say_estimated() -> None:
     exact = count_tokens("The quick brown fox", "gpt-4o")
     guess = count_tokens("The quick brown fox", "smollm2-135m-instruct")
-    assert not exact.estimated and guess.estimated and guess.tokens == exact.tokens
+    assert not exact.estimated and exact.encoding == "o200k_base" and exact.tokens == 4
+    assert guess.estimated and guess.encoding == "chars/4" and guess.tokens == len("The quick brown fox") // 4
     prompt = count_message_tokens([{"role": "user", "content": "The quick brown fox"}], "gpt-4o")
     assert prompt.estimated and prompt.tokens > exact.tokens
 
