@@ -63,7 +63,7 @@ def token_entropy(logprobs: Sequence[float], *, tail_aware: bool = False) -> flo
     True
     """
     if not tail_aware and logprobs:
-        bits = _fast_renormalised_bits(logprobs)
+        bits = fast_renormalised_bits(logprobs)
         if bits is not None:
             return bits
     kept = _checked(logprobs)
@@ -80,7 +80,7 @@ def token_entropy(logprobs: Sequence[float], *, tail_aware: bool = False) -> flo
     return bits if bits > 0.0 else 0.0
 
 
-def _fast_renormalised_bits(logprobs: Sequence[float]) -> float | None:
+def fast_renormalised_bits(logprobs: Sequence[float]) -> float | None:
     """The common case in one pass of C-level loops; None sends the input to the careful path.
 
     Logprobs are <= 0, so ``exp`` cannot overflow and no max-shift is needed:

@@ -9,7 +9,7 @@ from collections import deque
 from typing import NamedTuple
 
 from ..errors import EntropyExitWarning, LogprobsFormatError
-from .entropy import SENTINEL_LOGPROB, max_entropy_bits, token_entropy
+from .entropy import SENTINEL_LOGPROB, fast_renormalised_bits, max_entropy_bits, token_entropy
 from .policy import ExitPolicy
 from .tokens import Phase, TokenLogprob
 
@@ -106,7 +106,10 @@ class EntropyMonitor:
         bits: float | None = None
         if k:
             try:
-                bits = self._entropy(top)
+                # The renormalised fast path first (no call layers: this runs per token).
+                bits = fast_renormalised_bits(top) if self._renormalised else None
+                if bits is None:
+                    bits = self._entropy(top)
             except LogprobsFormatError as error:
                 self._malformed(error)
             else:

@@ -70,6 +70,8 @@ def tokens_from_content_entries(entries: Any, phase: Phase = Phase.ANSWER) -> tu
         return ()
     try:
         if entries and isinstance(entries[0], dict):
+            if len(entries) == 1:  # one token per chunk: the common case
+                return (_trusting_token(entries[0], phase),)
             return tuple(_trusting_token(entry, phase) for entry in entries)
         return tuple(_sdk_token(entry, phase) for entry in entries)
     except (KeyError, TypeError, AttributeError, ValueError):
