@@ -63,6 +63,7 @@ class ExitSession:
         self._reasoning: list[str] = []
         self._saw_logprobs = False
         self._undecided: list[TokenLogprob] = []
+        self._textless = 0
         self._last_phase = Phase.ANSWER
         self._warned_missing = False
 
@@ -131,6 +132,10 @@ class ExitSession:
                 phase = Phase.ANSWER
             else:
                 phase = self._split(content, pieces)
+        if content or reasoning:
+            self._textless = 0
+        elif tokens:
+            phase = self._textless_phase(tool_call)
         if phase is None:
             # No text yet says which phase these tokens belong to (a role chunk, a tag still
             # being decided, vLLM's swallowed </think>): they wait for the next text.
@@ -149,6 +154,19 @@ class ExitSession:
                 self._undecided = []
             self._observe(_with_phase(tokens, phase), parts, phase)
         return pieces
+
+    def _textless_phase(self, tool_call: bool) -> Phase | None:
+        """The phase of tokens that came without any text.
+
+        A tool call's arguments are the answer. One textless chunk waits for the next text
+        (llama.cpp sends the first token on the role chunk; vLLM's parser swallows </think>). A
+        run of them is reasoning the client does not show (ChatOpenAI drops reasoning deltas
+        before a callback sees them), so the monitor can still watch it.
+        """
+        if tool_call:
+            return Phase.ANSWER
+        self._textless += 1
+        return Phase.REASONING if self._textless > 1 else None
 
     def _split(self, content: str, pieces: list[TextDelta]) -> Phase | None:
         """Split content at ``<think>`` tags; the phase of its tokens, None while undecided."""

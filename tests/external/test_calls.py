@@ -22,8 +22,6 @@ from .conftest import (
     External,
     ServerMetrics,
     StopEvidence,
-    StreamShape,
-    known_issues,
 )
 from .integrations import DRIVER_IDS, DRIVERS, Driver, assert_exited, assert_no_exit
 
@@ -38,11 +36,8 @@ async def test_no_exit_matches_a_plain_call(driver: Driver, external: External, 
 
 
 @pytest.mark.parametrize("driver", DRIVERS, ids=DRIVER_IDS)
-async def test_exit_closes_the_stream(
-    driver: Driver, external: External, plain: Any, shape: StreamShape, request: pytest.FixtureRequest
-) -> None:
+async def test_exit_closes_the_stream(driver: Driver, external: External, plain: Any) -> None:
     reference = plain(STORY)
-    known_issues(request, driver, shape, exit_in_reasoning=bool(reference.reasoning))
     outcome = await driver.run(external, EXIT, STORY, MAX_TOKENS, force_answer=False)
     assert_exited(outcome, reference, EXIT, MAX_TOKENS)
 
@@ -53,11 +48,8 @@ async def test_exit_stops_the_server(
     external: External,
     metrics: ServerMetrics,
     plain: Any,
-    shape: StreamShape,
-    request: pytest.FixtureRequest,
 ) -> None:
     reference = plain(STORY)
-    known_issues(request, driver, shape, exit_in_reasoning=bool(reference.reasoning))
     evidence = StopEvidence(metrics)
     outcome = await driver.run(external, EXIT, STORY, MAX_TOKENS, force_answer=False)
     # In a thread: the event loop must keep running (an async generator aborted by an exception

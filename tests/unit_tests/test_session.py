@@ -157,3 +157,22 @@ def test_the_number_guard_gives_up_after_its_bound() -> None:
         assert not session.should_stop
     feed_all(session, [chunk("1")])
     assert session.should_stop
+
+
+def test_a_run_of_textless_tokens_is_hidden_reasoning() -> None:
+    """ChatOpenAI drops reasoning deltas: the handler sees their tokens without text."""
+    session = ExitSession(ExitPolicy(threshold=0.5, min_tokens=3))
+    textless = {**chunk(reasoning="r"), "choices": [{**chunk(reasoning="r")["choices"][0], "delta": {}}]}
+    feed_all(session, [textless])
+    assert session.monitor.tokens_seen == 0  # one textless chunk waits (a llama.cpp role chunk)
+    feed_all(session, [textless, textless])
+    assert session.monitor.reasoning_tokens == 3 and session.should_stop and session.stop_in_reasoning
+    assert session.reasoning == "" and session.text == ""  # nothing shown, nothing invented
+
+
+def test_textless_tool_call_tokens_are_the_answer() -> None:
+    session = ExitSession(ExitPolicy(threshold=0.0))
+    call = chunk(tool=True)
+    call["choices"][0]["delta"]["content"] = None
+    feed_all(session, [call, call, call])
+    assert session.monitor.reasoning_tokens == 0 and session.monitor.tokens_seen == 3
