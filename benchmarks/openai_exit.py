@@ -31,7 +31,7 @@ from entropy_exit_integrations.bench.graders import grade
 from entropy_exit_integrations.local import LocalServer
 from entropy_exit_integrations.openai import ExitResult, stream_chat
 from entropy_exit_integrations.providers import parse_chat_chunk
-from entropy_exit_integrations.session import ExitSession
+from entropy_exit_integrations.engine import MonitoredCall
 
 
 @contextlib.contextmanager
@@ -62,8 +62,8 @@ def measured(server: LocalServer, run: Any) -> tuple[ExitResult, float, float]:
 
 
 def client_processing_seconds(result: ExitResult, policy: ExitPolicy) -> float:
-    """Time to run the kept chunks through the adapter and session again: the client's share."""
-    session = ExitSession(policy)
+    """Time to run the kept chunks through the adapter and the engine again: the client's share."""
+    session = MonitoredCall(policy)
     started = time.perf_counter()
     for chunk in result.chunks or []:
         session.feed(parse_chat_chunk(chunk))

@@ -36,6 +36,7 @@ from typing import Any, Literal, TypeVar
 
 from .core.monitor import Decision
 from .core.policy import ExitPolicy
+from .core.probes import ProbeRule, ProbeState
 from .core.savings import Ended, SavingsLedger, SavingsReport
 from .core.tokens import Phase, TokenLogprob
 from .errors import (
@@ -171,6 +172,9 @@ class MonitoredCall:
         keep_tokens: keep every token on the result.
         logprobs_hint: how to ask for logprobs in the caller's framework, for the error raised
             when a stream carries text without them.
+        probes: answer probes (``ProbeRule``): the stream stops only when that many consecutive
+            short forced answers from the current prefix agree, and the agreed answer is the
+            result; the policy's entropy decides when a probe is sent (or every N tokens).
     """
 
     def __init__(
@@ -191,6 +195,7 @@ class MonitoredCall:
         on_token: OnToken | None = None,
         keep_tokens: bool = True,
         logprobs_hint: str = "",
+        probes: ProbeRule | None = None,
     ) -> None:
         self.policy = check_policy(policy, "MonitoredCall")
         self.api = api
@@ -216,6 +221,15 @@ class MonitoredCall:
         self._forced_finish: str | None = None
         self._prompt_estimate: int | None = None
         self._tried_n_probs = False
+        self._probes = ProbeState(probes) if probes is not None else None
+        self._probe: ForcedAnswer | None = None
+        self._probe_at = -1
+        self._probe_due = False
+        self._probe_finish: str | None = None
+        self._probe_tokens = 0
+        self._probe_counted = 0  # probe tokens counted here (no usage block from the server)
+        self._probe_usage: dict[str, Any] | None = None
+        self._probe_read = 0
         self._started = time.perf_counter()
 
     # -- the request ----------------------------------------------------------------------
@@ -278,20 +292,33 @@ class MonitoredCall:
             decision = self.session.decision
             for token in parts.tokens:
                 self.on_token(token, decision)
+        if self._probes is not None and parts.tokens:
+            self._probe_due = self._probe_is_due()
         return deltas
 
     @property
     def should_stop(self) -> bool:
-        """Close the stream now (see ``ExitSession.should_stop`` for the guards)."""
-        return self._ended is None and self.session.should_stop
+        """Close the stream now (see ``ExitSession.should_stop`` for the guards).
+
+        With answer probes: only once the probes agree (and the model has not finished).
+        """
+        if self._ended is not None:
+            return False
+        if self._probes is not None:
+            return self._probes.agreed is not None and self.session.finish_reason is None
+        return self.session.should_stop
 
     def end_main(self, *, cut: bool) -> list[TextDelta]:
         """The main stream is over: ``cut`` when the shim closed it on ``should_stop``.
 
-        Returns the text held back while a tag was being decided.
+        Returns the text held back while a tag was being decided, and after a cut on agreeing
+        probes their answer (as a forced delta: no forcing request follows).
         """
         self._ended = "we_closed" if cut else "server_done"
-        return self.session.close_text()
+        deltas = self.session.close_text()
+        if cut and self._forced is not None and self._forced.text:  # the probes' agreed answer
+            deltas.append(TextDelta(self._forced.text, Phase.ANSWER, forced=True))
+        return deltas
 
     @property
     def cut(self) -> bool:
@@ -301,18 +328,24 @@ class MonitoredCall:
 
     def wants_forcing(self) -> bool:
         """After a cut: force the answer (always, never, or when the cut was in the reasoning)."""
-        if not self.cut or self.force_answer is False:
-            return False
+        if not self.cut or self.force_answer is False or self._forced is not None:
+            return False  # (the probes' agreed answer is already the forced answer)
         return self.force_answer is True or self.session.stop_in_reasoning
 
     def forcing_plan(self) -> ForcingPlan:
         """The forcing request; the answer it streams goes to ``feed_forced``."""
+        plan, self._forced = self._answer_plan(self.forcing.max_tokens)
+        return plan
+
+    def _answer_plan(self, max_tokens: int) -> tuple[ForcingPlan, ForcedAnswer]:
+        """A request for the answer from the text so far (forcing after a cut, or a probe)."""
         session, forcing = self.session, self.forcing
         stop = list(forcing.stop)
         if self.api == "completions":
             prompt = forcing.completion_prompt(self.prompt or "", session.text)
-            self._forced = ForcedAnswer(forcing, prefix="", cut_answer=session.text)
-            return ForcingPlan([], prompt, {}, forcing.max_tokens, stop)
+            return ForcingPlan([], prompt, {}, max_tokens, stop), ForcedAnswer(
+                forcing, prefix="", cut_answer=session.text
+            )
         tail, extra, prefix = forcing.chat_request(
             [],
             reasoning=session.reasoning,
@@ -320,8 +353,68 @@ class MonitoredCall:
             inline_think=session.inline_think or not self.reasoning_field,
             base_url=self.base_url,
         )
-        self._forced = ForcedAnswer(forcing, prefix=prefix, cut_answer=session.text)
-        return ForcingPlan(tail, None, extra, forcing.max_tokens, stop)
+        forced = ForcedAnswer(forcing, prefix=prefix, cut_answer=session.text)
+        return ForcingPlan(tail, None, extra, max_tokens, stop), forced
+
+    # -- answer probes --------------------------------------------------------------------
+
+    @property
+    def wants_probe(self) -> bool:
+        """Send a probe now (``probe_plan``), before reading on."""
+        return self._probe_due and self._ended is None
+
+    def _probe_is_due(self) -> bool:
+        session = self.session
+        if session.finish_reason is not None or session.tool_call_started or session.inside_number():
+            return False  # the same guards as a stop: a probe's prefix is a cut
+        assert self._probes is not None
+        return self._probes.due(session.monitor.tokens_seen - 1, session.decision)
+
+    def probe_plan(self) -> ForcingPlan:
+        """The probe request: a short forced answer from the prefix read so far (the same
+        request as forcing: prefix continuation, or a follow-up turn where there is no prefill).
+        Its chunks go to ``feed_probe``, then ``finish_probe``."""
+        if self._probes is None:
+            raise RuntimeError("probe_plan without MonitoredCall(probes=...)")
+        self._probe_due = False
+        self._probe_at = self.session.monitor.tokens_seen - 1
+        self._probe_finish = None
+        plan, self._probe = self._answer_plan(self._probes.rule.max_tokens)
+        self._probe_usage = None
+        self._probe_read = 0
+        return plan
+
+    def feed_probe(self, parts: ChunkParts) -> None:
+        """Account for one chunk of the probe's stream (its text is not shown)."""
+        if self._probe is None:
+            raise RuntimeError("feed_probe before probe_plan")
+        self._probe_read += len(parts.tokens)
+        if parts.usage is not None:
+            self._probe_usage = parts.usage
+        if parts.finish_reason is not None:
+            self._probe_finish = parts.finish_reason
+        self._probe.feed(parts.reasoning + parts.content)
+
+    def finish_probe(self, *, failed: bool = False) -> bool:
+        """The probe is over (``failed``: it broke; its answer counts as none). True when the
+        probes now agree: the stream is to be cut (``should_stop``), the agreed answer is the
+        result's forced answer."""
+        probe, state = self._probe, self._probes
+        if probe is None or state is None:
+            raise RuntimeError("finish_probe before probe_plan")
+        self._probe = None
+        probe.finish()
+        usage = self._probe_usage
+        if usage and usage.get("completion_tokens") is not None:
+            self._probe_tokens += int(usage["completion_tokens"])
+        else:
+            self._probe_tokens += self._probe_read
+            self._probe_counted += self._probe_read
+        broken = failed or (self.terminal_required and self._probe_finish is None)
+        agreed = state.record(self._probe_at, "" if broken else probe.continuation)
+        if agreed:
+            self._forced, self._forced_finish = probe, self._probe_finish
+        return agreed
 
     def feed_forced(self, parts: ChunkParts) -> list[TextDelta]:
         """Account for one chunk of the forcing stream; returns the answer text to show.
@@ -418,7 +511,12 @@ class MonitoredCall:
         forced_server = bool(self._forced_usage and self._forced_usage.get("completion_tokens") is not None)
         if forced_server:
             forced_tokens = int(self._forced_usage["completion_tokens"])  # type: ignore[index]
-        from_server = completion is not None and not estimated and (self._forced is None or forced_server)
+        from_server = (
+            completion is not None
+            and not estimated
+            and (self._forced is None or forced_server)
+            and self._probe_counted == 0
+        )
         report = SavingsReport.from_monitor(
             session.monitor,
             wall_time_s=time.perf_counter() - self._started,
@@ -427,6 +525,8 @@ class MonitoredCall:
             max_tokens=self.max_tokens,
             completion_tokens=completion,
             forced_answer_tokens=forced_tokens,
+            probe_tokens=self._probe_tokens,
+            probes=self._probes.probes if self._probes is not None else 0,
             usage_source="server" if from_server else "client",
             model=self.model,
             prompt_tokens=None if prompt is None else int(prompt),

@@ -28,9 +28,11 @@ import itertools
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import openai
 
 from .core.policy import ExitPolicy
+from .core.probes import ProbeRule
 from .core.savings import SavingsLedger
 from .engine import (
     ATTEMPTS,
@@ -38,6 +40,7 @@ from .engine import (
     LOGPROB_FIELDS,
     Api,
     ExitResult,
+    ForcingPlan,
     MonitoredCall,
     OnToken,
     TextDelta,
@@ -49,6 +52,8 @@ from .forcing import AnswerForcing
 from .providers.completions import parse_completion_chunk
 from .providers.openai_chat import parse_chat_chunk
 
+_PROBE_ERRORS = (openai.APIError, httpx.HTTPError, ValueError)
+"""What a probe may fail with (ValueError: invalid JSON) without ending the call."""
 _NOT_FORWARDED = ("max_tokens", "max_completion_tokens", "n", "stop", "tools", "tool_choice")
 
 
@@ -108,8 +113,8 @@ class _MonitoredStream:
             self._chunks.append(chunk)
         return self._call.feed(self._parse(chunk))
 
-    def _forcing_request(self) -> dict[str, Any]:
-        plan = self._call.forcing_plan()
+    def _short_request(self, plan: ForcingPlan) -> dict[str, Any]:
+        """The request of a forcing plan (the final answer after a cut, or a probe)."""
         request = {k: v for k, v in self._request.items() if k not in _NOT_FORWARDED}
         request.update(stream=True, max_tokens=plan.max_tokens)
         if plan.stop:
@@ -163,17 +168,32 @@ class ExitStream(_MonitoredStream):
                 request = self._retry(request, error, attempt)
         raise AssertionError("unreachable")
 
+    def _probe(self) -> None:
+        """One answer probe, while the server goes on generating the main stream."""
+        call = self._call
+        request = self._short_request(call.probe_plan())
+        try:
+            with self._create(**request) as probe:
+                for chunk in probe:
+                    call.feed_probe(self._parse(chunk))
+        except _PROBE_ERRORS:
+            call.finish_probe(failed=True)  # a broken probe is no answer: the stream goes on
+        else:
+            call.finish_probe()
+
     def __iter__(self) -> Iterator[TextDelta]:
         call = self._call
         try:
             for chunk in guarded(self._open(), call):
                 yield from self._feed(chunk)
+                if call.wants_probe:
+                    self._probe()
                 if call.should_stop:
                     break
             self.close()
             yield from call.end_main(cut=call.should_stop)
             if call.wants_forcing():
-                request = self._forcing_request()
+                request = self._short_request(call.forcing_plan())
                 try:
                     self._stream = self._create(**request)
                 except Exception as error:
@@ -216,19 +236,34 @@ class AsyncExitStream(_MonitoredStream):
                 request = self._retry(request, error, attempt)
         raise AssertionError("unreachable")
 
+    async def _probe(self) -> None:
+        """Async twin of ``ExitStream._probe``."""
+        call = self._call
+        request = self._short_request(call.probe_plan())
+        try:
+            async with await self._create(**request) as probe:
+                async for chunk in probe:
+                    call.feed_probe(self._parse(chunk))
+        except _PROBE_ERRORS:
+            call.finish_probe(failed=True)
+        else:
+            call.finish_probe()
+
     async def __aiter__(self) -> AsyncIterator[TextDelta]:
         call = self._call
         try:
             async for chunk in aguarded(await self._open(), call):
                 for delta in self._feed(chunk):
                     yield delta
+                if call.wants_probe:
+                    await self._probe()
                 if call.should_stop:
                     break
             await self.aclose()
             for delta in call.end_main(cut=call.should_stop):
                 yield delta
             if call.wants_forcing():
-                request = self._forcing_request()
+                request = self._short_request(call.forcing_plan())
                 try:
                     self._stream = await self._create(**request)
                 except Exception as error:
@@ -257,6 +292,7 @@ def _options(
     ledger: SavingsLedger | None,
     on_token: OnToken | None,
     keep_chunks: bool,
+    probes: ProbeRule | None,
 ) -> dict[str, Any]:
     return {
         "force_answer": force_answer,
@@ -264,6 +300,7 @@ def _options(
         "ledger": ledger,
         "on_token": on_token,
         "keep_chunks": keep_chunks,
+        "probes": probes,
     }
 
 
@@ -276,6 +313,7 @@ def iter_chat(
     ledger: SavingsLedger | None = None,
     on_token: OnToken | None = None,
     keep_chunks: bool = False,
+    probes: ProbeRule | None = None,
     **create_kwargs: Any,
 ) -> ExitStream:
     """A monitored chat stream to iterate (text deltas), with ``.result`` at the end.
@@ -289,10 +327,14 @@ def iter_chat(
         ledger: records the report of this call.
         on_token: called with every token and the decision after its chunk.
         keep_chunks: keep the raw chunks on the result.
+        probes: answer probes (``ProbeRule``): stop only when consecutive short forced answers
+            agree; the agreed answer is the result's ``forced_answer``, probe tokens are counted.
+            The client reads each probe while the server goes on generating the main stream
+            (a second slot: llama-server ``--parallel``, vLLM).
         **create_kwargs: passed to ``client.chat.completions.create``; ``stream``, ``logprobs``,
             ``top_logprobs`` (policy.top_k) and ``stream_options`` are added when absent.
     """
-    options = _options(force_answer, forcing, ledger, on_token, keep_chunks)
+    options = _options(force_answer, forcing, ledger, on_token, keep_chunks, probes)
     return ExitStream(client, "chat", policy, options, create_kwargs)
 
 
@@ -305,10 +347,11 @@ def aiter_chat(
     ledger: SavingsLedger | None = None,
     on_token: OnToken | None = None,
     keep_chunks: bool = False,
+    probes: ProbeRule | None = None,
     **create_kwargs: Any,
 ) -> AsyncExitStream:
     """Async twin of ``iter_chat`` for ``openai.AsyncOpenAI``."""
-    options = _options(force_answer, forcing, ledger, on_token, keep_chunks)
+    options = _options(force_answer, forcing, ledger, on_token, keep_chunks, probes)
     return AsyncExitStream(client, "chat", policy, options, create_kwargs)
 
 
@@ -321,10 +364,11 @@ def iter_completion(
     ledger: SavingsLedger | None = None,
     on_token: OnToken | None = None,
     keep_chunks: bool = False,
+    probes: ProbeRule | None = None,
     **create_kwargs: Any,
 ) -> ExitStream:
     """``iter_chat`` for the legacy Completions API (``logprobs=policy.top_k`` is added)."""
-    options = _options(force_answer, forcing, ledger, on_token, keep_chunks)
+    options = _options(force_answer, forcing, ledger, on_token, keep_chunks, probes)
     return ExitStream(client, "completions", policy, options, create_kwargs)
 
 
@@ -337,10 +381,11 @@ def aiter_completion(
     ledger: SavingsLedger | None = None,
     on_token: OnToken | None = None,
     keep_chunks: bool = False,
+    probes: ProbeRule | None = None,
     **create_kwargs: Any,
 ) -> AsyncExitStream:
     """Async twin of ``iter_completion``."""
-    options = _options(force_answer, forcing, ledger, on_token, keep_chunks)
+    options = _options(force_answer, forcing, ledger, on_token, keep_chunks, probes)
     return AsyncExitStream(client, "completions", policy, options, create_kwargs)
 
 

@@ -94,7 +94,7 @@ class ExitSession:
             return False
         if self.tool_call_started:
             return False
-        if self._inside_number():
+        if self.inside_number():
             deferred = self.monitor.tokens_seen - 1 - self.monitor.decision.token_index
             return deferred >= MAX_NUMBER_DEFERRAL
         return True
@@ -142,12 +142,12 @@ class ExitSession:
             self._undecided.extend(tokens)
         elif tokens and not self._undecided:  # the common case, inline: it runs per token
             self._last_phase = phase
-            tokens = _with_phase(tokens, phase)
+            phased = _with_phase(tokens, phase)
             observe = self.monitor.observe
-            for token in tokens:
+            for token in phased:
                 observe(token)
             if self._keep_tokens:
-                self.tokens.extend(tokens)
+                self.tokens.extend(phased)
         else:
             if self._undecided:
                 tokens = (*self._undecided, *tokens)
@@ -213,7 +213,8 @@ class ExitSession:
         """Run unmonitored from here on (the provider refused logprobs): no missing-data error."""
         self._warned_missing = True
 
-    def _inside_number(self) -> bool:
+    def inside_number(self) -> bool:
+        """The text (of the current phase) may end in the middle of a number."""
         parts = self._reasoning if self._last_phase is Phase.REASONING else self._content
         return inside_number("".join(parts[-TAIL_CHARS:]))
 

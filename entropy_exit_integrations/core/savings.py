@@ -91,6 +91,8 @@ class SavingsReport:
     prompt_tokens_estimated: bool = False
     ended: Ended = "server_done"
     finish_reason: str | None = None
+    probes: int = 0
+    probe_tokens: int = 0
     usage_source: UsageSource = "client"
     decision_token_index: int | None = None
 
@@ -105,6 +107,8 @@ class SavingsReport:
         max_tokens: int | None = None,
         completion_tokens: int | None = None,
         forced_answer_tokens: int = 0,
+        probe_tokens: int = 0,
+        probes: int = 0,
         usage_source: UsageSource = "client",
         model: str | None = None,
         prompt_tokens: int | None = None,
@@ -117,12 +121,14 @@ class SavingsReport:
             finish_reason: the server's finish reason (``"stop"``, ``"length"``...), if any.
             completion_tokens: the server's count of the main stream, when it sent one;
                 otherwise the tokens the monitor saw.
+            forced_answer_tokens, probe_tokens: what the forcing request and the answer probes
+                generated; ``tokens_generated`` includes both, and savings are net of them.
         """
         policy = monitor.policy
         decision = monitor.decision
         exited = ended == "we_closed"
         main = monitor.tokens_seen if completion_tokens is None else completion_tokens
-        generated = main + forced_answer_tokens
+        generated = main + forced_answer_tokens + probe_tokens
         saved_budget: int | None = None
         saved_fraction: float | None = None
         if max_tokens is not None:
@@ -165,6 +171,8 @@ class SavingsReport:
             prompt_tokens_estimated=prompt_tokens_estimated,
             ended=ended,
             finish_reason=reason if exited or ended == "broken" else finish_reason,
+            probes=probes,
+            probe_tokens=probe_tokens,
             usage_source=usage_source,
             decision_token_index=decision.token_index if decision.should_exit else None,
         )

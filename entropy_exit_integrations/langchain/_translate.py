@@ -14,6 +14,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk
 
 from ..core.policy import ExitPolicy
+from ..core.probes import ProbeRule
 from ..core.savings import SavingsLedger
 from ..core.tokens import Phase
 from ..engine import ENTROPY_EXIT, ExitResult, ForcingPlan, MonitoredCall, TextDelta
@@ -66,6 +67,7 @@ def monitored(
     force_answer: bool | None,
     forcing: AnswerForcing,
     ledger: SavingsLedger | None,
+    probes: ProbeRule | None = None,
 ) -> Monitored:
     is_openai = openai_base(inner) is not None
     request = dict(kwargs)
@@ -98,6 +100,7 @@ def monitored(
         terminal_required=is_openai,
         reasoning_field=False,  # ChatOpenAI does not send reasoning_content back
         logprobs_hint=WRAPPER_HINT,
+        probes=probes,
     )
     return Monitored(call, request, keys, is_openai, name)
 
@@ -141,11 +144,10 @@ def delta_chunks(deltas: list[TextDelta]) -> list[ChatGenerationChunk]:
     return chunks
 
 
-def forcing_call(
-    run: Monitored, inner: BaseChatModel, messages: list[BaseMessage]
-) -> tuple[list[BaseMessage], dict[str, Any], ForcingPlan]:
-    """Messages and kwargs of the request that asks for the final answer."""
-    plan = run.call.forcing_plan()
+def short_call(
+    run: Monitored, inner: BaseChatModel, messages: list[BaseMessage], plan: ForcingPlan
+) -> tuple[list[BaseMessage], dict[str, Any]]:
+    """Messages and kwargs of a forcing plan's request (the final answer, or a probe)."""
     history = list(messages)
     for item in plan.messages:
         if item["role"] == "user":
@@ -161,7 +163,7 @@ def forcing_call(
             **(kwargs.get("extra_body") or {}),
             **plan.extra_body,
         }
-    return history, kwargs, plan
+    return history, kwargs
 
 
 def last_chunk(run: Monitored, result: ExitResult) -> ChatGenerationChunk:

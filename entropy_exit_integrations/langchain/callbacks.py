@@ -155,7 +155,7 @@ class _Monitors:
 
     def start(
         self, run_id: UUID, kwargs: dict[str, Any], messages: Any = None, prompt: str | None = None
-    ) -> None:
+    ) -> MonitoredCall:
         params = kwargs.get("invocation_params") or {}
         budget = params.get("max_tokens") or params.get("max_completion_tokens")
         model = params.get("model_name") or params.get("model")

@@ -16,6 +16,7 @@ from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, SkipValidation, model_validator
 
 from ..core.policy import ExitPolicy
+from ..core.probes import ProbeRule
 from ..core.savings import SavingsLedger
 from ..engine import aguarded, check_policy, guarded
 from ..forcing import AnswerForcing
@@ -28,7 +29,7 @@ from ._inner import (
     swap_model,
     with_reasoning_capture,
 )
-from ._translate import Monitored, delta_chunks, forcing_call, last_chunk, monitored, passed_on
+from ._translate import Monitored, delta_chunks, last_chunk, monitored, passed_on, short_call
 from .callbacks import parts_from_chunk
 
 
@@ -119,6 +120,8 @@ class ChatEntropyExit(BaseChatModel):
     """Keep ``reasoning_content`` deltas that ChatOpenAI drops (ChatOpenAI-family models only)."""
     stop: list[str] | None = None
     """Default stop sequences for the inner model (a call's own ``stop`` wins)."""
+    probes: SkipValidation[ProbeRule | None] = None
+    """Answer probes: stop only when consecutive short forced answers agree (``ProbeRule``)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -195,7 +198,38 @@ class ChatEntropyExit(BaseChatModel):
             force_answer=self.force_answer,
             forcing=self.forcing,
             ledger=self.ledger,
+            probes=self.probes,
         )
+
+    def _probe(self, run: Monitored, inner: BaseChatModel, messages: list[BaseMessage]) -> None:
+        """One answer probe, while the server goes on generating the main stream."""
+        plan = run.call.probe_plan()
+        probe_messages, kwargs = short_call(run, inner, messages, plan)
+        stream = inner_stream(inner, probe_messages, plan.stop or None, kwargs)
+        try:
+            for chunk in stream:
+                run.call.feed_probe(parts_from_chunk(chunk))
+        except Exception:  # noqa: BLE001 - a broken probe is no answer: the main stream goes on
+            run.call.finish_probe(failed=True)
+        else:
+            run.call.finish_probe()
+        finally:
+            stream.close()
+
+    async def _aprobe(self, run: Monitored, inner: BaseChatModel, messages: list[BaseMessage]) -> None:
+        """Async twin of ``_probe``."""
+        plan = run.call.probe_plan()
+        probe_messages, kwargs = short_call(run, inner, messages, plan)
+        stream = ainner_stream(inner, probe_messages, plan.stop or None, kwargs)
+        try:
+            async for chunk in stream:
+                run.call.feed_probe(parts_from_chunk(chunk))
+        except Exception:  # noqa: BLE001 - a broken probe is no answer: the main stream goes on
+            run.call.finish_probe(failed=True)
+        else:
+            run.call.finish_probe()
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
 
     def _stream(
         self,
@@ -211,13 +245,16 @@ class ChatEntropyExit(BaseChatModel):
         try:
             for chunk in guarded(itertools.chain(head, stream), call):
                 yield passed_on(run, chunk)
+                if call.wants_probe:
+                    self._probe(run, inner, messages)
                 if call.should_stop:
                     break
         finally:
             stream.close()  # closes the HTTP response: the server stops generating
         yield from delta_chunks(call.end_main(cut=call.should_stop))
         if call.wants_forcing():
-            forced_messages, forced_kwargs, plan = forcing_call(run, inner, messages)
+            plan = call.forcing_plan()
+            forced_messages, forced_kwargs = short_call(run, inner, messages, plan)
             stream = inner_stream(inner, forced_messages, plan.stop or None, forced_kwargs)
             try:
                 for chunk in guarded(stream, call):
@@ -244,6 +281,8 @@ class ChatEntropyExit(BaseChatModel):
             if not call.should_stop:
                 async for chunk in aguarded(stream, call):
                     yield passed_on(run, chunk)
+                    if call.wants_probe:
+                        await self._aprobe(run, inner, messages)
                     if call.should_stop:
                         break
         finally:
@@ -251,7 +290,8 @@ class ChatEntropyExit(BaseChatModel):
         for out in delta_chunks(call.end_main(cut=call.should_stop)):
             yield out
         if call.wants_forcing():
-            forced_messages, forced_kwargs, plan = forcing_call(run, inner, messages)
+            plan = call.forcing_plan()
+            forced_messages, forced_kwargs = short_call(run, inner, messages, plan)
             stream = ainner_stream(inner, forced_messages, plan.stop or None, forced_kwargs)
             try:
                 async for chunk in aguarded(stream, call):

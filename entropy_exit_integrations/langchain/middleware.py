@@ -29,6 +29,7 @@ from langgraph.types import Command
 from typing_extensions import NotRequired
 
 from ..core.policy import ExitPolicy
+from ..core.probes import ProbeRule
 from ..core.savings import SavingsLedger
 from ..forcing import AnswerForcing
 from .callbacks import REPORT_KEY
@@ -55,7 +56,7 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
 
     Args:
         policy: the exit rule.
-        force_answer, forcing, logprobs_kwargs: as for ``ChatEntropyExit``.
+        force_answer, forcing, logprobs_kwargs, probes: as for ``ChatEntropyExit``.
         ledger: the ledger to record into (a new one by default).
     """
 
@@ -69,12 +70,14 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
         forcing: AnswerForcing | None = None,
         logprobs_kwargs: dict[str, Any] | None = None,
         ledger: SavingsLedger | None = None,
+        probes: ProbeRule | None = None,
     ) -> None:
         super().__init__()
         self.policy = policy
         self.force_answer = force_answer
         self.forcing = forcing or AnswerForcing()
         self.logprobs_kwargs = logprobs_kwargs
+        self.probes = probes
         self.ledger = ledger if ledger is not None else SavingsLedger()
 
     def _wrapped(self, request: ModelRequest) -> ModelRequest:
@@ -87,6 +90,7 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
             forcing=self.forcing,
             logprobs_kwargs=self.logprobs_kwargs,
             ledger=self.ledger,
+            probes=self.probes,
         )
         return request.override(model=model)
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, MessageRole
 
 from ..core.tokens import Phase
-from ..engine import ATTEMPTS, ExitResult, MonitoredCall, TextDelta, aguarded, guarded
+from ..engine import ATTEMPTS, ExitResult, ForcingPlan, MonitoredCall, TextDelta, aguarded, guarded
 from ._responses import REPORT_KEY, parts_of, to_llama_logprobs, with_text
 from .closing import ResponseCapture
 
@@ -57,6 +57,7 @@ class Shim:
             base_url=str(getattr(inner, "api_base", "") or ""),
             terminal_required=self.openai_based,
             reasoning_field=False,  # llama-index-llms-openai does not send reasoning_content back
+            probes=owner.probes,
         )
         self.capture = ResponseCapture()
         self.last: Any = None
@@ -100,9 +101,8 @@ class Shim:
             return await self.inner.astream_chat(self.payload, **self.kwargs)
         return await self.inner.astream_complete(self.payload, formatted=self.formatted, **self.kwargs)
 
-    def _forcing(self) -> tuple[Any, Mode, Any, dict[str, Any]]:
-        """(llm, mode, payload, kwargs) of the request that asks for the final answer."""
-        plan = self.call.forcing_plan()
+    def _short(self, plan: ForcingPlan) -> tuple[Any, Mode, Any, dict[str, Any]]:
+        """(llm, mode, payload, kwargs) of a forcing plan's request (the final answer, or a probe)."""
         inner = self.owner.llm
         kwargs: dict[str, Any] = {k: v for k, v in self.kwargs.items() if k not in _NOT_FORWARDED}
         if self.openai_based:
@@ -123,14 +123,14 @@ class Shim:
             return list(self.payload)
         return [ChatMessage(role=MessageRole.USER, content=self.payload)]
 
-    def open_forcing(self) -> Any:
-        llm, mode, payload, kwargs = self._forcing()
+    def open_short(self, plan: ForcingPlan) -> Any:
+        llm, mode, payload, kwargs = self._short(plan)
         if mode == "chat":
             return llm.stream_chat(payload, **kwargs)
         return llm.stream_complete(payload, formatted=True, **kwargs)
 
-    async def aopen_forcing(self) -> Any:
-        llm, mode, payload, kwargs = self._forcing()
+    async def aopen_short(self, plan: ForcingPlan) -> Any:
+        llm, mode, payload, kwargs = self._short(plan)
         if mode == "chat":
             return await llm.astream_chat(payload, **kwargs)
         return await llm.astream_complete(payload, formatted=True, **kwargs)
@@ -261,6 +261,8 @@ def run(shim: Shim) -> Generator[Any, None, None]:
         inner, first = _start(shim)
         for response in guarded(_chain(first, inner, shim), call):
             yield shim.handle(response)
+            if call.wants_probe:
+                _probe(shim)
             if call.should_stop:
                 break
     finally:
@@ -270,13 +272,47 @@ def run(shim: Shim) -> Generator[Any, None, None]:
         inner = None
         try:
             with shim.capture.active():
-                inner = shim.open_forcing()
+                inner = shim.open_short(call.forcing_plan())
             for response in guarded(_pull(inner, shim.capture), call):
                 yield from _shown(shim, call.feed_forced(parts_of(response)))
         finally:
             _close(inner, shim.capture)
         yield from _shown(shim, call.finish_forced())
     yield shim.final(call.finish())
+
+
+def _probe(shim: Shim) -> None:
+    """One answer probe, while the server goes on generating the main stream."""
+    call, capture = shim.call, ResponseCapture()
+    inner = None
+    try:
+        with capture.active():
+            inner = shim.open_short(call.probe_plan())
+        for response in _pull(inner, capture):
+            call.feed_probe(parts_of(response))
+    except Exception:  # noqa: BLE001 - a broken probe is no answer: the main stream goes on
+        call.finish_probe(failed=True)
+    else:
+        call.finish_probe()
+    finally:
+        _close(inner, capture)
+
+
+async def _aprobe(shim: Shim) -> None:
+    """Async twin of ``_probe``."""
+    call, capture = shim.call, ResponseCapture()
+    inner = None
+    try:
+        with capture.active():
+            inner = await shim.aopen_short(call.probe_plan())
+        async for response in _apull(inner, capture):
+            call.feed_probe(parts_of(response))
+    except Exception:  # noqa: BLE001 - a broken probe is no answer: the main stream goes on
+        call.finish_probe(failed=True)
+    else:
+        call.finish_probe()
+    finally:
+        await _aclose(inner, capture)
 
 
 def _chain(first: list[Any], inner: Any, shim: Shim) -> Iterator[Any]:
@@ -300,6 +336,8 @@ async def arun(shim: Shim) -> AsyncGenerator[Any, None]:
         if not call.should_stop:
             async for response in aguarded(_apull(inner, shim.capture), call):
                 yield shim.handle(response)
+                if call.wants_probe:
+                    await _aprobe(shim)
                 if call.should_stop:
                     break
     finally:
@@ -310,7 +348,7 @@ async def arun(shim: Shim) -> AsyncGenerator[Any, None]:
         inner = None
         try:
             with shim.capture.active():
-                inner = await shim.aopen_forcing()
+                inner = await shim.aopen_short(call.forcing_plan())
             async for response in aguarded(_apull(inner, shim.capture), call):
                 for shown in _shown(shim, call.feed_forced(parts_of(response))):
                     yield shown

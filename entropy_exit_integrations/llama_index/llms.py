@@ -45,6 +45,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 
+from ..core.probes import ProbeRule
 from ..core.savings import SavingsLedger, SavingsReport
 from ..engine import check_policy
 from ..forcing import AnswerForcing
@@ -67,6 +68,8 @@ class EntropyExitLLM(FunctionCallingLLM):
         forcing: how the answer is forced (style, budget, cue, stop).
         ledger: records the report of every call (per-step savings of an agent).
         close_http: install the httpx hooks that let an exit close the HTTP response.
+        probes: answer probes (``ProbeRule``): stop only when consecutive short forced answers
+            agree; the agreed answer is the forced answer, probe tokens are counted.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -77,6 +80,9 @@ class EntropyExitLLM(FunctionCallingLLM):
     forcing: Any = Field(default_factory=AnswerForcing, description="AnswerForcing settings.")
     ledger: Any = Field(default=None, description="SavingsLedger recording every call's report.")
     close_http: bool = Field(default=True, description="Close the HTTP response on exit.")
+    probes: Any = Field(
+        default=None, description="ProbeRule: stop only when consecutive short forced answers agree."
+    )
 
     _last_report: SavingsReport | None = PrivateAttr(default=None)
     _can_close: bool = PrivateAttr(default=False)
@@ -86,6 +92,8 @@ class EntropyExitLLM(FunctionCallingLLM):
         check_policy(self.policy, "EntropyExitLLM")
         if not isinstance(self.forcing, AnswerForcing):
             raise TypeError(f"forcing must be an AnswerForcing, got {type(self.forcing).__name__}")
+        if self.probes is not None and not isinstance(self.probes, ProbeRule):
+            raise TypeError(f"probes must be a ProbeRule, got {type(self.probes).__name__}")
         if self.ledger is not None and not isinstance(self.ledger, SavingsLedger):
             raise TypeError(f"ledger must be a SavingsLedger, got {type(self.ledger).__name__}")
         if self.close_http:

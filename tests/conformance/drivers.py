@@ -40,6 +40,7 @@ class Call:
     force_answer: bool | None = None
     prompt: str = PROMPT
     timeout: float = 5.0
+    probes: Any = None  # a ProbeRule (integrations that send requests)
 
 
 @dataclass
@@ -116,6 +117,7 @@ def _openai(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
         "messages": messages,
         "max_tokens": call.max_tokens,
         "force_answer": call.force_answer,
+        "probes": call.probes,
     }
 
     if is_async:
@@ -160,7 +162,10 @@ def wrapper_model(base_url: str, call: Call) -> Any:
     from entropy_exit_integrations.langchain import ChatEntropyExit
 
     return ChatEntropyExit(
-        model=_chat_openai(base_url, call), policy=call.policy, force_answer=call.force_answer
+        model=_chat_openai(base_url, call),
+        policy=call.policy,
+        force_answer=call.force_answer,
+        probes=call.probes,
     )
 
 
@@ -268,7 +273,7 @@ def _llamaindex(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
         max_retries=0,
         timeout=call.timeout,
     )
-    llm = EntropyExitLLM(llm=inner, policy=call.policy, force_answer=call.force_answer)
+    llm = EntropyExitLLM(llm=inner, policy=call.policy, force_answer=call.force_answer, probes=call.probes)
     messages = [ChatMessage(role="user", content=call.prompt)]
 
     if is_async:

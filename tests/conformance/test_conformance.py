@@ -81,6 +81,7 @@ import openai
 import pytest
 
 from entropy_exit_integrations import EntropyExitWarning, ExitPolicy, StreamInterrupted
+from entropy_exit_integrations.core.probes import ProbeRule
 from tests.conformance.drivers import BY_ID, DRIVERS, Call, Driver, K, Outcome, wrapper_stream_text
 from tests.conformance.fault_server import (
     SERVER_PROMPT_TOKENS,
@@ -165,6 +166,7 @@ EXCLUDED: dict[tuple[str, str], str] = {
     ("09_async_parity_generate_only_inner", "handler"): _WRAPS_LANGCHAIN_MODELS,
     ("09_async_parity_generate_only_inner", "llamaindex"): _WRAPS_LANGCHAIN_MODELS,
     ("10_event_loop_not_blocked", "sync"): _NO_EVENT_LOOP,
+    ("12_probes", "handler"): "the callback handler only watches a run: it cannot send probe requests",
 }
 
 DIFFERENT: dict[tuple[str, str], str] = {
@@ -920,3 +922,48 @@ def test_11_forcing_request_carries_the_cut_reasoning(driver: Driver, server: Fa
     assert carried is not None, f"the forcing request carries no reasoning: {server.requests[1]['messages']}"
     assert carried.strip() == outcome.reasoning.strip()
     assert outcome.text.strip() == ANSWER
+
+
+# == 12. answer probes (issue 14): stop only when probes agree ====================================
+
+
+def _probe_script(answer: str) -> Script:
+    return script([token_chunk(" " + answer)])
+
+
+@pytest.mark.parametrize("driver", matrix("12_probes"))
+def test_12_agreeing_probes_cut_the_stream_and_give_the_answer(driver: Driver, server: FaultServer) -> None:
+    """Periodic probes every 8 tokens, 2 must agree: the second probe agrees with the first, the
+    stream is cut, the agreed answer is the forced answer, and the probes' tokens are counted."""
+    server.push(script(chunks_of(words(CUT_TOKENS)), delay_s=CUT_DELAY))
+    server.push(_probe_script(ANSWER))
+    server.push(_probe_script(ANSWER))
+    rule = ProbeRule(every=8, agree=2, min_tokens=8, max_tokens=5)
+    (outcome,) = driver.run_many(server.base_url, Call(never_policy(), probes=rule), 1)
+    report = assert_exited(outcome, driver)
+    assert_cut(server, 0)
+    main, *probes = server.served
+    budgets = [p.body.get("max_tokens", p.body.get("max_completion_tokens")) for p in probes]
+    assert budgets == [5, 5]  # ChatOpenAI names it max_completion_tokens
+    assert report["probes"] == 2 and report["probe_tokens"] == 2
+    read = report["tokens_generated"] - report["probe_tokens"] - report["forced_answer_tokens"]
+    assert read >= 16 and report["forced_answer_tokens"] == 0  # no forcing request: the probes answered
+    assert outcome.text.rstrip().endswith(ANSWER)
+
+
+@pytest.mark.parametrize("driver", matrix("12_probes"))
+def test_12_disagreeing_probes_never_cut(driver: Driver, server: FaultServer) -> None:
+    """Three probes that never agree (max_probes=3): the stream runs to its end, nothing is
+    claimed, and the probes still count as tokens spent."""
+    texts = words(40)
+    server.push(script(chunks_of(texts)))
+    for answer in ("1", "2", "3"):
+        server.push(_probe_script(answer))
+    rule = ProbeRule(every=8, agree=2, min_tokens=8, max_probes=3)
+    (outcome,) = driver.run_many(server.base_url, Call(never_policy(), probes=rule), 1)
+    assert outcome.error is None and outcome.report is not None
+    report = outcome.report
+    assert not report["exited"] and report["ended"] == "server_done" and report["tokens_saved_vs_budget"] == 0
+    assert report["probes"] == 3 and report["probe_tokens"] == 3 and len(server.served) == 4
+    assert report["tokens_generated"] >= len(texts) + 3
+    assert "".join(texts) in outcome.text
