@@ -215,21 +215,15 @@ class MonitoredCall:
         self.chunks_seen = 0
         self.result: ExitResult | None = None
         self._ended: Ended | None = None
-        self._forced: ForcedAnswer | None = None
-        self._forced_tokens = 0
-        self._forced_usage: dict[str, Any] | None = None
-        self._forced_finish: str | None = None
+        self._forced: _Short | None = None  # the forcing request's stream
         self._prompt_estimate: int | None = None
         self._tried_n_probs = False
         self._probes = ProbeState(probes) if probes is not None else None
-        self._probe: ForcedAnswer | None = None
+        self._probe: _Short | None = None  # the probe in flight
         self._probe_at = -1
         self._probe_due = False
-        self._probe_finish: str | None = None
-        self._probe_tokens = 0
-        self._probe_counted = 0  # probe tokens counted here (no usage block from the server)
-        self._probe_usage: dict[str, Any] | None = None
-        self._probe_read = 0
+        self._probes_done: list[_Short] = []
+        self._agreed: _Short | None = None  # the probe whose answer the others agreed with
         self._started = time.perf_counter()
 
     # -- the request ----------------------------------------------------------------------
@@ -316,8 +310,8 @@ class MonitoredCall:
         """
         self._ended = "we_closed" if cut else "server_done"
         deltas = self.session.close_text()
-        if cut and self._forced is not None and self._forced.text:  # the probes' agreed answer
-            deltas.append(TextDelta(self._forced.text, Phase.ANSWER, forced=True))
+        if cut and self._agreed is not None and self._agreed.answer.text:  # the probes' answer
+            deltas.append(TextDelta(self._agreed.answer.text, Phase.ANSWER, forced=True))
         return deltas
 
     @property
@@ -328,13 +322,14 @@ class MonitoredCall:
 
     def wants_forcing(self) -> bool:
         """After a cut: force the answer (always, never, or when the cut was in the reasoning)."""
-        if not self.cut or self.force_answer is False or self._forced is not None:
+        if not self.cut or self.force_answer is False or self._agreed is not None:
             return False  # (the probes' agreed answer is already the forced answer)
         return self.force_answer is True or self.session.stop_in_reasoning
 
     def forcing_plan(self) -> ForcingPlan:
         """The forcing request; the answer it streams goes to ``feed_forced``."""
-        plan, self._forced = self._answer_plan(self.forcing.max_tokens)
+        plan, answer = self._answer_plan(self.forcing.max_tokens)
+        self._forced = _Short(answer)
         return plan
 
     def _answer_plan(self, max_tokens: int) -> tuple[ForcingPlan, ForcedAnswer]:
@@ -378,22 +373,15 @@ class MonitoredCall:
             raise RuntimeError("probe_plan without MonitoredCall(probes=...)")
         self._probe_due = False
         self._probe_at = self.session.monitor.tokens_seen - 1
-        self._probe_finish = None
-        plan, self._probe = self._answer_plan(self._probes.rule.max_tokens)
-        self._probe_usage = None
-        self._probe_read = 0
+        plan, answer = self._answer_plan(self._probes.rule.max_tokens)
+        self._probe = _Short(answer)
         return plan
 
     def feed_probe(self, parts: ChunkParts) -> None:
         """Account for one chunk of the probe's stream (its text is not shown)."""
         if self._probe is None:
             raise RuntimeError("feed_probe before probe_plan")
-        self._probe_read += len(parts.tokens)
-        if parts.usage is not None:
-            self._probe_usage = parts.usage
-        if parts.finish_reason is not None:
-            self._probe_finish = parts.finish_reason
-        self._probe.feed(parts.reasoning + parts.content)
+        self._probe.feed(parts)
 
     def finish_probe(self, *, failed: bool = False) -> bool:
         """The probe is over (``failed``: it broke; its answer counts as none). True when the
@@ -403,38 +391,23 @@ class MonitoredCall:
         if probe is None or state is None:
             raise RuntimeError("finish_probe before probe_plan")
         self._probe = None
-        probe.finish()
-        usage = self._probe_usage
-        if usage and usage.get("completion_tokens") is not None:
-            self._probe_tokens += int(usage["completion_tokens"])
-        else:
-            self._probe_tokens += self._probe_read
-            self._probe_counted += self._probe_read
-        broken = failed or (self.terminal_required and self._probe_finish is None)
-        agreed = state.record(self._probe_at, "" if broken else probe.continuation)
-        if agreed:
-            self._forced, self._forced_finish = probe, self._probe_finish
-        return agreed
+        probe.answer.finish()
+        self._probes_done.append(probe)
+        broken = failed or (self.terminal_required and probe.finish is None)
+        if state.record(self._probe_at, "" if broken else probe.answer.continuation):
+            self._agreed = probe
+        return self._agreed is not None
 
     def feed_forced(self, parts: ChunkParts) -> list[TextDelta]:
-        """Account for one chunk of the forcing stream; returns the answer text to show.
-
-        Reasoning-field text counts as answer here: a server with a reasoning parser may stream
-        the continuation of a cut reasoning as reasoning, but it is the answer that was asked for.
-        """
+        """Account for one chunk of the forcing stream; returns the answer text to show."""
         if self._forced is None:
             raise RuntimeError("feed_forced before forcing_plan")
-        self._forced_tokens += len(parts.tokens)
-        if parts.usage is not None:
-            self._forced_usage = parts.usage
-        if parts.finish_reason is not None:
-            self._forced_finish = parts.finish_reason
-        text = self._forced.feed(parts.reasoning + parts.content)
+        text = self._forced.feed(parts)
         return [TextDelta(text, Phase.ANSWER, forced=True)] if text else []
 
     def finish_forced(self) -> list[TextDelta]:
         """The forcing stream is over; returns the text held back (a possible echo)."""
-        text = self._forced.finish() if self._forced is not None else ""
+        text = self._forced.answer.finish() if self._forced is not None else ""
         return [TextDelta(text, Phase.ANSWER, forced=True)] if text else []
 
     # -- the end --------------------------------------------------------------------------
@@ -476,7 +449,7 @@ class MonitoredCall:
             return
         if self._ended == "server_done" and self.session.finish_reason is None:
             raise self.interrupted(None) from _no_terminal("main")
-        if self._forced is not None and self._forced_finish is None:
+        if self._forced is not None and self._forced.finish is None:
             raise self.interrupted(None) from _no_terminal("forcing")
 
     def count_prompt(self) -> None:
@@ -507,16 +480,9 @@ class MonitoredCall:
         completion: Any = None
         if ended == "server_done" and server and server.get("completion_tokens") is not None:
             completion = int(server["completion_tokens"])
-        forced_tokens = self._forced_tokens
-        forced_server = bool(self._forced_usage and self._forced_usage.get("completion_tokens") is not None)
-        if forced_server:
-            forced_tokens = int(self._forced_usage["completion_tokens"])  # type: ignore[index]
-        from_server = (
-            completion is not None
-            and not estimated
-            and (self._forced is None or forced_server)
-            and self._probe_counted == 0
-        )
+        shorts = [*self._probes_done, *([self._forced] if self._forced is not None else [])]
+        counted_here = any(short.server_tokens is None for short in shorts)
+        from_server = completion is not None and not estimated and not counted_here
         report = SavingsReport.from_monitor(
             session.monitor,
             wall_time_s=time.perf_counter() - self._started,
@@ -524,8 +490,8 @@ class MonitoredCall:
             finish_reason=session.finish_reason,
             max_tokens=self.max_tokens,
             completion_tokens=completion,
-            forced_answer_tokens=forced_tokens,
-            probe_tokens=self._probe_tokens,
+            forced_answer_tokens=self._forced.tokens if self._forced is not None else 0,
+            probe_tokens=sum(probe.tokens for probe in self._probes_done),
             probes=self._probes.probes if self._probes is not None else 0,
             usage_source="server" if from_server else "client",
             model=self.model,
@@ -540,7 +506,8 @@ class MonitoredCall:
         }
         if report.prompt_tokens_estimated:
             usage["estimated"] = True
-        forced = self._forced
+        short = self._forced or self._agreed
+        answer = short.answer if short is not None else None
         if ended == "we_closed":
             finish = ENTROPY_EXIT
         elif ended == "broken":
@@ -548,20 +515,48 @@ class MonitoredCall:
         else:
             finish = session.finish_reason or "stop"
         result = ExitResult(
-            text=session.text + (forced.text if forced is not None else ""),
+            text=session.text + (answer.text if answer is not None else ""),
             reasoning=session.reasoning,
             finish_reason=finish,
             decision=session.decision,
             report=report,
             usage=usage,
             tokens=session.tokens,
-            forced_answer=forced.continuation if forced is not None else None,
+            forced_answer=answer.continuation if answer is not None else None,
         )
         if self.ledger is not None:
             self.ledger.record(report)
         self.result = result
         record_call(self, result)  # OpenTelemetry span and counters (the otel extra), else nothing
         return result
+
+
+class _Short:
+    """One short request's stream (the forced answer, or a probe): its answer and its cost."""
+
+    def __init__(self, answer: ForcedAnswer) -> None:
+        self.answer = answer
+        self.read = 0
+        self.server_tokens: int | None = None  # the server's count, when it sent usage
+        self.finish: str | None = None
+
+    def feed(self, parts: ChunkParts) -> str:
+        """Take one chunk; the answer text to show now.
+
+        Reasoning-field text counts as answer: a server with a reasoning parser may stream the
+        continuation of a cut reasoning as reasoning, but it is the answer that was asked for.
+        """
+        self.read += len(parts.tokens)
+        usage = parts.usage
+        if usage is not None and usage.get("completion_tokens") is not None:
+            self.server_tokens = int(usage["completion_tokens"])
+        if parts.finish_reason is not None:
+            self.finish = parts.finish_reason
+        return self.answer.feed(parts.reasoning + parts.content)
+
+    @property
+    def tokens(self) -> int:
+        return self.read if self.server_tokens is None else self.server_tokens
 
 
 def _no_terminal(which: str) -> ConnectionError:
