@@ -103,3 +103,53 @@ def trajectories(traces: Sequence[Trace], rule: PolicyRule, path: Path, count: i
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def savings_vs_accuracy_ci(rows: Sequence[RuleSummary], path: Path, *, title: str = "") -> Path:
+    """Saved % of tokens (probe and forced-answer tokens included) against accuracy with its 95%
+    Wilson interval, one marker per row, one colour per family; the no-exit accuracy and its
+    interval as a band, and "no exit - 1 point" as a dotted line."""
+    from .probes import wilson
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    families: dict[str, list[RuleSummary]] = defaultdict(list)
+    for row in rows:
+        families[row.family].append(row)
+    markers = iter("osD^v<>phX*")
+    for family, items in families.items():
+        if family == "baseline":
+            continue
+        xs = [r.saved_pct for r in items]
+        ys = [100 * r.accuracy for r in items]
+        bounds = [wilson(round(r.accuracy * r.n), r.n) for r in items]
+        err = [
+            [y - 100 * lo for y, (lo, _) in zip(ys, bounds)],
+            [100 * hi - y for y, (_, hi) in zip(ys, bounds)],
+        ]
+        new = "(new)" in family
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=err,
+            fmt=next(markers, "o"),
+            label=family,
+            capsize=3,
+            markersize=9 if new else 6,
+            alpha=0.9 if new else 0.7,
+        )
+    base = next((r for r in rows if r.family == "baseline"), None)
+    if base is not None:
+        lo, hi = wilson(round(base.accuracy * base.n), base.n)
+        ax.axhspan(100 * lo, 100 * hi, color="grey", alpha=0.12, label="no exit, 95% CI")
+        ax.axhline(100 * base.accuracy, color="grey", linestyle="--", label="no exit")
+        ax.axhline(100 * base.accuracy - 1, color="grey", linestyle=":", label="no exit - 1 point")
+    ax.axvline(25, color="red", linestyle=":", alpha=0.5, label="25% saved")
+    ax.set_xlabel("tokens saved vs no exit (%) - probes and forced answers included")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or "savings vs accuracy per rule (95% Wilson intervals)")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,486 @@
+"""Answer-probe rules replayed over recorded traces (issue 14), and the headline table.
+
+A probe asks the model for its final answer from a prefix of the generation (the request a live
+exit makes: ``AnswerForcing.chat_request``, ``runner.force_answer``); the stream stops once
+``rule.agree`` consecutive probes give the same answer, and that answer is the result
+(``core.probes.ProbeState``). Two families share this replay:
+
+* periodic probes (``ProbeRule(every=N)``), Dynasor-CoT's rule: a probe every N tokens;
+* entropy-gated probes (``ProbeRule(gate=...)`` with an ``ExitPolicy``), this package's rule: the
+  monitor runs over the trace and a probe is sent only when its aggregate entropy is at or under
+  the gate (or the policy says "confident").
+
+Under greedy decoding the trace holds every token a live run would generate up to its stop, so the
+only thing a replay cannot know is what a probe answers. Those answers are asked live from a
+server once and cached per (question, trace, tokens kept) in the same ``ForcedCache`` file the
+forced rows use, with the request's wall time: a rerun costs no request.
+
+Token accounting: a probe row's tokens are the generated prefix plus every probe's completion
+tokens (a rule that never agrees pays for the full generation and all its probes). The prompt
+tokens a probe re-reads are not counted as tokens (llama.cpp reuses the slot's cached prefix);
+they are in the probe's measured wall time.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..core.monitor import Decision, EntropyMonitor
+from ..core.policy import ExitPolicy
+from ..core.probes import ProbeRule, ProbeState
+from ..errors import PolicyError
+from ..forcing import AnswerForcing
+from .replay import Outcome, RuleSummary, Trace, answer_of, summarise
+from .runner import RunConfig, force_answer, forcing_for, grade_forced, run_all
+from .traces import ForcedCache
+
+__all__ = [
+    "ProbeAnswers",
+    "bench_rows",
+    "gate_row",
+    "ProbeOutcome",
+    "headline_table",
+    "probe_rows",
+    "replay_probes",
+    "wilson",
+]
+
+
+class ProbeAnswers:
+    """Probe answers at prefix lengths: cached (``ForcedCache``), else asked from ``client``.
+
+    Thread safe. ``requests`` counts live requests, ``hits`` cache hits; every entry carries the
+    measured request time (``wall_s``) so replays can report what the probes cost in time.
+    """
+
+    def __init__(
+        self,
+        cache: ForcedCache,
+        *,
+        client: Any = None,
+        config: RunConfig | None = None,
+        forcing: AnswerForcing | None = None,
+        save_every: int = 20,
+    ) -> None:
+        self.cache = cache
+        self.client = client
+        self.config = config
+        self.forcing = forcing
+        self.save_every = save_every
+        self.requests = 0
+        self.hits = 0
+        self._lock = threading.Lock()
+        self._unsaved = 0
+
+    def _forcing(self, trace: Trace) -> AnswerForcing:
+        return self.forcing or forcing_for(trace.kind)
+
+    def get(self, trace: Trace, kept: int) -> dict[str, Any]:
+        """The probe after the first ``kept`` tokens: ``{"answer", "tokens", "wall_s", ...}``."""
+        cue = self._forcing(trace).cue
+        with self._lock:
+            entry = self.cache.get(trace, kept, cue)
+            if entry is not None:
+                self.hits += 1
+                return entry
+        if self.client is None or self.config is None:
+            raise LookupError(f"{trace.problem_id}: no cached probe after {kept} tokens and no client")
+        started = time.perf_counter()
+        answer, used = force_answer(self.client, self.config, trace, kept - 1, self._forcing(trace))
+        took = time.perf_counter() - started
+        with self._lock:
+            entry = self.cache.put(trace, kept, answer=answer, tokens=used, cue=cue)
+            entry["wall_s"] = round(took, 4)
+            self.requests += 1
+            self._unsaved += 1
+            if self._unsaved >= self.save_every:
+                self.cache.save()
+                self._unsaved = 0
+        return entry
+
+    def save(self) -> None:
+        with self._lock:
+            self.cache.save()
+            self._unsaved = 0
+
+
+@dataclass
+class ProbeOutcome:
+    """One probe rule on one trace."""
+
+    outcome: Outcome
+    probes: int
+    probe_tokens: int
+    probe_wall_s: float
+    answers: list[str] = field(default_factory=list)
+
+
+def replay_probes(
+    rule: ProbeRule, trace: Trace, answers: ProbeAnswers, policy: ExitPolicy | None = None
+) -> ProbeOutcome:
+    """Where ``rule`` stops on ``trace`` and what it answers (probe answers from ``answers``).
+
+    ``policy`` drives an entropy-gated rule (its monitor's decisions go to ``ProbeState.due``);
+    periodic rules ignore it. No probe is sent after the last token: the generation is over.
+    """
+    state = ProbeState(rule)
+    monitor = EntropyMonitor(policy) if policy is not None and rule.every is None else None
+    last = len(trace.tokens) - 1
+    spent, wall = 0, 0.0
+    for index, token in enumerate(trace.tokens):
+        decision = (
+            monitor.observe(token) if monitor is not None else Decision(False, "uncertain", index, None)
+        )
+        if index >= last:
+            break
+        if not state.due(index, decision):
+            continue
+        entry = answers.get(trace, index + 1)
+        spent += int(entry["tokens"])
+        wall += float(entry.get("wall_s", 0.0))
+        if state.record(index, str(entry["answer"])):
+            agreed = state.agreed or ""
+            correct = grade_forced(trace, index, agreed, answers._forcing(trace))
+            complete = answer_of(trace.kind, trace.prefix(index)) == answer_of(trace.kind, trace.text)
+            outcome = Outcome(
+                trace.problem_id,
+                True,
+                index,
+                index + 1,
+                correct,
+                trace.correct,
+                complete,
+                agreed,
+                spent,
+                correct == trace.correct,
+            )
+            return ProbeOutcome(outcome, state.probes, spent, wall, list(state.answers))
+    outcome = Outcome(
+        trace.problem_id, False, None, len(trace.tokens), trace.correct, trace.correct, True, None, spent
+    )
+    return ProbeOutcome(outcome, state.probes, spent, wall, list(state.answers))
+
+
+def probe_rows(
+    traces: Sequence[Trace],
+    rules: Sequence[tuple[str, ProbeRule, ExitPolicy | None]],
+    answers: ProbeAnswers,
+    *,
+    family: dict[str, str] | None = None,
+    concurrency: int = 2,
+) -> tuple[list[RuleSummary], dict[str, list[ProbeOutcome]]]:
+    """One row per (name, rule, policy) over every trace, with probe answers fetched as needed.
+
+    Traces are replayed ``concurrency`` at a time (each trace's probes are sequential: whether the
+    next is needed depends on the last answer). The wall time of a row is estimated: the trace's
+    recorded time scaled by the tokens it generated, plus the measured time of its probes.
+    """
+    config = answers.config or RunConfig(model="replay", progress=False)
+    rows: list[RuleSummary] = []
+    per_rule: dict[str, list[ProbeOutcome]] = {}
+    try:
+        for name, rule, policy in rules:
+            results = run_all(
+                list(traces),
+                lambda t, r=rule, p=policy: replay_probes(r, t, answers, p),
+                RunConfig(
+                    model=config.model,
+                    concurrency=concurrency,
+                    retries=config.retries,
+                    progress=config.progress,
+                ),
+                name,
+            )
+            per_rule[name] = results
+            wall = sum(
+                t.wall_time_s * r.outcome.tokens_used / max(len(t.tokens), 1) + r.probe_wall_s
+                for t, r in zip(traces, results)
+            )
+            kind = (family or {}).get(name) or ("periodic probes" if rule.every else "entropy-gated probes")
+            row = summarise(
+                name,
+                kind,
+                [r.outcome for r in results],
+                traces,
+                forced=True,
+                wall_time_s=wall,
+                threshold=rule.gate if rule.every is None else float(rule.every),
+            )
+            row.extra.update(
+                probes=sum(r.probes for r in results),
+                probe_tokens=sum(r.probe_tokens for r in results),
+                probe_wall_s=round(sum(r.probe_wall_s for r in results), 2),
+                agree=rule.agree,
+            )
+            rows.append(row)
+    finally:
+        answers.save()
+    return rows, per_rule
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a proportion (95% by default)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def headline_table(rows: Sequence[RuleSummary]) -> str:
+    """Markdown: accuracy with its 95% Wilson interval, tokens (with probes and forced answers),
+    saved vs no exit, answers lost/gained vs no exit, probes, wall time."""
+    head = (
+        "rule",
+        "family",
+        "accuracy [95% CI]",
+        "tokens",
+        "saved",
+        "lost / gained",
+        "exits",
+        "probes (tokens)",
+        "wall s",
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        low, high = wilson(round(r.accuracy * r.n), r.n)
+        probes = r.extra.get("probes")
+        wall = (
+            ""
+            if r.wall_time_s is None
+            else f"{r.wall_time_s:.0f}{'' if r.extra.get('wall_measured') else ' est'}"
+        )
+        cells = (
+            r.rule,
+            r.family,
+            f"{r.accuracy:.1%} [{low:.1%}, {high:.1%}]",
+            str(r.tokens),
+            f"{r.saved_pct:.1f}%",
+            f"{r.answers_lost} / {r.answers_gained}",
+            str(r.exits),
+            "" if probes is None else f"{probes} ({r.extra.get('probe_tokens', 0)})",
+            wall,
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bench_rows(
+    traces: list[Any],
+    *,
+    profile: Any,
+    answers: Any,
+    train_traces: list[Any] | None = None,
+    gates: tuple[tuple[float, int], ...] | None = None,
+    gate_quantiles: tuple[tuple[float, int], ...] = ((0.10, 2), (0.25, 2)),
+    periods: tuple[int, ...] = (32, 64),
+    agrees: tuple[int, ...] = (2, 3),
+    budgets: tuple[int, ...] = (64, 128, 192, 256),
+    probe_tokens: int = 16,
+    concurrency: int = 1,
+    log: Any = print,
+) -> tuple[list[Any], dict[str, Any]]:
+    """Issue 14's rows, all on ``traces``: no exit, the calibrated streaming exit (forced), the
+    streaming exit at each probe gate (forced), the entropy-gated probe rule
+    (``gate_quantiles``: quantiles of the policy's aggregate over the tokens of ``train_traces``,
+    with k), periodic probes (``periods`` x ``agrees``), DeepConf
+    online (forced), budget cuts (forced), fixed 0.15 bits (forced).
+
+    Every probe and forced answer goes through ``answers`` (cache first, then its client). Returns
+    the rows and, per row, each question's outcome (id, correct, tokens, exit index).
+    """
+    from .commands import BenchOptions, ExitAnswers, _chosen_policy
+    from .replay import outcome_at, replay_rule
+    from .rules import (
+        BudgetCut,
+        DeepConfOnline,
+        PolicyRule,
+        deepconf_threshold,
+        fixed_entropy_rule,
+    )
+
+    per_question: dict[str, Any] = {}
+    rows: list[Any] = []
+
+    def record(row: Any, outcomes: list[Any]) -> None:
+        rows.append(row)
+        per_question[row.rule] = [
+            {
+                "id": o.problem_id,
+                "correct": o.correct,
+                "tokens": o.tokens_used + o.forced_tokens,
+                "exit": o.exit_index,
+            }
+            for o in outcomes
+        ]
+
+    def est_wall(outcomes: list[Any]) -> float:
+        return sum(t.wall_time_s * o.tokens_used / max(len(t.tokens), 1) for t, o in zip(traces, outcomes))
+
+    base = [outcome_at(t, None) for t in traces]
+    row = summarise("no exit", "baseline", base, traces, wall_time_s=sum(t.wall_time_s for t in traces))
+    row.extra["wall_measured"] = True
+    record(row, base)
+
+    exit_answers = ExitAnswers(traces, client=answers.client, config=answers.config, cache=answers.cache)
+
+    def forced(name: str, family: str, rule: Any, threshold: float | None) -> None:
+        replayed = [replay_rule(rule, t) for t in traces]
+        before = dict(exit_answers.counts)
+        requests = answers.requests
+        if answers.client is not None:  # ask through ProbeAnswers: it records each request's time
+            needed = [
+                (t, o.exit_index)
+                for t, o in zip(traces, replayed)
+                if o.exited and o.exit_index is not None and not exit_answers._complete(t, o.exit_index)
+            ]
+            run_all(needed, lambda p: answers.get(p[0], p[1] + 1), answers.config, name)
+            answers.save()
+        outcomes = exit_answers.outcomes(replayed)
+        if outcomes is None:
+            log(f"skipped {name}: forced answers missing and no server")
+            return
+        asked = answers.requests - requests + exit_answers.counts["forced"] - before.get("forced", 0)
+        row = summarise(name, family, outcomes, traces, forced=True, threshold=threshold)
+        walls = [
+            (answers.cache.get(t, o.exit_index + 1, "\n\nFinal answer:") or {}).get("wall_s", 0.0)
+            if o.exited and o.forced_tokens
+            else 0.0
+            for t, o in zip(traces, outcomes)
+        ]
+        row.wall_time_s = est_wall(outcomes) + sum(walls)
+        row.extra.update(forced_now=asked)
+        record(row, outcomes)
+        log(f"{name}: {row.accuracy:.1%} saved {row.saved_pct:.1f}% (asked {asked})")
+
+    # the streaming policy: the risk-calibrated one when the profile has a threshold; the shape
+    # (aggregation, window, min_tokens) comes from the profile either way
+    try:
+        policy: ExitPolicy | None = _chosen_policy(profile, BenchOptions(), log)
+    except PolicyError as error:
+        log(f"the calibrated streaming policy is refused ({error}); its row is left out")
+        policy = None
+    if profile.kind == "stream":
+        shape = ExitPolicy(
+            threshold=0.0,
+            aggregation=profile.aggregation,
+            window=profile.window,
+            min_tokens=profile.min_tokens,
+            patience=profile.patience,
+            phase=profile.phase,
+        )
+    else:
+        shape = ExitPolicy(threshold=0.0, aggregation="window", window=16, min_tokens=16)
+    shape_name = shape.aggregation + (str(shape.window) if shape.aggregation != "mean" else "")
+    if policy is not None:
+        forced(
+            f"stream exit {shape_name} calibrated (tau={policy.threshold:.4f})",
+            "entropy exit",
+            PolicyRule("s", policy),
+            policy.threshold,
+        )
+    # gates of the new rule: quantiles of the policy's aggregate over every token of the TRAIN
+    # traces (after min_tokens), so "gate q=0.10" probes where the aggregate is in its lowest 10%
+    source = train_traces or traces
+    monitor_rule = PolicyRule("grid", shape)
+    values = [
+        v for t in source for v in monitor_rule.exit_trace(t.tokens)[shape.min_tokens :] if v is not None
+    ]
+    if gates is None:
+        gates = tuple((round(float(np.quantile(values, q)), 4), k) for q, k in gate_quantiles)
+        log(f"probe gates (quantiles {gate_quantiles} of the train aggregate): {gates}")
+    for gate, _ in gates:  # the uncalibrated streaming exit at the same bound, for comparison
+        forced(
+            f"stream exit {shape_name} <= {gate:.3f} bits (train quantile)",
+            "entropy exit",
+            PolicyRule("q", ExitPolicy.from_dict({**shape.to_dict(), "threshold": max(gate, 1e-6)})),
+            gate,
+        )
+    gated_policy = policy or shape
+    specs: list[tuple[str, Any, Any]] = []
+    family: dict[str, str] = {}
+    for gate, k in gates:
+        gate = max(gate, gated_policy.threshold)
+        name = f"entropy-gated probes <= {gate:.3f} bits, k={k}"
+        specs.append((name, ProbeRule(gate=gate, agree=k, max_tokens=probe_tokens), gated_policy))
+        family[name] = "entropy-gated probes (new)"
+    for every in periods:
+        for k in agrees:
+            name = f"Dynasor probes every {every}, k={k}"
+            specs.append(
+                (name, ProbeRule(every=every, agree=k, max_probes=64, max_tokens=probe_tokens), None)
+            )
+            family[name] = "Dynasor-style probes"
+    # cheapest first: the periodic ones share prefix lengths (64 | 32), so fill every-32 k=3 first
+    order = sorted(specs, key=lambda s: (s[1].every is None, -(s[1].agree if s[1].every == 32 else 0)))
+    probe_result, probe_outcomes = probe_rows(traces, order, answers, family=family, concurrency=concurrency)
+    by_name = {r.rule: r for r in probe_result}
+    for name, _, _ in specs:
+        record(by_name[name], [p.outcome for p in probe_outcomes[name]])
+        r = by_name[name]
+        log(f"{name}: {r.accuracy:.1%} saved {r.saved_pct:.1f}% probes {r.extra['probes']}")
+
+    for keep in (0.9, 0.1):
+        if profile.deepconf_threshold and keep == 0.9:
+            threshold, window = profile.deepconf_threshold, int(profile.deepconf_window or 16)
+        else:
+            window = 16
+            threshold = deepconf_threshold(
+                [t.tokens for t in (train_traces or traces)[:16]], keep=keep, window=16
+            )
+        rule = DeepConfOnline(threshold, window)
+        forced(
+            f"DeepConf online keep={keep:g} (s={threshold:.2f}, w={window})",
+            "DeepConf online",
+            rule,
+            threshold,
+        )
+    for budget in budgets:
+        forced(f"budget cut {budget}", "budget cut", BudgetCut(budget), float(budget))
+    fixed = fixed_entropy_rule(0.15)
+    forced("fixed 0.15 bits", "fixed threshold", fixed, 0.15)
+    return rows, per_question
+
+
+def gate_row(traces: list[Any], tau: float, extended: dict[str, Any]) -> Any:
+    """The paper's gate against no exit: pass (entropy <= tau) keeps the first answer; otherwise
+    the extended step's answer, paying both rounds. ``extended`` maps problem id to
+    ``{"correct", "tokens", "wall_s"}`` for the questions that failed the gate."""
+
+    outcomes = []
+    wall = 0.0
+    for t in traces:
+        passes = t.entropy is not None and t.entropy <= tau
+        wall += t.wall_time_s
+        if passes:
+            outcomes.append(Outcome(t.problem_id, False, None, len(t.tokens), t.correct, t.correct, True))
+            continue
+        e = extended[t.problem_id]
+        wall += e["wall_s"]
+        outcomes.append(
+            Outcome(
+                t.problem_id,
+                True,
+                None,
+                len(t.tokens),
+                bool(e["correct"]),
+                t.correct,
+                True,
+                "",
+                int(e["tokens"]),
+            )
+        )
+    row = summarise(
+        f"gate tau[mean]={tau:.3f} (+Refine)", "gate (paper)", outcomes, traces, forced=True, threshold=tau
+    )
+    row.wall_time_s = wall
+    row.extra["wall_measured"] = True
+    return row, outcomes
