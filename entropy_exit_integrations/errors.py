@@ -10,7 +10,11 @@ class EntropyExitError(Exception):
 
 
 class LogprobsFormatError(EntropyExitError, ValueError):
-    """A chunk claims to carry logprobs but a field is malformed (names the field)."""
+    """Malformed logprob values (NaN, positive) given to the entropy functions directly.
+
+    Streams never raise it: adapters and the monitor read malformed data as an unknown token
+    (with one ``EntropyExitWarning``), so bad data can only delay an exit.
+    """
 
     def __init__(self, field: str, problem: str) -> None:
         self.field = field

@@ -14,7 +14,8 @@ Input rules, the same for the scalar and the vectorised forms:
 
 * ``-inf`` and the OpenAI "very unlikely" sentinel ``-9999.0`` (and anything below it) are
   probability zero;
-* NaN, and positive logprobs beyond rounding noise, are malformed: ``LogprobsFormatError``;
+* NaN, and positive logprobs beyond rounding noise, are malformed: ``LogprobsFormatError`` for a
+  direct caller; ``EntropyMonitor`` (so every integration) reads such a token as unknown instead;
 * an empty list, or one where every candidate has probability zero, has no entropy: ``None``
   (NaN in the vectorised form). Callers treat it as *unknown*, never as zero.
 """
