@@ -41,38 +41,27 @@ def _check(report: dict[str, Any], forced_answer: str | None, text: str, rule: P
         assert report["ended"] == "server_done" and report["tokens_saved_vs_budget"] == 0
 
 
+@pytest.mark.parametrize("use_async", [False, True])
 @pytest.mark.parametrize("rule_name", sorted(RULES))
-def test_openai_helper_probes(llama_server: Any, rule_name: str) -> None:
+async def test_openai_helper_probes(llama_server: Any, rule_name: str, use_async: bool) -> None:
     rule = RULES[rule_name]
-    client = openai.OpenAI(base_url=llama_server.base_url, api_key="none", max_retries=0)
-    messages = [{"role": "user", "content": QUESTION}]
-    result = stream_chat(
-        client,
-        policy=POLICY,
-        probes=rule,
-        model=llama_server.model,
-        messages=messages,
-        max_tokens=160,
-        temperature=0,
-    )
+    kwargs = {
+        "policy": POLICY,
+        "probes": rule,
+        "model": llama_server.model,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": 160,
+        "temperature": 0,
+    }
+    if use_async:
+        aclient = openai.AsyncOpenAI(base_url=llama_server.base_url, api_key="none", max_retries=0)
+        result = await astream_chat(aclient, **kwargs)
+    else:
+        result = stream_chat(
+            openai.OpenAI(base_url=llama_server.base_url, api_key="none", max_retries=0), **kwargs
+        )
     _check(result.report.to_dict(), result.forced_answer, result.text, rule)
     llama_server.wait_until_idle(timeout=2.0)
-
-
-async def test_openai_helper_probes_async(llama_server: Any) -> None:
-    rule = RULES["periodic"]
-    client = openai.AsyncOpenAI(base_url=llama_server.base_url, api_key="none", max_retries=0)
-    messages = [{"role": "user", "content": QUESTION}]
-    result = await astream_chat(
-        client,
-        policy=POLICY,
-        probes=rule,
-        model=llama_server.model,
-        messages=messages,
-        max_tokens=160,
-        temperature=0,
-    )
-    _check(result.report.to_dict(), result.forced_answer, result.text, rule)
 
 
 @pytest.mark.parametrize("use_async", [False, True])
