@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.guards import stop_indices
 from ..core.monitor import Decision, EntropyMonitor
 from ..core.policy import ExitPolicy
 from ..core.probes import ProbeRule, ProbeState
@@ -132,6 +133,7 @@ def replay_probes(
     """
     state = ProbeState(rule)
     monitor = EntropyMonitor(policy) if policy is not None and rule.every is None else None
+    stops = stop_indices(trace.tokens)  # a probe's prefix is a cut: never inside a number (as live)
     last = len(trace.tokens) - 1
     spent, wall = 0, 0.0
     for index, token in enumerate(trace.tokens):
@@ -140,7 +142,7 @@ def replay_probes(
         )
         if index >= last:
             break
-        if not state.due(index, decision):
+        if stops[index] != index or not state.due(index, decision):
             continue
         entry = answers.get(trace, index + 1)
         spent += int(entry["tokens"])
