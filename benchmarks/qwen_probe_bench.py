@@ -137,7 +137,11 @@ def main() -> None:
     parser.add_argument("--title", default="")
     parser.add_argument("--fill", action="store_true", help="only fill the cache with periodic probes")
     parser.add_argument("--fill-idle", type=float, default=300.0)
-    parser.add_argument("--shard", default="0/1", help="i/n: only every n-th trace from i (fill, extend)")
+    parser.add_argument(
+        "--shard",
+        default="0/1",
+        help="i/n: only questions whose number is i mod n (to fill caches in parallel)",
+    )
     parser.add_argument("--extend", action="store_true", help="only run the gate's extended step")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -164,6 +168,9 @@ def main() -> None:
         gate_extend(args, client, config)
         return
     profile = Calibration.load(args.profile)
+    shard, shards = (int(v) for v in args.shard.split("/"))
+    if shards > 1:  # fill the cache for a part of the questions (merge the caches for the table)
+        traces = [t for t in traces if int(t.problem_id.rsplit("-", 1)[1]) % shards == shard]
     print(f"{len(traces)} test traces, {len(train or [])} train traces, {len(cache.entries)} cached answers")
     rows, per_question = bench_rows(
         traces, profile=profile, answers=answers, train_traces=train, concurrency=args.concurrency

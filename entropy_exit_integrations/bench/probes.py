@@ -124,12 +124,21 @@ class ProbeOutcome:
 
 
 def replay_probes(
-    rule: ProbeRule, trace: Trace, answers: ProbeAnswers, policy: ExitPolicy | None = None
+    rule: ProbeRule,
+    trace: Trace,
+    answers: ProbeAnswers,
+    policy: ExitPolicy | None = None,
+    *,
+    require_number: bool = True,
 ) -> ProbeOutcome:
     """Where ``rule`` stops on ``trace`` and what it answers (probe answers from ``answers``).
 
     ``policy`` drives an entropy-gated rule (its monitor's decisions go to ``ProbeState.due``);
     periodic rules ignore it. No probe is sent after the last token: the generation is over.
+    ``require_number``: on a numeric question a probe answer without a digit counts as no answer
+    (it agrees with nothing), as Dynasor-CoT discards probes without a valid answer. Without it,
+    Qwen2.5-Coder's repeated echo of the prompt's template ("The answer is N.") "agrees" with
+    itself and stops the stream with no answer.
     """
     state = ProbeState(rule)
     monitor = EntropyMonitor(policy) if policy is not None and rule.every is None else None
@@ -147,7 +156,10 @@ def replay_probes(
         entry = answers.get(trace, index + 1)
         spent += int(entry["tokens"])
         wall += float(entry.get("wall_s", 0.0))
-        if state.record(index, str(entry["answer"])):
+        said = str(entry["answer"])
+        if require_number and trace.kind == "numeric" and not any(c.isdigit() for c in said):
+            said = ""
+        if state.record(index, said):
             agreed = state.agreed or ""
             correct = grade_forced(trace, index, agreed, answers._forcing(trace))
             complete = answer_of(trace.kind, trace.prefix(index)) == answer_of(trace.kind, trace.text)
