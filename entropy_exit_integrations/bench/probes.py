@@ -201,9 +201,13 @@ def probe_rows(
     per_rule: dict[str, list[ProbeOutcome]] = {}
     try:
         for name, rule, policy in rules:
+
+            def one(trace: Trace, r: ProbeRule = rule, p: ExitPolicy | None = policy) -> ProbeOutcome:
+                return replay_probes(r, trace, answers, p)
+
             results = run_all(
                 list(traces),
-                lambda t, r=rule, p=policy: replay_probes(r, t, answers, p),
+                one,
                 RunConfig(
                     model=config.model,
                     concurrency=concurrency,
@@ -365,8 +369,8 @@ def bench_rows(
         asked = answers.requests - requests + exit_answers.counts["forced"] - before.get("forced", 0)
         row = summarise(name, family, outcomes, traces, forced=True, threshold=threshold)
         walls = [
-            (answers.cache.get(t, o.exit_index + 1, "\n\nFinal answer:") or {}).get("wall_s", 0.0)
-            if o.exited and o.forced_tokens
+            (answers.cache.get(t, o.exit_index + 1, answers._forcing(t).cue) or {}).get("wall_s", 0.0)
+            if o.exited and o.forced_tokens and o.exit_index is not None
             else 0.0
             for t, o in zip(traces, outcomes)
         ]
