@@ -27,7 +27,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -135,12 +135,13 @@ def replay_probes(
 
     ``policy`` drives an entropy-gated rule (its monitor's decisions go to ``ProbeState.due``);
     periodic rules ignore it. No probe is sent after the last token: the generation is over.
-    ``require_number``: on a numeric question a probe answer without a digit counts as no answer
-    (it agrees with nothing), as Dynasor-CoT discards probes without a valid answer. Without it,
-    Qwen2.5-Coder's repeated echo of the prompt's template ("The answer is N.") "agrees" with
-    itself and stops the stream with no answer.
+    ``require_number``: on a numeric question the rule runs with ``ProbeRule.require_number``
+    (a probe answer without a digit counts as no answer), the same rule a live call can ask for.
+    Without it, Qwen2.5-Coder's repeated echo of the prompt's template ("The answer is N.")
+    "agrees" with itself and stops the stream with no answer.
     """
-    state = ProbeState(rule)
+    numeric = require_number and trace.kind == "numeric"
+    state = ProbeState(replace(rule, require_number=True) if numeric else rule)
     monitor = EntropyMonitor(policy) if policy is not None and rule.every is None else None
     stops = stop_indices(trace.tokens)  # a probe's prefix is a cut: never inside a number (as live)
     last = len(trace.tokens) - 1
@@ -156,10 +157,7 @@ def replay_probes(
         entry = answers.get(trace, index + 1)
         spent += int(entry["tokens"])
         wall += float(entry.get("wall_s", 0.0))
-        said = str(entry["answer"])
-        if require_number and trace.kind == "numeric" and not any(c.isdigit() for c in said):
-            said = ""
-        if state.record(index, said):
+        if state.record(index, str(entry["answer"])):
             agreed = state.agreed or ""
             correct = grade_forced(trace, index, agreed, answers._forcing(trace))
             complete = answer_of(trace.kind, trace.prefix(index)) == answer_of(trace.kind, trace.text)

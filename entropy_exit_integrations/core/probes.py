@@ -36,6 +36,10 @@ class ProbeRule:
         min_gap: tokens between two probes (entropy-gated; periodic probes are ``every`` apart).
         max_probes: probes per call at most; after that the stream runs on unprobed.
         max_tokens: a probe's budget.
+        require_number: an answer without a digit counts as no answer (it agrees with nothing):
+            for numeric questions, where a model may answer a probe with the prompt's template
+            ("The answer is N.") and such echoes would "agree" (Dynasor-CoT discards probes
+            without a valid answer the same way).
     """
 
     every: int | None = None
@@ -45,6 +49,7 @@ class ProbeRule:
     min_gap: int = 16
     max_probes: int = 8
     max_tokens: int = 24
+    require_number: bool = False
 
     def __post_init__(self) -> None:
         for name, low in (
@@ -126,6 +131,8 @@ class ProbeState:
         """The answer of the probe sent after ``token_index``; True once enough agree in a row."""
         self.probes += 1
         self._last = token_index
+        if self.rule.require_number and not any(c.isdigit() for c in answer):
+            answer = ""  # no number, no answer: it agrees with nothing
         self.answers.append(answer)
         tail = self.answers[-self.rule.agree :]
         if len(tail) == self.rule.agree and all(same_answer(tail[0], other) for other in tail[1:]):

@@ -74,3 +74,12 @@ def test_one_probe_needs_an_answer_to_stop() -> None:
 def test_bad_rules_fail_at_construction(kwargs: dict) -> None:
     with pytest.raises(PolicyError):
         ProbeRule(**kwargs)
+
+
+def test_require_number_makes_answers_without_digits_agree_with_nothing() -> None:
+    echo = "The answer is N."
+    loose = ProbeState(ProbeRule(every=1, agree=2, min_tokens=0))
+    assert not loose.record(0, echo) and loose.record(1, echo)  # the template "agrees" with itself
+    strict = ProbeState(ProbeRule(every=1, agree=2, min_tokens=0, require_number=True))
+    assert not strict.record(0, echo) and not strict.record(1, echo)
+    assert not strict.record(2, "12") and strict.record(3, "it is 12")
