@@ -213,7 +213,6 @@ class MonitoredCall:
         self.logprobs_hint = logprobs_hint
         self.session = ExitSession(policy, keep_tokens=keep_tokens)
         self.chunks_seen = 0
-        self.result: ExitResult | None = None
         self._ended: Ended | None = None
         self._forced: _Short | None = None  # the forcing request's stream
         self._prompt_estimate: int | None = None
@@ -526,7 +525,6 @@ class MonitoredCall:
         )
         if self.ledger is not None:
             self.ledger.record(report)
-        self.result = result
         record_call(self, result)  # OpenTelemetry span and counters (the otel extra), else nothing
         return result
 
