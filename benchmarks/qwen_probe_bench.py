@@ -11,7 +11,10 @@ questions (the traces' intersection, in file order):
 * periodic probes (Dynasor-CoT style) every 32 and 64 tokens with k = 2 and 3;
 * DeepConf online (keep 0.9 and 0.1), budget cuts, the fixed 0.15-bit threshold, with forced
   answers;
-* the paper's gate when ``--gate-extended`` is given (a file of extended-step results).
+* the paper's gate when ``--gate-extended`` is given (a file of extended-step results);
+
+and the headroom in hindsight (``bench.probes.headroom``): what a perfect stop could save on the
+questions the model gets right.
 
 Every answer that needs the model (a probe or a forced answer at an exit point) is asked from
 ``--url-file``'s server once and cached in ``--cache`` (per question, trace and tokens kept), so a
@@ -114,7 +117,13 @@ def main() -> None:
     from openai import OpenAI
 
     from entropy_exit_integrations.bench.plots import savings_vs_accuracy_ci
-    from entropy_exit_integrations.bench.probes import ProbeAnswers, bench_rows, gate_row, headline_table
+    from entropy_exit_integrations.bench.probes import (
+        ProbeAnswers,
+        bench_rows,
+        gate_row,
+        headline_table,
+        headroom,
+    )
     from entropy_exit_integrations.bench.report import write_results
     from entropy_exit_integrations.bench.runner import RunConfig
     from entropy_exit_integrations.bench.traces import ForcedCache
@@ -189,6 +198,7 @@ def main() -> None:
             print("gate row skipped: extended step missing for some questions")
     ids = [t.problem_id for t in traces]
     assert all([q["id"] for q in v] == ids for v in per_question.values()), "rows on different questions"
+    room = headroom(traces, answers)
     answers.save()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,6 +212,7 @@ def main() -> None:
         "live probe/forced requests this run": answers.requests + 0,
         "cache hits this run": answers.hits,
         "wall time s (this replay)": round(took, 1),
+        "headroom (hindsight, right answers only)": room,
     }
     write_results(out, rows, meta=meta, extra={"per_question": per_question})
     (out / "table.md").write_text(headline_table(rows))

@@ -48,6 +48,7 @@ __all__ = [
     "gate_row",
     "ProbeOutcome",
     "headline_table",
+    "headroom",
     "probe_rows",
     "replay_probes",
     "wilson",
@@ -296,7 +297,7 @@ def bench_rows(
     answers: Any,
     train_traces: list[Any] | None = None,
     gates: tuple[tuple[float, int], ...] | None = None,
-    gate_quantiles: tuple[tuple[float, int], ...] = ((0.10, 2), (0.25, 2)),
+    gate_quantiles: tuple[tuple[float, int], ...] = ((0.10, 2), (0.10, 3), (0.25, 2), (0.25, 3)),
     periods: tuple[int, ...] = (32, 64),
     agrees: tuple[int, ...] = (2, 3),
     budgets: tuple[int, ...] = (64, 128, 192, 256),
@@ -413,7 +414,7 @@ def bench_rows(
     if gates is None:
         gates = tuple((round(float(np.quantile(values, q)), 4), k) for q, k in gate_quantiles)
         log(f"probe gates (quantiles {gate_quantiles} of the train aggregate): {gates}")
-    for gate, _ in gates:  # the uncalibrated streaming exit at the same bound, for comparison
+    for gate in dict.fromkeys(g for g, _ in gates):  # the streaming exit at each bound, to compare
         forced(
             f"stream exit {shape_name} <= {gate:.3f} bits (train quantile)",
             "entropy exit",
@@ -464,6 +465,40 @@ def bench_rows(
     fixed = fixed_entropy_rule(0.15)
     forced("fixed 0.15 bits", "fixed threshold", fixed, 0.15)
     return rows, per_question
+
+
+def headroom(traces: Sequence[Trace], answers: ProbeAnswers, every: int = 32) -> dict[str, Any]:
+    """How much a stop could save without losing an answer, in hindsight (not a rule).
+
+    For each question the full run gets right: the earliest probe point (every ``every`` tokens,
+    never inside a number, as the periodic rule probes) whose probe answer grades right, and the
+    tokens after it. Their sum over all tokens is what even a perfect stop could save on the right
+    answers; every further saving has to come from questions the model gets wrong, which a rule
+    can only find through a signal that separates them. Uses cached probe answers (or asks).
+    """
+    total = sum(len(t.tokens) for t in traces)
+    right = [t for t in traces if t.correct]
+    fractions: list[float] = []
+    after = 0
+    for trace in right:
+        stops = stop_indices(trace.tokens)
+        first = len(trace.tokens)
+        for index in range(every - 1, len(trace.tokens) - 1, every):
+            if stops[index] != index:
+                continue
+            entry = answers.get(trace, index + 1)
+            if grade_forced(trace, index, str(entry["answer"]), answers._forcing(trace)):
+                first = index + 1 + int(entry["tokens"])
+                break
+        fractions.append(min(first, len(trace.tokens)) / len(trace.tokens))
+        after += max(len(trace.tokens) - first, 0)
+    return {
+        "right": len(right),
+        "tokens_on_right_pct": round(100 * sum(len(t.tokens) for t in right) / max(total, 1), 1),
+        "first_right_probe_median_pct": round(100 * float(np.median(fractions)), 1) if fractions else None,
+        "max_saving_on_right_pct": round(100 * after / max(total, 1), 1),
+        "every": every,
+    }
 
 
 def gate_row(traces: list[Any], tau: float, extended: dict[str, Any]) -> Any:

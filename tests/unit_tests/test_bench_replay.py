@@ -190,3 +190,23 @@ def test_gate_refuses_a_no_signal_calibration() -> None:
     strong = calibrate([(0.1, True, 10)] * 4 + [(0.9, False, 10)] * 4, model="m")
     gate = EntropyGate(strong, Vote(samples=3), expected_extended_tokens=30.0)
     assert gate.tau == pytest.approx(0.1) and gate.expected_extended_tokens == 30.0
+
+
+def test_headroom_counts_only_what_follows_the_first_right_probe() -> None:
+    from entropy_exit_integrations.bench.probes import ProbeAnswers, headroom
+    from entropy_exit_integrations.bench.runner import forcing_for
+    from entropy_exit_integrations.bench.traces import ForcedCache
+
+    steps = [(" step", 0.9)] * 95 + [(" The", 0.9), (" answer", 0.9), (" is", 0.9), (" 42", 0.9), (".", 0.9)]
+    right = make_trace("gsm8k-test-1", steps, "42", True)
+    wrong = make_trace("gsm8k-test-2", steps, "7", False)
+    cache = ForcedCache()
+    cue = forcing_for("numeric").cue
+    for kept, answer in ((32, "41"), (64, "42"), (96, "42")):
+        cache.put(right, kept, answer=answer, tokens=3, cue=cue)
+    room = headroom([right, wrong], ProbeAnswers(cache), every=32)
+    # the first right probe is after 64 tokens and costs 3: 100 - 67 = 33 of 200 tokens
+    assert room["right"] == 1
+    assert room["tokens_on_right_pct"] == 50.0
+    assert room["first_right_probe_median_pct"] == 67.0
+    assert room["max_saving_on_right_pct"] == 16.5
