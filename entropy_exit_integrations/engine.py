@@ -367,7 +367,8 @@ class MonitoredCall:
     def probe_plan(self) -> ForcingPlan:
         """The probe request: a short forced answer from the prefix read so far (the same
         request as forcing: prefix continuation, or a follow-up turn where there is no prefill).
-        Its chunks go to ``feed_probe``, then ``finish_probe``."""
+        Its stream goes to ``run_probe`` (or chunk by chunk to ``feed_probe``, then
+        ``finish_probe``)."""
         if self._probes is None:
             raise RuntimeError("probe_plan without MonitoredCall(probes=...)")
         self._probe_due = False
@@ -396,6 +397,30 @@ class MonitoredCall:
         if state.record(self._probe_at, "" if broken else probe.answer.continuation):
             self._agreed = probe
         return self._agreed is not None
+
+    def run_probe(
+        self, parts: Iterable[ChunkParts], errors: tuple[type[Exception], ...] = (Exception,)
+    ) -> bool:
+        """Feed one probe's stream (``parts`` per chunk, after ``probe_plan``) and finish it. A
+        stream that raises one of ``errors`` is a broken probe: its answer counts as none and the
+        main stream goes on. Returns ``finish_probe``'s answer."""
+        try:
+            for chunk_parts in parts:
+                self.feed_probe(chunk_parts)
+        except errors:
+            return self.finish_probe(failed=True)
+        return self.finish_probe()
+
+    async def arun_probe(
+        self, parts: AsyncIterable[ChunkParts], errors: tuple[type[Exception], ...] = (Exception,)
+    ) -> bool:
+        """Async twin of ``run_probe``."""
+        try:
+            async for chunk_parts in parts:
+                self.feed_probe(chunk_parts)
+        except errors:
+            return self.finish_probe(failed=True)
+        return self.finish_probe()
 
     def feed_forced(self, parts: ChunkParts) -> list[TextDelta]:
         """Account for one chunk of the forcing stream; returns the answer text to show."""

@@ -51,6 +51,7 @@ from .engine import (
 from .forcing import AnswerForcing
 from .providers.completions import parse_completion_chunk
 from .providers.openai_chat import parse_chat_chunk
+from .providers.parts import ChunkParts
 
 _PROBE_ERRORS = (openai.APIError, httpx.HTTPError, ValueError)
 """What a probe may fail with (ValueError: invalid JSON) without ending the call."""
@@ -171,15 +172,12 @@ class ExitStream(_MonitoredStream):
     def _probe(self) -> None:
         """One answer probe, while the server goes on generating the main stream."""
         call = self._call
-        request = self._short_request(call.probe_plan())
-        try:
-            with self._create(**request) as probe:
-                for chunk in probe:
-                    call.feed_probe(self._parse(chunk))
-        except _PROBE_ERRORS:
-            call.finish_probe(failed=True)  # a broken probe is no answer: the stream goes on
-        else:
-            call.finish_probe()
+        call.run_probe(self._probe_parts(self._short_request(call.probe_plan())), _PROBE_ERRORS)
+
+    def _probe_parts(self, request: dict[str, Any]) -> Iterator[ChunkParts]:
+        with self._create(**request) as probe:
+            for chunk in probe:
+                yield self._parse(chunk)
 
     def __iter__(self) -> Iterator[TextDelta]:
         call = self._call
@@ -239,15 +237,12 @@ class AsyncExitStream(_MonitoredStream):
     async def _probe(self) -> None:
         """Async twin of ``ExitStream._probe``."""
         call = self._call
-        request = self._short_request(call.probe_plan())
-        try:
-            async with await self._create(**request) as probe:
-                async for chunk in probe:
-                    call.feed_probe(self._parse(chunk))
-        except _PROBE_ERRORS:
-            call.finish_probe(failed=True)
-        else:
-            call.finish_probe()
+        await call.arun_probe(self._probe_parts(self._short_request(call.probe_plan())), _PROBE_ERRORS)
+
+    async def _probe_parts(self, request: dict[str, Any]) -> AsyncIterator[ChunkParts]:
+        async with await self._create(**request) as probe:
+            async for chunk in probe:
+                yield self._parse(chunk)
 
     async def __aiter__(self) -> AsyncIterator[TextDelta]:
         call = self._call

@@ -386,14 +386,8 @@ def bench_rows(
         log(f"the calibrated streaming policy is refused ({error}); its row is left out")
         policy = None
     if profile.kind == "stream":
-        shape = ExitPolicy(
-            threshold=0.0,
-            aggregation=profile.aggregation,
-            window=profile.window,
-            min_tokens=profile.min_tokens,
-            patience=profile.patience,
-            phase=profile.phase,
-        )
+        fields = {k: v for k, v in profile.policy_shape().items() if v is not None}
+        shape = ExitPolicy(threshold=0.0, **fields)
     else:
         shape = ExitPolicy(threshold=0.0, aggregation="window", window=16, min_tokens=16)
     shape_name = shape.aggregation + (str(shape.window) if shape.aggregation != "mean" else "")

@@ -207,12 +207,7 @@ class ChatEntropyExit(BaseChatModel):
         probe_messages, kwargs = short_call(run, inner, messages, plan)
         stream = inner_stream(inner, probe_messages, plan.stop or None, kwargs)
         try:
-            for chunk in stream:
-                run.call.feed_probe(parts_from_chunk(chunk))
-        except Exception:  # noqa: BLE001 - a broken probe is no answer: the main stream goes on
-            run.call.finish_probe(failed=True)
-        else:
-            run.call.finish_probe()
+            run.call.run_probe(parts_from_chunk(chunk) for chunk in stream)
         finally:
             stream.close()
 
@@ -222,12 +217,7 @@ class ChatEntropyExit(BaseChatModel):
         probe_messages, kwargs = short_call(run, inner, messages, plan)
         stream = ainner_stream(inner, probe_messages, plan.stop or None, kwargs)
         try:
-            async for chunk in stream:
-                run.call.feed_probe(parts_from_chunk(chunk))
-        except Exception:  # noqa: BLE001 - a broken probe is no answer: the main stream goes on
-            run.call.finish_probe(failed=True)
-        else:
-            run.call.finish_probe()
+            await run.call.arun_probe(parts_from_chunk(chunk) async for chunk in stream)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 

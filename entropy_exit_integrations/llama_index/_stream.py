@@ -16,6 +16,7 @@ from llama_index.core.base.llms.types import ChatMessage, ChatResponse, Completi
 
 from ..core.tokens import Phase
 from ..engine import ATTEMPTS, ExitResult, ForcingPlan, MonitoredCall, TextDelta, aguarded, guarded
+from ..providers.parts import ChunkParts
 from ._responses import REPORT_KEY, parts_of, to_llama_logprobs, with_text
 from .closing import ResponseCapture
 
@@ -283,34 +284,32 @@ def run(shim: Shim) -> Generator[Any, None, None]:
 
 def _probe(shim: Shim) -> None:
     """One answer probe, while the server goes on generating the main stream."""
-    call, capture = shim.call, ResponseCapture()
-    inner = None
+    shim.call.run_probe(_probe_parts(shim, shim.call.probe_plan()))
+
+
+def _probe_parts(shim: Shim, plan: ForcingPlan) -> Iterator[ChunkParts]:
+    capture, inner = ResponseCapture(), None
     try:
         with capture.active():
-            inner = shim.open_short(call.probe_plan())
+            inner = shim.open_short(plan)
         for response in _pull(inner, capture):
-            call.feed_probe(parts_of(response))
-    except Exception:  # noqa: BLE001 - a broken probe is no answer: the main stream goes on
-        call.finish_probe(failed=True)
-    else:
-        call.finish_probe()
+            yield parts_of(response)
     finally:
         _close(inner, capture)
 
 
 async def _aprobe(shim: Shim) -> None:
     """Async twin of ``_probe``."""
-    call, capture = shim.call, ResponseCapture()
-    inner = None
+    await shim.call.arun_probe(_aprobe_parts(shim, shim.call.probe_plan()))
+
+
+async def _aprobe_parts(shim: Shim, plan: ForcingPlan) -> AsyncIterator[ChunkParts]:
+    capture, inner = ResponseCapture(), None
     try:
         with capture.active():
-            inner = await shim.aopen_short(call.probe_plan())
+            inner = await shim.aopen_short(plan)
         async for response in _apull(inner, capture):
-            call.feed_probe(parts_of(response))
-    except Exception:  # noqa: BLE001 - a broken probe is no answer: the main stream goes on
-        call.finish_probe(failed=True)
-    else:
-        call.finish_probe()
+            yield parts_of(response)
     finally:
         await _aclose(inner, capture)
 

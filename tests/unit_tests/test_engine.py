@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import math
 import warnings
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from entropy_exit_integrations import ExitPolicy, StreamInterrupted
+from entropy_exit_integrations.core.probes import ProbeRule
 from entropy_exit_integrations.engine import ENTROPY_EXIT, MonitoredCall, check_policy, guarded
 from entropy_exit_integrations.providers import ChunkParts, parse_chat_chunk
 
@@ -202,3 +205,48 @@ def test_corrupting_any_tokens_logprobs_never_moves_the_exit_earlier(
     before = exit_index(clean, policy)
     after = exit_index(dirty, policy)
     assert after is None or (before is not None and after >= before)
+
+
+def probe_stream(answer: str, breaks: Exception | None) -> Iterator[ChunkParts]:
+    """A probe's stream: the answer, then the end, or ``breaks`` raised after the answer."""
+    yield parse_chat_chunk(chunk(answer))
+    if breaks is not None:
+        raise breaks
+    yield parse_chat_chunk(chunk("", finish="stop"))
+
+
+async def aprobe_stream(answer: str, breaks: Exception | None) -> AsyncIterator[ChunkParts]:
+    for parts in probe_stream(answer, breaks):
+        yield parts
+
+
+def probing_call() -> MonitoredCall:
+    return MonitoredCall(
+        ExitPolicy(threshold=0.0, min_tokens=0),
+        max_tokens=50,
+        messages=[{"role": "user", "content": "q"}],
+        model="m",
+        probes=ProbeRule(every=1, agree=2, min_tokens=0),
+    )
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_probe_stream_that_breaks_is_no_answer_and_the_call_goes_on(mode: str) -> None:
+    def probe(call: MonitoredCall, answer: str, breaks: Exception | None = None) -> bool:
+        while not call.wants_probe:
+            call.feed(parse_chat_chunk(chunk("x")))
+        call.probe_plan()
+        if mode == "sync":
+            return call.run_probe(probe_stream(answer, breaks), (ValueError,))
+        return asyncio.run(call.arun_probe(aprobe_stream(answer, breaks), (ValueError,)))
+
+    call = probing_call()
+    # a broken probe's "42" counts as no answer, so the next "42" does not agree with it
+    assert probe(call, "42", ValueError("invalid JSON")) is False
+    assert probe(call, "42") is False
+    assert probe(call, "42") is True and call.should_stop
+    call.end_main(cut=True)
+    assert call.finish().report.probes == 3
+    # an error the caller did not name is not a broken probe: it propagates
+    with pytest.raises(KeyError):
+        probe(probing_call(), "42", KeyError("bug"))
