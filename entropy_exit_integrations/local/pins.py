@@ -1,8 +1,10 @@
 """Pinned versions, hashes, file names and the cache layout of the embedded server, in one place.
 
 Everything the embedded default downloads or builds is pinned here so a change of version is a
-one-line edit. The cache root honours ``ENTROPY_EXIT_CACHE_DIR``, then ``XDG_CACHE_HOME``, then
-``~/.cache``.
+one-line edit. The cache root is ``ENTROPY_EXIT_CACHE_DIR`` when set, else the platform's user
+cache directory for ``entropy-exit`` (``platformdirs``): ``$XDG_CACHE_HOME/entropy-exit`` or
+``~/.cache/entropy-exit`` on Linux, ``~/Library/Caches/entropy-exit`` on macOS,
+``%LOCALAPPDATA%\\entropy-exit\\Cache`` on Windows.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 #: Model id the embedded server reports (passed to ``llama-server --alias``).
 MODEL_ALIAS = "smollm2-135m-instruct"
 
+#: The command that installs the model and builds the server (named in every "missing" error).
+SETUP_COMMAND = "entropy-exit setup"
+
+#: Name of the cache directory (``platformdirs`` application name).
+APP_NAME = "entropy-exit"
+
 #: Environment variables the ``local`` package reads.
 ENV_CACHE_DIR = "ENTROPY_EXIT_CACHE_DIR"
 ENV_SERVER_BINARY = "ENTROPY_EXIT_LLAMA_SERVER"
@@ -53,15 +61,15 @@ def cache_dir() -> Path:
     """Root of the entropy-exit cache (not created here).
 
     Returns:
-        ``$ENTROPY_EXIT_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/entropy-exit``, else
-        ``~/.cache/entropy-exit``.
+        ``$ENTROPY_EXIT_CACHE_DIR`` if set, else ``platformdirs.user_cache_path("entropy-exit")``
+        (on Linux ``$XDG_CACHE_HOME/entropy-exit``, else ``~/.cache/entropy-exit``).
     """
     explicit = os.environ.get(ENV_CACHE_DIR)
     if explicit:
         return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "entropy-exit"
+    import platformdirs
+
+    return platformdirs.user_cache_path(APP_NAME, appauthor=False)
 
 
 def server_install_dir(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:

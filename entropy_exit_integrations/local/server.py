@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -82,13 +82,12 @@ class LocalServer:
         model_path: str | os.PathLike[str] | None = None,
         model_sha256: str | None = None,
         binary: str | os.PathLike[str] | None = None,
-        build_if_missing: bool = True,
+        build_if_missing: bool = False,
         startup_timeout: float = 60.0,
         stop_timeout: float = 5.0,
         base_url: str | None = None,
         model_id: str | None = None,
         log_path: str | os.PathLike[str] | None = None,
-        progress: Callable[[str], object] = print,
     ) -> None:
         """Configure (nothing starts until ``start()``).
 
@@ -107,13 +106,15 @@ class LocalServer:
             model_path: a GGUF file instead of the default SmolLM2 (used as given).
             model_sha256: expected sha256 of ``model_path`` (checked when given).
             binary: a ``llama-server`` executable instead of ``ensure_server_binary()``.
-            build_if_missing: let ``ensure_server_binary`` build the server (about 9 minutes).
+            build_if_missing: when the server binary or the default model is missing, build and
+                install them (about 9 minutes) instead of failing at once with a message that
+                names ``entropy-exit setup``. Off by default: nothing is installed or compiled
+                unless asked.
             startup_timeout: seconds to wait for ``/health`` to say ok.
             stop_timeout: seconds to wait after SIGTERM before SIGKILL.
             base_url: use this running OpenAI-compatible server instead of starting one.
             model_id: model id to report for ``base_url``.
             log_path: file for the server's output; default: a temporary file removed on stop.
-            progress: receives progress messages (e.g. a first-time build).
         """
         if parallel < 1 or ctx_size < 1:
             raise ServerError(f"parallel and ctx_size must be >= 1 (got {parallel}, {ctx_size})")
@@ -131,7 +132,6 @@ class LocalServer:
         self.build_if_missing = build_if_missing
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
-        self.progress = progress
         external = base_url or os.environ.get(ENV_BASE_URL) or None
         self.external = external is not None
         self._model_id = model_id or (os.environ.get(ENV_MODEL_ID) or None if self.external else None)
@@ -165,12 +165,12 @@ class LocalServer:
             raise ServerError(
                 f"port {self.port} on {self.host} is already in use; pick another or pass port=None"
             )
-        binary = self.binary or ensure_server_binary(
-            build_if_missing=self.build_if_missing, progress=self.progress
-        )
+        binary = self.binary or ensure_server_binary(build_if_missing=self.build_if_missing)
         if not Path(binary).is_file():
             raise ServerError(f"llama-server binary {str(binary)!r} does not exist")
-        model = ensure_model(self.model_path, sha256=self.model_sha256, progress=self.progress)
+        model = ensure_model(
+            self.model_path, sha256=self.model_sha256, install_if_missing=self.build_if_missing
+        )
         for attempt in range(3 if auto_port else 1):
             port = _free_port(self.host) if auto_port else self.port
             try:
@@ -276,7 +276,7 @@ class LocalServer:
             raise ServerError(
                 f"GET /metrics answered {status}: start the server with metrics=True ({body[:200]!r})"
             )
-        return parse_prometheus(body)
+        return _parse_metrics(body)
 
     def wait_until_idle(self, timeout: float = 5.0, poll_interval: float = 0.01) -> float:
         """Wait until ``llamacpp:requests_processing`` is 0; return the seconds that took.
@@ -383,23 +383,18 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-def parse_prometheus(text: str) -> dict[str, float]:
-    """Parse Prometheus text exposition into ``{name_with_labels: value}`` (comments skipped)."""
+def _parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text exposition as ``{name_with_labels: value}`` (``prometheus_client``'s parser).
+
+    A sample with labels is keyed ``name{label="value",...}`` in the order the server gave them.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
     values: dict[str, float] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, _, rest = line.rpartition("}") if "}" in line else ("", "", line)
-        if name:
-            key, value = name + "}", rest.split()[0]
-        else:
-            parts = rest.split()
-            if len(parts) < 2:
-                continue
-            key, value = parts[0], parts[1]
-        with contextlib.suppress(ValueError):
-            values[key] = float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = float(sample.value)
     return values
 
 

@@ -130,7 +130,7 @@ async def test_async_context_manager_and_external_mode(llama_server: LocalServer
     async with external as same:
         assert same.model == llama_server.model and same.process is None
         assert same.metrics()["llamacpp:requests_processing"] >= 0
-    async with LocalServer(parallel=1, build_if_missing=False) as server:
+    async with LocalServer(parallel=1) as server:
         process = server.process
         assert process is not None and server.is_running
         reply = await openai.AsyncOpenAI(
@@ -143,7 +143,7 @@ async def test_async_context_manager_and_external_mode(llama_server: LocalServer
 
 
 def test_stops_even_when_the_body_raises() -> None:
-    server = LocalServer(parallel=1, build_if_missing=False)
+    server = LocalServer(parallel=1)
     with pytest.raises(RuntimeError, match="boom"), server:
         process = server.process
         raise RuntimeError("boom")
@@ -154,19 +154,17 @@ def test_stops_even_when_the_body_raises() -> None:
 
 def test_port_in_use_is_a_clear_error(llama_server: LocalServer) -> None:
     with pytest.raises(ServerError, match=f"port {llama_server.port} .* already in use"):
-        LocalServer(port=llama_server.port, build_if_missing=False).start()
+        LocalServer(port=llama_server.port).start()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         with pytest.raises(ServerError, match="already in use"):
-            LocalServer(port=sock.getsockname()[1], build_if_missing=False).start()
+            LocalServer(port=sock.getsockname()[1]).start()
 
 
 def test_crash_on_start_invalid_argument_has_log_tail(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
-    server = LocalServer(
-        parallel=1, build_if_missing=False, extra_args=["--definitely-not-a-flag"], log_path=log
-    )
+    server = LocalServer(parallel=1, extra_args=["--definitely-not-a-flag"], log_path=log)
     with pytest.raises(ServerError, match="exited with code") as info:
         server.start()
     assert "--definitely-not-a-flag" in str(info.value).split("last log lines:")[1]
@@ -178,8 +176,6 @@ def test_crash_on_start_non_gguf_model_has_log_tail(tmp_path: Path) -> None:
     fake = tmp_path / "not-a-model.gguf"
     fake.write_bytes(b"this is not a gguf file\n" * 100)
     with pytest.raises(ServerError, match="exited with code") as info:
-        LocalServer(
-            parallel=1, build_if_missing=False, model_path=fake, log_path=tmp_path / "server.log"
-        ).start()
+        LocalServer(parallel=1, model_path=fake, log_path=tmp_path / "server.log").start()
     tail = str(info.value).split("last log lines:")[1]
     assert "failed to load model" in tail or "invalid magic" in tail

