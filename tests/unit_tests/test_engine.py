@@ -9,7 +9,7 @@ import warnings
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from entropy_exit_integrations import ExitPolicy, StreamInterrupted
@@ -168,6 +168,15 @@ def exit_index(chunks: list[dict], policy: ExitPolicy) -> int | None:
 
 
 @settings(max_examples=300, deadline=None)
+@example(  # found by this test: a lone live -1.3e-164 read 1.9e-164 bits instead of unknown
+    stream=[[0.0, 0.0]] * 8 + [[-1.3394672349903213e-164, 0.0]],
+    corrupt={8: "one_live"},
+    aggregation="mean",
+    window=1,
+    min_tokens=0,
+    patience=1,
+    threshold=1.0,
+)
 @given(
     stream=st.lists(
         st.lists(st.floats(min_value=-12.0, max_value=0.0), min_size=2, max_size=6), min_size=1, max_size=40
