@@ -18,6 +18,14 @@ Input rules, the same for the scalar and the vectorised forms:
   direct caller; ``EntropyMonitor`` (so every integration) reads such a token as unknown instead;
 * an empty list, or one where every candidate has probability zero, has no entropy: ``None``
   (NaN in the vectorised form). Callers treat it as *unknown*, never as zero.
+
+One *live* candidate (finite and above the sentinel; the rest -inf/-9999) has exactly 0 bits
+here, which is the right arithmetic but no evidence of certainty: the provider told us nothing
+about the alternatives. ``EntropyMonitor`` reads such a token as unknown under the renormalised
+estimator (``live_candidates``). In floating point a lone live candidate reads as 0 plus rounding
+noise (at most about 2e-13 bits for any logprob above the sentinel, e.g. 1.9e-164 bits for
+``[-1.3e-164, -9999]``), so the monitor counts live candidates whenever a reading is below
+``ONE_LIVE_BITS``: a reading above it always has two or more live candidates.
 """
 
 from __future__ import annotations
@@ -33,7 +41,16 @@ from ..errors import LogprobsFormatError
 SENTINEL_LOGPROB = -9999.0
 """OpenAI's "very unlikely" value; it and anything below it count as probability zero."""
 
-_POSITIVE_TOLERANCE = 1e-4
+ONE_LIVE_BITS = 1e-9
+"""Readings below this many bits may come from one live candidate: count them (``live_candidates``).
+
+Four orders of magnitude above the rounding noise of a one-candidate distribution (below 2e-13
+bits for every logprob in [-9999, 0]); a real two-candidate token reads this low only when the
+runner-up is below about e^-25, which the count then confirms as known."""
+
+POSITIVE_TOLERANCE = 1e-4
+"""Positive logprobs up to this are rounding noise (read as 0.0); above it they are malformed."""
+
 _LN2 = math.log(2.0)
 _exp = math.exp
 _log = math.log
@@ -46,7 +63,7 @@ def _checked(logprobs: Sequence[float]) -> list[float]:
     for value in logprobs:
         if value != value:  # NaN compares unequal to itself
             raise LogprobsFormatError("top_logprobs", "NaN logprob")
-        if value > _POSITIVE_TOLERANCE:
+        if value > POSITIVE_TOLERANCE:
             raise LogprobsFormatError("top_logprobs", f"positive logprob {value!r}")
         if value > SENTINEL_LOGPROB:
             kept.append(value if value < 0.0 else 0.0)
@@ -90,13 +107,22 @@ def fast_renormalised_bits(logprobs: Sequence[float]) -> float | None:
     """
     probabilities = list(map(_exp, logprobs))
     total = sum(probabilities)
-    if not 1e-300 < total <= 1.0 + _POSITIVE_TOLERANCE:
+    if not 1e-300 < total <= 1.0 + POSITIVE_TOLERANCE:
         return None
     weighted = sum(map(_mul, probabilities, logprobs))
     if weighted != weighted:
         return None
     bits = (_log(total) - weighted / total) / _LN2
     return bits if bits > 0.0 else 0.0
+
+
+def live_candidates(logprobs: Sequence[float]) -> int:
+    """How many candidates carry a live logprob: finite and above the sentinel (NaN is not live).
+
+    >>> live_candidates([-1.3e-164, SENTINEL_LOGPROB, -math.inf])
+    1
+    """
+    return sum(1 for value in logprobs if value > SENTINEL_LOGPROB)
 
 
 def _tail_aware_bits(kept: list[float]) -> float:
@@ -125,8 +151,8 @@ def token_entropies(logprobs: np.ndarray, *, tail_aware: bool = False) -> np.nda
     if np.isnan(values).any():
         row = int(np.argwhere(np.isnan(values))[0][0])
         raise LogprobsFormatError("top_logprobs", f"NaN logprob in row {row}")
-    if (values > _POSITIVE_TOLERANCE).any():
-        row = int(np.argwhere(values > _POSITIVE_TOLERANCE)[0][0])
+    if (values > POSITIVE_TOLERANCE).any():
+        row = int(np.argwhere(values > POSITIVE_TOLERANCE)[0][0])
         raise LogprobsFormatError("top_logprobs", f"positive logprob in row {row}")
     values = np.where(values <= SENTINEL_LOGPROB, -np.inf, np.minimum(values, 0.0))
     alive = np.isfinite(values)

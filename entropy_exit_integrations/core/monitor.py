@@ -9,7 +9,14 @@ from collections import deque
 from typing import NamedTuple
 
 from ..errors import EntropyExitWarning, LogprobsFormatError
-from .entropy import SENTINEL_LOGPROB, fast_renormalised_bits, max_entropy_bits, token_entropy
+from .entropy import (
+    ONE_LIVE_BITS,
+    POSITIVE_TOLERANCE,
+    fast_renormalised_bits,
+    live_candidates,
+    max_entropy_bits,
+    token_entropy,
+)
 from .policy import ExitPolicy
 from .tokens import Phase, TokenLogprob
 
@@ -39,11 +46,19 @@ class EntropyMonitor:
     """Feed tokens in order; ``observe`` says when to stop. O(1) amortised per token.
 
     Unknown tokens count in the aggregate as maximally uncertain and reset ``patience``, so
-    missing or broken data can only delay an exit, never cause one. A token is unknown when it
-    has no candidates, when fewer than two of its candidates have a finite logprob above the
-    -9999 sentinel (under the renormalised estimator one candidate always reads as 0 bits), or
-    when its logprobs are malformed (NaN, clearly positive): the one documented behaviour for
-    bad data, with one ``EntropyExitWarning`` per monitor. "Maximally uncertain" is
+    missing or broken data can only delay an exit, never cause one. A token is unknown when:
+
+    * it has no candidates;
+    * fewer than two of its candidates are *live* (finite, above the -9999 sentinel), under the
+      renormalised estimator, whatever the live one's value: one candidate always reads as 0
+      bits (plus rounding noise: ``[-1.3e-164, -9999]`` reads 1.9e-164 bits), which says nothing
+      about the alternatives (``core.entropy.live_candidates``, ``ONE_LIVE_BITS``);
+    * its logprobs are malformed: a NaN or clearly positive candidate, or a NaN or clearly
+      positive *sampled* logprob even when its top list is fine (a provider that garbles the
+      one number it is sure of is not trusted for the rest).
+
+    Malformed data is the one documented behaviour for bad data: never an exception, an unknown
+    token, and one ``EntropyExitWarning`` per monitor (so per stream). "Maximally uncertain" is
     ``log2(top_k + 1)`` bits, the largest entropy a token can have under this policy (its
     ``top_k`` candidates plus a sampled token from outside them); a known token with more
     candidates than that is capped there, so no token ever reads as less certain than an
@@ -97,14 +112,16 @@ class EntropyMonitor:
         """Account for one token and return the decision after it (sticky once it exits)."""
         index = self.tokens_seen
         self.tokens_seen = index + 1
-        _, _, _, top, phase = token
+        _, logprob, _, top, phase = token
         if phase is Phase.REASONING:
             self.reasoning_tokens += 1
         k = len(top)
         if k > self.max_k:
             self.max_k = k
         bits: float | None = None
-        if k:
+        if logprob is not None and not logprob <= POSITIVE_TOLERANCE:  # NaN fails <= too
+            self._malformed(LogprobsFormatError("logprob", f"sampled token's logprob is {logprob!r}"))
+        elif k:
             try:
                 # The renormalised fast path first (no call layers: this runs per token).
                 bits = fast_renormalised_bits(top) if self._renormalised else None
@@ -113,9 +130,12 @@ class EntropyMonitor:
             except LogprobsFormatError as error:
                 self._malformed(error)
             else:
-                if bits == 0.0 and self._renormalised:
-                    bits = self._zero_or_unknown(top)
-                elif bits is not None and bits > self._unknown_bits:
+                if bits is None:
+                    pass
+                elif bits < ONE_LIVE_BITS:  # rare: a near-certain token, or one live candidate
+                    if self._renormalised and live_candidates(top) < 2:
+                        bits = None
+                elif bits > self._unknown_bits:
                     bits = self._unknown_bits
         if bits is None:
             self.unknown_tokens += 1
@@ -139,11 +159,6 @@ class EntropyMonitor:
                 EntropyExitWarning,
                 stacklevel=4,
             )
-
-    @staticmethod
-    def _zero_or_unknown(top: tuple[float, ...]) -> float | None:
-        """Exactly 0 bits: real certainty, or one live candidate (the rest -inf/-9999), unknown."""
-        return 0.0 if sum(1 for value in top if value > SENTINEL_LOGPROB) >= 2 else None
 
     def _watches(self, phase: Phase) -> bool:
         watch = self._watch_phase

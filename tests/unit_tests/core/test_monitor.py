@@ -162,3 +162,41 @@ def test_candidates_dedupe_and_missing_sampled_token() -> None:
     same_text = token_from_candidates("a", -0.5, [("a", -0.5), ("a", -3.0)])
     assert same_text.top_logprobs == (-0.5, -3.0)  # same text, other token id: kept
     assert token_from_candidates("x", -1.0, []).top_logprobs == ()  # no list: unknown stays unknown
+
+
+@pytest.mark.parametrize("live", [-1.3394672349903213e-164, -1e-300, 0.0, -5.3, -588.59, -9998.0])
+@pytest.mark.parametrize("dead", [-9999.0, -math.inf, -1e6])
+def test_one_live_candidate_is_unknown_whatever_its_value(live: float, dead: float) -> None:
+    """A lone live candidate reads 0 bits plus rounding noise (1.9e-164 bits for -1.3e-164)."""
+    monitor = EntropyMonitor(ExitPolicy(threshold=1.0, min_tokens=0))
+    decision = monitor.observe(TokenLogprob("a", live, ("a", "b", "c"), (live, dead, dead)))
+    assert decision.reason == "unknown" and monitor.unknown_tokens == 1 and math.isnan(monitor.trace[0])
+
+
+def test_two_live_candidates_read_near_zero_are_known() -> None:
+    """The live-candidate count only runs below ONE_LIVE_BITS, and confirms a real certainty."""
+    from entropy_exit_integrations.core.entropy import ONE_LIVE_BITS
+
+    monitor = EntropyMonitor(ExitPolicy(threshold=1.0, min_tokens=0))
+    for runner_up in (-30.0, -700.0, -800.0):  # -800 underflows to probability 0: still live
+        decision = monitor.observe(TokenLogprob("a", 0.0, ("a", "b", "c"), (0.0, runner_up, -9999.0)))
+        assert decision.should_exit and decision.entropy is not None and decision.entropy < ONE_LIVE_BITS
+    assert monitor.unknown_tokens == 0
+
+
+@pytest.mark.parametrize("sampled", [math.nan, 0.7])
+def test_a_malformed_sampled_logprob_is_unknown_with_one_warning_per_monitor(sampled: float) -> None:
+    """The README's promise: a NaN sampled logprob with a finite top list is an unknown token
+    and one warning, however many such tokens follow."""
+    bad = TokenLogprob("a", sampled, ("a", "b"), (-0.001, -9.0))
+    monitor = EntropyMonitor(ExitPolicy(threshold=5.0, min_tokens=0))
+    with pytest.warns(EntropyExitWarning, match="sampled token's logprob") as caught:
+        decisions = [monitor.observe(bad) for _ in range(5)]
+    assert len(caught) == 1 and monitor.malformed_tokens == 5 and monitor.unknown_tokens == 5
+    assert not any(d.should_exit for d in decisions)
+    monitor.reset()
+    with pytest.warns(EntropyExitWarning):  # a new stream warns again
+        monitor.observe(bad)
+    # Within tolerance, a positive sampled logprob is rounding noise: the token is known.
+    fresh = EntropyMonitor(ExitPolicy(threshold=5.0, min_tokens=0))
+    assert fresh.observe(bad._replace(logprob=1e-6)).should_exit

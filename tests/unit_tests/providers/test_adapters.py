@@ -8,6 +8,7 @@ from openai.types.chat import ChatCompletionChunk
 from entropy_exit_integrations import EntropyMonitor, ExitPolicy, Phase
 from entropy_exit_integrations.errors import EntropyExitWarning
 from entropy_exit_integrations.providers import (
+    ChunkParts,
     parse_chat_chunk,
     parse_completion_chunk,
     parse_llama_index_response,
@@ -118,7 +119,8 @@ def mutated(path: list, value):
         (["choices", 0, "logprobs", "content", 0, "top_logprobs", 2, "logprob"], "x", 1),
         (["choices", 0, "logprobs", "content", 0, "top_logprobs", 2, "logprob"], 0.5, 1),
         (["choices", 0, "logprobs", "content", 0, "token"], None, 0),  # the candidates are fine
-        (["choices", 0, "logprobs", "content", 0, "logprob"], math.nan, 0),  # in its own top list
+        (["choices", 0, "logprobs", "content", 0, "logprob"], math.nan, 1),  # even in its own top list
+        (["choices", 0, "logprobs", "content", 0, "logprob"], "x", 1),
         (["choices", 0, "logprobs", "content", 0, "top_logprobs"], 5, 1),
     ],
 )
@@ -165,3 +167,27 @@ def test_framework_shapes() -> None:
         raw = ChatCompletionChunk.model_validate(chunk)
 
     assert parse_llama_index_response(Response()).tokens == expected
+
+
+def test_a_nan_sampled_logprob_is_unknown_in_every_shape_with_one_warning_per_stream() -> None:
+    """Chat, legacy completions and LangChain's chunk: the same unknown token, one warning."""
+    from entropy_exit_integrations.session import ExitSession
+
+    chat = mutated(["choices", 0, "logprobs", "content", 0, "logprob"], math.nan)
+    legacy = copy.deepcopy(LEGACY)
+    legacy["choices"][0]["logprobs"]["token_logprobs"] = [math.nan, None]  # "." stays known
+    langchain = {"generation_info": {"logprobs": chat["choices"][0]["logprobs"]}}
+    shapes = {
+        "chat": lambda: parse_chat_chunk(chat),
+        "legacy": lambda: parse_completion_chunk(legacy),
+        "langchain": lambda: ChunkParts(content="x", tokens=tokens_from_langchain_chunk(langchain)),
+    }
+    for name, parts in shapes.items():
+        session = ExitSession(ExitPolicy(threshold=5.0, min_tokens=0))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                session.feed(parts())
+        warned = [w for w in caught if issubclass(w.category, EntropyExitWarning)]
+        assert len(warned) == 1 and "nan" in str(warned[0].message).lower(), name
+        assert session.monitor.unknown_tokens == 3, name
