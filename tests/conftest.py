@@ -1,12 +1,34 @@
-"""Shared pytest set-up: the embedded llama.cpp server fixture and the ``integration`` marker."""
+"""Shared pytest set-up: the embedded llama.cpp server fixture, the ``integration`` marker, and
+the Hypothesis profiles.
+
+Hypothesis profiles (``HYPOTHESIS_PROFILE``):
+
+* ``ci`` (the default, everywhere): derandomized (each test's examples are seeded from the test
+  itself, so every run draws the same ones), no example database (nothing a previous local run
+  found is replayed), no deadline (2-core runners are slow). The suite is deterministic: a
+  failure reproduces with the same command.
+* ``explore``: random seeds, 2000 examples per test (a test's own ``@settings(max_examples=...)``
+  still wins), the local example database: ``HYPOTHESIS_PROFILE=explore pytest tests/unit_tests``.
+  Add what it finds to the test as an ``@example`` so ``ci`` checks it from then on.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+try:
+    from hypothesis import settings
+except ImportError:  # only the dev extra installs it; the integration tests do not need it
+    pass
+else:
+    settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+    settings.register_profile("explore", derandomize=False, max_examples=2000, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 if TYPE_CHECKING:
     from entropy_exit_integrations.local import LocalServer
