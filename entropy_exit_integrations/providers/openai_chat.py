@@ -22,6 +22,10 @@ _LOGPROB = operator.itemgetter("logprob")
 def parse_chat_chunk(chunk: Any, *, choice_index: int = 0) -> ChunkParts:
     """Split one ``chat.completion.chunk`` into text, reasoning text and token logprobs.
 
+    Only choice ``choice_index`` is read (``n > 1`` streams interleave choices; the others
+    contribute nothing). Reasoning in a separate field is read under any of the names servers
+    use: ``reasoning_content`` (DeepSeek, llama.cpp, older vLLM, SGLang), ``reasoning`` (vLLM
+    0.9+, Ollama ``/v1``, OpenRouter) and ``thinking``.
     Role-only, usage-only and empty chunks give no tokens. Malformed logprob entries never raise:
     a bad value becomes NaN, which the monitor reads as an unknown token (with one warning), so
     broken data can only delay an exit.
@@ -32,7 +36,7 @@ def parse_chat_chunk(chunk: Any, *, choice_index: int = 0) -> ChunkParts:
     choices = get(chunk, "choices")
     if not choices:
         return EMPTY if usage is None else ChunkParts(usage=_as_dict(usage))
-    choice = _choice(choices, choice_index)
+    choice = _choice(choices, choice_index, get)
     if choice is None:
         return EMPTY if usage is None else ChunkParts(usage=_as_dict(usage))
     delta = get(choice, "delta")
@@ -40,7 +44,7 @@ def parse_chat_chunk(chunk: Any, *, choice_index: int = 0) -> ChunkParts:
     tool_call = False
     if delta is not None:
         content = get(delta, "content") or ""
-        reasoning = get(delta, "reasoning_content") or get(delta, "reasoning") or ""
+        reasoning = get(delta, "reasoning_content") or get(delta, "reasoning") or get(delta, "thinking") or ""
         tool_call = bool(get(delta, "tool_calls"))
     phase = Phase.REASONING if reasoning and not content else Phase.ANSWER
     logprobs = get(choice, "logprobs")
@@ -128,11 +132,18 @@ def _number(value: Any) -> float:
     return float(value)
 
 
-def _choice(choices: Any, index: int) -> Any:
-    if len(choices) == 1:
-        return choices[0]
+def _choice(choices: Any, index: int, get: Any = field) -> Any:
+    """The choice numbered ``index``, or None when this chunk carries only other choices.
+
+    With ``n > 1`` a server interleaves the choices' chunks (usually one choice per chunk, each
+    with its own ``index``): only ``index`` is read, so choices never mix. A choice without an
+    ``index`` is choice 0.
+    """
+    if len(choices) == 1:  # the common case
+        choice = choices[0]
+        return choice if (get(choice, "index") or 0) == index else None
     for choice in choices:
-        if (field(choice, "index") or 0) == index:
+        if (get(choice, "index") or 0) == index:
             return choice
     return None
 

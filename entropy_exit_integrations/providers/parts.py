@@ -12,7 +12,8 @@ class ChunkParts(NamedTuple):
 
     Attributes:
         content: answer text delta ("" when none).
-        reasoning: reasoning text delta from a separate field (``reasoning_content``/``reasoning``).
+        reasoning: reasoning text delta from a separate field (``reasoning_content``, ``reasoning``
+            or ``thinking``).
         tokens: one record per generated token the chunk carries logprobs for.
         has_logprobs: the chunk carried a logprobs field (possibly with zero entries).
         finish_reason: the provider's finish reason on the last chunk, else None.

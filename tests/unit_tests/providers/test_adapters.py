@@ -191,3 +191,74 @@ def test_a_nan_sampled_logprob_is_unknown_in_every_shape_with_one_warning_per_st
         warned = [w for w in caught if issubclass(w.category, EntropyExitWarning)]
         assert len(warned) == 1 and "nan" in str(warned[0].message).lower(), name
         assert session.monitor.unknown_tokens == 3, name
+
+
+def sdk_chunk(chunk: dict) -> ChatCompletionChunk:
+    return ChatCompletionChunk.model_validate(
+        {"id": "x", "created": 0, "model": "m", "object": "chat.completion.chunk", **chunk}
+    )
+
+
+def two_choice_stream() -> list[dict]:
+    """An ``n=2`` chat stream as vLLM and OpenAI send it: one choice per chunk, interleaved,
+    then a chunk carrying both choices' finish, then usage."""
+
+    def one(index: int, text: str, logprob: float) -> dict:
+        top = [{"token": text, "logprob": logprob}, {"token": "~", "logprob": -12.0}]
+        entry = {"token": text, "logprob": logprob, "top_logprobs": top}
+        delta = {"content": text}
+        return {"index": index, "delta": delta, "logprobs": {"content": [entry]}, "finish_reason": None}
+
+    chunks = []
+    for a, b in [("4", "Five"), (" is", " is"), (" right", " wrong")]:
+        chunks.append({"choices": [one(0, a, -0.01)]})
+        chunks.append({"choices": [one(1, b, -2.0)]})
+    chunks.append({"choices": [one(1, ".", -1.0), one(0, "!", -0.02)]})
+    chunks.append(
+        {
+            "choices": [
+                {"index": 1, "delta": {}, "logprobs": None, "finish_reason": "length"},
+                {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"},
+            ]
+        }
+    )
+    chunks.append({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}})
+    return chunks
+
+
+def test_interleaved_choices_never_mix_only_choice_0_is_read() -> None:
+    from entropy_exit_integrations.session import ExitSession
+
+    chunks = two_choice_stream()
+    for shape in (
+        chunks,
+        [sdk_chunk(c) for c in chunks],
+    ):
+        session = ExitSession(ExitPolicy(threshold=0.0))
+        for c in shape:
+            session.feed(parse_chat_chunk(c))
+        session.close_text()
+        assert session.text == "4 is right!"
+        assert [t.token for t in session.tokens] == ["4", " is", " right", "!"]
+        assert session.finish_reason == "stop" and session.usage["completion_tokens"] == 9
+    other = [parse_chat_chunk(c, choice_index=1) for c in chunks]
+    assert "".join(p.content for p in other) == "Five is wrong."
+    assert [p.finish_reason for p in other if p.finish_reason] == ["length"]
+
+
+def test_a_completion_chunk_of_another_choice_contributes_nothing() -> None:
+    other = copy.deepcopy(LEGACY)
+    other["choices"][0]["index"] = 1
+    assert parse_completion_chunk(other).tokens == () and parse_completion_chunk(other).content == ""
+    assert parse_completion_chunk(other, choice_index=1).content == " Paris."
+
+
+@pytest.mark.parametrize("name", ["reasoning_content", "reasoning", "thinking"])
+def test_every_reasoning_field_name_is_read(name: str) -> None:
+    chunk = copy.deepcopy(content_chunks(TOP20)[0])
+    delta = chunk["choices"][0]["delta"]
+    delta[name], delta["content"] = "hmm", None
+    parts = parse_chat_chunk(chunk)
+    assert parts.reasoning == "hmm" and parts.content == ""
+    assert all(t.phase is Phase.REASONING for t in parts.tokens)
+    assert parse_chat_chunk(sdk_chunk(chunk)).reasoning == "hmm"  # an SDK model's extra field
