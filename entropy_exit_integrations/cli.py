@@ -4,6 +4,11 @@ Each subcommand is one ``_add_<name>_parser(subparsers)`` that registers its opt
 ``func=_run_<name>``, plus that ``_run_<name>(args) -> int``, which imports what it needs
 lazily (so ``entropy-exit --help`` stays fast and needs no optional dependency). To add a
 command, write the pair and append the adder to ``_PARSERS``.
+
+Errors: bad input (an option out of range, a missing or unreadable file, a server that cannot
+be reached, a calibration set that cannot work) is one line on stderr that names the option, path
+or URL and the fix, with exit code 2, before any request where it can be checked first. Other
+failures are one line with exit code 1. ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -14,12 +19,93 @@ import logging
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
-from .errors import EntropyExitError
+from . import __version__
+from .errors import EntropyExitError, ServerError, StreamInterrupted
 
 Subparsers = Any  # argparse's _SubParsersAction is private
+MIN_CALIBRATION = 4
+"""Fewest graded questions ``calibrate`` accepts (``core.calibration.MIN_EXAMPLES``)."""
+_BUILTIN_DATASETS = ("arithmetic", "gsm8k", "math500", "aime24")
+_DATASET_FIX = (
+    "use arithmetic, gsm8k, math500, aime24 or the path of a JSONL file with question and answer fields"
+)
+_TRACES_FIX = (
+    "record one with `entropy-exit bench` (OUT/traces.jsonl) or `entropy-exit calibrate --save-traces "
+    "FILE`, or convert raw stream chunks with `entropy-exit convert-chunks`"
+)
+
+
+class UsageError(EntropyExitError):
+    """Bad input the user can fix: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``PROG: error: ...``) with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small (at least {low})")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
+    return value
+
+
+def _open_unit(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1 (exclusive), e.g. 0.05")
+    return value
+
+
+def _input_file(option: str, path: str, fix: str) -> Path:
+    """``path`` as an existing file, else a ``UsageError`` naming the option, the path and ``fix``."""
+    found = Path(path).expanduser()
+    if not found.exists():
+        raise UsageError(f"{option} {path}: no such file; {fix}")
+    if found.is_dir():
+        raise UsageError(f"{option} {path} is a directory, not a file; {fix}")
+    return found
+
+
+def _check_dataset(name: str) -> None:
+    if name not in _BUILTIN_DATASETS:
+        _input_file("--dataset", name, _DATASET_FIX)
+
+
+def _check_model_file(model_file: str | None) -> None:
+    if model_file and model_file != "qwen2.5-coder-0.5b":
+        _input_file(
+            "--model-file",
+            model_file,
+            "give a GGUF file, or qwen2.5-coder-0.5b after `entropy-exit setup --model qwen2.5-coder-0.5b`",
+        )
 
 
 def _add_setup_parser(subparsers: Subparsers) -> None:
@@ -33,7 +119,10 @@ def _add_setup_parser(subparsers: Subparsers) -> None:
         "entropy-exit installs or compiles anything.",
     )
     parser.add_argument(
-        "--jobs", type=int, default=None, help="parallel compile jobs (default: the number of CPUs)"
+        "--jobs",
+        type=_int_at_least(1),
+        default=None,
+        help="parallel compile jobs (default: the number of CPUs)",
     )
     parser.add_argument(
         "--model",
@@ -76,11 +165,19 @@ def _add_serve_parser(subparsers: Subparsers) -> None:
         description="Start llama.cpp's llama-server with the default model on a loopback port, print its "
         "OpenAI-compatible base URL and model id, and serve until Ctrl-C. Needs `entropy-exit setup` once.",
     )
-    parser.add_argument("--port", type=int, default=None, help="port to listen on (default: a free one)")
+    parser.add_argument(
+        "--port", type=_port, default=None, help="port to listen on, 1-65535 (default: a free one)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: half the CPUs)")
-    parser.add_argument("--ctx-size", type=int, default=4096, help="context size per slot (default: 4096)")
-    parser.add_argument("--parallel", type=int, default=2, help="slots = streams served at once (default: 2)")
+    parser.add_argument(
+        "--threads", type=_int_at_least(1), default=None, help="CPU threads (default: half the CPUs)"
+    )
+    parser.add_argument(
+        "--ctx-size", type=_int_at_least(1), default=4096, help="context size per slot (default: 4096)"
+    )
+    parser.add_argument(
+        "--parallel", type=_int_at_least(1), default=2, help="slots = streams served at once (default: 2)"
+    )
     parser.set_defaults(func=_run_serve)
 
 
@@ -117,7 +214,7 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser, *, n: int, dataset: str) -> None:
+def _add_model_arguments(parser: argparse.ArgumentParser, *, n: int, n_min: int, dataset: str) -> None:
     """Options shared by ``calibrate`` and ``bench``: endpoint, model, questions, request settings."""
     parser.add_argument(
         "--base-url", default=None, help="OpenAI-compatible base URL (default: start the embedded server)"
@@ -130,13 +227,19 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, n: int, dataset: st
         help="arithmetic, gsm8k, math500, aime24 or a JSONL path "
         f"(default: {dataset}; SmolLM2-135M solves no GSM8K, arithmetic is its demo set)",
     )
-    parser.add_argument("--n", type=int, default=n, help=f"questions (default: {n})")
     parser.add_argument(
-        "--max-tokens", type=int, default=64, help="generation budget per question (default: 64)"
+        "--n", type=_int_at_least(n_min), default=n, help=f"questions, at least {n_min} (default: {n})"
+    )
+    parser.add_argument(
+        "--max-tokens", type=_int_at_least(1), default=64, help="generation budget per question (default: 64)"
     )
     parser.add_argument("--system-prompt", default=None, help="override the dataset's system prompt")
-    parser.add_argument("--concurrency", type=int, default=2, help="requests in flight (default: 2)")
-    parser.add_argument("--retries", type=int, default=3, help="retries per request (default: 3)")
+    parser.add_argument(
+        "--concurrency", type=_int_at_least(1), default=2, help="requests in flight (default: 2)"
+    )
+    parser.add_argument(
+        "--retries", type=_int_at_least(0), default=3, help="retries per request (default: 3)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="request and dataset seed (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -162,10 +265,12 @@ def _run_config(args: argparse.Namespace, model: str) -> Any:
 
 
 def _add_policy_shape_arguments(parser: argparse.ArgumentParser, *, window: int, min_tokens: int) -> None:
-    parser.add_argument("--window", type=int, default=window, help=f"window / EMA span (default: {window})")
+    parser.add_argument(
+        "--window", type=_int_at_least(1), default=window, help=f"window / EMA span (default: {window})"
+    )
     parser.add_argument(
         "--min-tokens",
-        type=int,
+        type=_int_at_least(0),
         default=min_tokens,
         help=f"watched tokens before any exit (default: {min_tokens})",
     )
@@ -174,14 +279,14 @@ def _add_policy_shape_arguments(parser: argparse.ArgumentParser, *, window: int,
 def _add_risk_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--risk",
-        type=float,
+        type=_open_unit,
         default=None,
         help="pick the largest threshold whose rate of harmful exits (a wrong answer where the full run "
         "was right) has an upper confidence bound at most RISK, e.g. 0.05 (default: off for the gate, "
         "0.05 for --aggregation)",
     )
     parser.add_argument(
-        "--confidence", type=float, default=0.9, help="confidence of the risk bound (default: 0.9)"
+        "--confidence", type=_open_unit, default=0.9, help="confidence of the risk bound (default: 0.9)"
     )
     parser.add_argument(
         "--forced-cache",
@@ -207,9 +312,17 @@ def _forced_cache(args: argparse.Namespace, beside: str) -> Any:
 def _load_traces(path: str) -> list[Any]:
     from .bench.replay import load_traces
 
-    traces = load_traces(path)
+    try:
+        traces = load_traces(_input_file("--traces", path, _TRACES_FIX))
+    except UsageError:
+        raise
+    except EntropyExitError as exc:
+        raise UsageError(
+            f"--traces {path}: {exc}; expected a trace file (JSON lines of schema entropy-exit-trace, "
+            "documented in entropy_exit_integrations/bench/traces.py)"
+        ) from exc
     if not traces:
-        raise EntropyExitError(f"{path}: no traces")
+        raise UsageError(f"--traces {path} holds no traces; {_TRACES_FIX}")
     print(f"read {len(traces)} traces from {path}")
     return traces
 
@@ -238,7 +351,7 @@ def _add_calibrate_parser(subparsers: Subparsers) -> None:
         "aggregate, window and min_tokens) on the traces, which needs one forced answer per candidate "
         "exit point: from the trace file or the cache, else asked from --base-url.",
     )
-    _add_model_arguments(parser, n=16, dataset="arithmetic")
+    _add_model_arguments(parser, n=16, n_min=MIN_CALIBRATION, dataset="arithmetic")
     parser.add_argument(
         "--method",
         default="mean",
@@ -260,7 +373,10 @@ def _add_calibrate_parser(subparsers: Subparsers) -> None:
     )
     _add_policy_shape_arguments(parser, window=16, min_tokens=16)
     parser.add_argument(
-        "--patience", type=int, default=1, help="streaming: confident tokens in a row (default: 1)"
+        "--patience",
+        type=_int_at_least(1),
+        default=1,
+        help="streaming: confident tokens in a row (default: 1)",
     )
     parser.add_argument(
         "--phase",
@@ -277,6 +393,19 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from .bench.commands import ExitAnswers, calibrate_traces, run_calibration
     from .core.policy import ExitPolicy
 
+    if args.traces:
+        _input_file("--traces", args.traces, _TRACES_FIX)
+    else:
+        from .bench.datasets import load_dataset
+
+        _check_dataset(args.dataset)
+        _check_model_file(args.model_file)
+        available = len(load_dataset(args.dataset, split="train", n=args.n, seed=args.seed))
+        if available < MIN_CALIBRATION:
+            raise UsageError(
+                f"--dataset {args.dataset} has {available} questions; calibration needs at least "
+                f"{MIN_CALIBRATION}: use a larger dataset"
+            )
     shape = None
     if args.aggregation is not None:
         shape = ExitPolicy(
@@ -335,7 +464,7 @@ def _add_bench_parser(subparsers: Subparsers) -> None:
         "With --traces and no --base-url nothing calls a model: rows that need one (live runs, the "
         "gate's extended step, forced answers not in the file or the cache) are skipped, with a message.",
     )
-    _add_model_arguments(parser, n=100, dataset="arithmetic")
+    _add_model_arguments(parser, n=100, n_min=1, dataset="arithmetic")
     parser.add_argument("--profile", default=None, help="calibration profile from `entropy-exit calibrate`")
     parser.add_argument("--out", default="bench-out", help="output directory (default: bench-out)")
     parser.add_argument(
@@ -352,14 +481,29 @@ def _add_bench_parser(subparsers: Subparsers) -> None:
     parser.set_defaults(func=_run_bench)
 
 
+def _load_profile(path: str) -> Any:
+    from .core.calibration import Calibration
+
+    fix = "write one with `entropy-exit calibrate --out PATH`"
+    found = _input_file("--profile", path, fix)
+    try:
+        return Calibration.load(found)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--profile {path} is not a calibration profile ({exc}); {fix}") from exc
+
+
 def _run_bench(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
     from .bench.commands import BenchOptions, bench_traces, run_bench
-    from .core.calibration import Calibration
 
-    profile = Calibration.load(args.profile) if args.profile else None
+    profile = _load_profile(args.profile) if args.profile else None
+    if args.traces:
+        _input_file("--traces", args.traces, _TRACES_FIX)
+    else:
+        _check_dataset(args.dataset)
+        _check_model_file(args.model_file)
     options = BenchOptions(window=args.window, min_tokens=args.min_tokens, live=not args.no_live)
     started = time.perf_counter()
     with _maybe_connect(args) as (client, model):
@@ -415,7 +559,7 @@ def _add_convert_parser(subparsers: Subparsers) -> None:
         "--dataset", default=None, help="arithmetic, gsm8k, math500, aime24 or a JSONL path, in stream order"
     )
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
-    parser.add_argument("--offset", type=int, default=0, help="first dataset row (default: 0)")
+    parser.add_argument("--offset", type=_int_at_least(0), default=0, help="first dataset row (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (arithmetic; default: 0)")
     parser.set_defaults(func=_run_convert)
 
@@ -425,10 +569,16 @@ def _run_convert(args: argparse.Namespace) -> int:
     from .bench.replay import save_traces
     from .bench.traces import convert_chunks
 
+    chunks = _input_file(
+        "chunks file",
+        args.chunks,
+        "give the JSONL file of chat.completion.chunk objects (one per line, as streamed; .gz is fine)",
+    )
     problems = None
     if args.dataset:
+        _check_dataset(args.dataset)
         problems = load_dataset(args.dataset, split=args.split, seed=args.seed, offset=args.offset)
-    traces = convert_chunks(args.chunks, problems)
+    traces = convert_chunks(chunks, problems)
     save_traces(traces, args.out)
     right = sum(t.correct for t in traces)
     tokens = sum(len(t.tokens) for t in traces)
@@ -446,9 +596,16 @@ def _add_demo_parser(subparsers: Subparsers) -> None:
     )
     parser.add_argument("--base-url", default=None, help="an OpenAI-compatible server (default: embedded)")
     parser.add_argument("--model", default=None, help="model id on that server")
-    parser.add_argument("--n-calibration", type=int, default=16, help="calibration questions (default: 16)")
-    parser.add_argument("--n-test", type=int, default=8, help="test questions (default: 8)")
-    parser.add_argument("--max-tokens", type=int, default=128, help="token budget per answer (default: 128)")
+    parser.add_argument(
+        "--n-calibration",
+        type=_int_at_least(4),
+        default=16,
+        help="calibration questions, at least 4 (default: 16)",
+    )
+    parser.add_argument("--n-test", type=_int_at_least(1), default=8, help="test questions (default: 8)")
+    parser.add_argument(
+        "--max-tokens", type=_int_at_least(1), default=128, help="token budget per answer (default: 128)"
+    )
     parser.add_argument("--out", default="demo-out", help="directory for the profile and the plot")
     parser.set_defaults(func=_run_demo)
 
@@ -478,14 +635,25 @@ _PARSERS: list[Callable[[Subparsers], None]] = [
 ]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("entropy-exit-integrations")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``entropy-exit`` parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="entropy-exit", description="Entropy-based early exit for LLM generations."
-    )
+    parser = _Parser(prog="entropy-exit", description="Entropy-based early exit for LLM generations.")
+    parser.add_argument("--version", action="version", version=f"entropy-exit {_version()}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in _PARSERS:
         add(subparsers)
+    for sub in subparsers.choices.values():  # also accepted after the command
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -506,16 +674,55 @@ def _log_to_stderr(level: int) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``entropy-exit``; returns the process exit code."""
+    """Run ``entropy-exit``; returns the process exit code (2: bad input, 1: other failures).
+
+    Argument errors exit through ``SystemExit(2)`` as argparse does, with a one-line message.
+    """
     args = build_parser().parse_args(argv)
     try:
-        with _log_to_stderr(logging.INFO):
+        with _log_to_stderr(logging.DEBUG if args.debug else logging.INFO):
             return int(args.func(args))
-    except EntropyExitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        code, message = _explain(exc, args)
+        if code == 2:
+            message = " ".join(line.strip() for line in message.splitlines() if line.strip())
+        elif not args.debug and not isinstance(exc, EntropyExitError):
+            message += " (run again with --debug for the traceback)"
+        print(f"entropy-exit {args.command}: error: {message}", file=sys.stderr)
+        return code
+
+
+def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[int, str]:
+    """(exit code, message) for an error that ended a command: 2 for bad input, else 1."""
+    openai = sys.modules.get("openai")
+    url = getattr(args, "base_url", None) or "the embedded server"
+    if openai is not None and isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        request = getattr(getattr(exc, "request", None), "url", None)
+        where = f"--base-url {args.base_url}" if getattr(args, "base_url", None) else str(request or url)
+        return 2, (
+            f"cannot connect to {where} ({type(cause).__name__}: {cause}): check --base-url (an "
+            "OpenAI-compatible base URL, usually ending in /v1), start a server with `entropy-exit serve`, "
+            "or leave --base-url out to use the embedded one"
+        )
+    if openai is not None and isinstance(exc, openai.AuthenticationError):
+        return 2, f"{url} refused the API key ({exc.message}): pass the right one with --api-key"
+    if openai is not None and isinstance(exc, openai.NotFoundError):
+        return 2, (
+            f"{url} answered 404 ({exc.message}): check --model (GET {url}/models lists the ids) and "
+            "that --base-url is the OpenAI-compatible root (usually ending in /v1)"
+        )
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return 2, f"{exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, (ServerError, StreamInterrupted)):
+        return 1, str(exc)
+    if isinstance(exc, EntropyExitError):
+        return 2, str(exc)
+    return 1, f"{type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":

@@ -80,7 +80,20 @@ def connect(
         client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
         if model is None:
             model = client.models.list().data[0].id
+        else:
+            _check_reachable(client)
         yield client, model
+
+
+def _check_reachable(client: Any) -> None:
+    """Fail at once (``openai.APIConnectionError``) when nothing answers at the client's URL.
+
+    Any HTTP answer counts as reachable: a server without ``/models`` still serves chats.
+    """
+    import openai
+
+    with contextlib.suppress(openai.APIStatusError):
+        client.with_options(timeout=30.0, max_retries=0).models.list()
 
 
 class ExitAnswers:

@@ -12,7 +12,6 @@ default, solves none of GSM8K, so its demos and tests need questions it can some
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import EntropyExitError
+from .files import json_lines
 
 DATASETS = ("arithmetic", "gsm8k", "math500", "aime24")
 _FILES = {
@@ -60,29 +60,26 @@ def _gsm8k_answer(text: str) -> str:
 
 
 def read_jsonl(path: str | Path, *, kind: str | None = None, prefix: str | None = None) -> list[Problem]:
-    """Problems from a JSONL file with ``question``/``problem`` and ``answer`` fields."""
+    """Problems from a JSONL file (plain or gzip) with ``question``/``problem`` and ``answer`` fields."""
     path = Path(path)
     problems = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            question = row.get("question", row.get("problem"))
-            if question is None or "answer" not in row:
-                raise EntropyExitError(f"{path}:{number + 1}: needs question (or problem) and answer")
-            answer = str(row["answer"])
-            guess = kind or ("numeric" if "####" in answer or _is_number(answer) else "math")
-            if "####" in answer:
-                answer = _gsm8k_answer(answer)
-            problems.append(
-                Problem(
-                    f"{prefix or path.stem}-{row.get('id', row.get('unique_id', number))}",
-                    str(question),
-                    answer,
-                    guess,
-                )
+    for line_number, row in json_lines(path):
+        number = line_number - 1
+        question = row.get("question", row.get("problem")) if isinstance(row, dict) else None
+        if question is None or "answer" not in row:
+            raise EntropyExitError(f"{path}:{number + 1}: needs question (or problem) and answer")
+        answer = str(row["answer"])
+        guess = kind or ("numeric" if "####" in answer or _is_number(answer) else "math")
+        if "####" in answer:
+            answer = _gsm8k_answer(answer)
+        problems.append(
+            Problem(
+                f"{prefix or path.stem}-{row.get('id', row.get('unique_id', number))}",
+                str(question),
+                answer,
+                guess,
             )
+        )
     return problems
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from ..core.calibration import sequence_entropy
 from ..core.tokens import Phase, TokenLogprob
 from ..errors import EntropyExitError
+from .files import json_lines, open_for_writing
 from .graders import extract_math_answer, grade, last_number
 from .rules import Rule
 
@@ -115,26 +116,26 @@ class Trace:
 
 
 def save_traces(traces: Iterable[Trace], path: str | Path) -> Path:
-    """Write traces as JSONL (schema ``entropy-exit-trace``, version 1); returns the path."""
+    """Write traces as JSONL (schema ``entropy-exit-trace``, version 1; gzip when the name ends in
+    ``.gz``); returns the path."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", encoding="utf-8") as handle:
+    with open_for_writing(target) as handle:
         for trace in traces:
             handle.write(json.dumps(trace.to_json()) + "\n")
     return target
 
 
 def load_traces(path: str | Path) -> list[Trace]:
-    """Read a trace file; a malformed line raises ``EntropyExitError`` naming the line."""
+    """Read a trace file (plain or gzip); a malformed line raises ``EntropyExitError`` naming it."""
     traces = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                traces.append(Trace.from_json(json.loads(line)))
-            except (ValueError, TypeError, KeyError) as error:
-                raise EntropyExitError(f"{path}:{number}: {error}") from error
+    for number, row in json_lines(path):
+        try:
+            if not isinstance(row, dict):
+                raise ValueError("a trace must be a JSON object")
+            traces.append(Trace.from_json(row))
+        except (ValueError, TypeError, KeyError) as error:
+            raise EntropyExitError(f"{path}:{number}: {error}") from error
     return traces
 
 

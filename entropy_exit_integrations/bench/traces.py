@@ -58,6 +58,7 @@ from typing import Any
 from ..core.tokens import Phase, TokenLogprob
 from ..errors import EntropyExitError
 from .datasets import Problem
+from .files import json_lines
 from .graders import grade
 from .replay import Trace
 
@@ -72,28 +73,24 @@ def problems_of(traces: Sequence[Trace]) -> list[Problem]:
 
 
 def read_chunk_streams(path: str | Path) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """Group a JSONL file of chunks into streams: (metadata of the stream's first line, chunks)."""
+    """Group a JSONL file of chunks (plain or gzip) into streams: (metadata of the stream's first
+    line, chunks)."""
     streams: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
     current: str | None = None
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise EntropyExitError(f"{path}:{number}: not JSON ({error})") from error
+    for number, row in json_lines(path):
+        if not isinstance(row, dict):
+            raise EntropyExitError(f"{path}:{number}: a chunk must be a JSON object")
+        meta: dict[str, Any] = {}
+        if "chunk" in row:
+            meta = {k: v for k, v in row.items() if k != "chunk"}
+            row = row["chunk"]
             if not isinstance(row, dict):
-                raise EntropyExitError(f"{path}:{number}: a chunk must be a JSON object")
-            meta: dict[str, Any] = {}
-            if "chunk" in row:
-                meta = {k: v for k, v in row.items() if k != "chunk"}
-                row = row["chunk"]
-            stream_id = str(row.get("id", ""))
-            if not streams or stream_id != current or (meta and meta != streams[-1][0]):
-                streams.append((meta, []))
-                current = stream_id
-            streams[-1][1].append(row)
+                raise EntropyExitError(f'{path}:{number}: "chunk" must be a JSON object')
+        stream_id = str(row.get("id", ""))
+        if not streams or stream_id != current or (meta and meta != streams[-1][0]):
+            streams.append((meta, []))
+            current = stream_id
+        streams[-1][1].append(row)
     return streams
 
 
@@ -202,9 +199,14 @@ class ForcedCache:
         self.entries: dict[str, dict[str, Any]] = {}
         self._dirty = False
         if self.path is not None and self.path.exists():
-            data = json.loads(self.path.read_text())
-            if data.get("schema") != "entropy-exit-forced":
-                raise EntropyExitError(f"{self.path} is not a forced-answer cache")
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as error:
+                data = {"error": str(error)}
+            if not isinstance(data, dict) or data.get("schema") != "entropy-exit-forced":
+                raise EntropyExitError(
+                    f"{self.path} is not a forced-answer cache: delete it or pass another --forced-cache"
+                )
             self.entries = dict(data.get("entries", {}))
 
     @staticmethod
