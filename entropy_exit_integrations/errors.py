@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -26,7 +27,8 @@ class LogprobsUnavailableError(EntropyExitError):
     """The provider sent no logprobs, so entropy cannot be measured.
 
     Missing logprobs never count as "confident": without them the policy cannot decide, and
-    this error says how to ask for them.
+    this error says how to ask for them (``hint``; ``refused`` builds the error for a request
+    the provider refused, naming the fix that message calls for).
     """
 
     HINT = (
@@ -35,13 +37,91 @@ class LogprobsUnavailableError(EntropyExitError):
         "returns them (vLLM needs --max-logprobs >= k)"
     )
 
-    def __init__(self, message: str, *, provider_message: str | None = None, partial_text: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider_message: str | None = None,
+        partial_text: str = "",
+        hint: str | None = None,
+    ) -> None:
         self.provider_message = provider_message
         self.partial_text = partial_text
-        text = f"{message}; {self.HINT}"
+        self.hint = self.HINT if hint is None else hint
+        text = f"{message}; {self.hint}" if self.hint else message
         if provider_message:
             text += f" (provider said: {provider_message})"
         super().__init__(text)
+
+    @classmethod
+    def refused(cls, provider_message: str, *, top_k: int) -> LogprobsUnavailableError:
+        """The error for a request the provider refused because it asked for ``top_k`` logprobs.
+
+        The message names the fix ``refusal_hint`` finds for the provider's words (for vLLM's
+        "Requested sample logprobs of 20, which is greater than max allowed: 5":
+        ``ExitPolicy(top_k=5)`` on the client, or ``--max-logprobs 20`` on the server) and the
+        way to run such calls unmonitored instead.
+
+        >>> error = LogprobsUnavailableError.refused("greater than max allowed: 5", top_k=20)
+        >>> "ExitPolicy(top_k=5)" in str(error) and "--max-logprobs 20" in str(error)
+        True
+        """
+        return cls(
+            "the provider refused to return logprobs for this request",
+            provider_message=provider_message,
+            hint=refusal_hint(provider_message, top_k=top_k)
+            + "; ExitPolicy(on_missing='pass_through') runs such calls unmonitored instead",
+        )
+
+
+_LIMIT_PATTERNS = (
+    # vLLM: "Requested sample logprobs of 20, which is greater than max allowed: 5"
+    re.compile(r"max(?:imum)? allowed\D{0,12}?(\d+)", re.IGNORECASE),
+    # OpenAI: "Invalid 'top_logprobs': integer above maximum value. Expected a value <= 20, ..."
+    re.compile(r"(?:<=|less than or equal to|at most|no more than)\s*(\d+)", re.IGNORECASE),
+)
+
+
+def logprobs_limit(provider_message: str) -> int | None:
+    """The most candidates per token a server allows, when its refusal says so, else None.
+
+    >>> logprobs_limit("Requested sample logprobs of 20, which is greater than max allowed: 5")
+    5
+    >>> logprobs_limit("This model does not support logprobs.") is None
+    True
+    """
+    for pattern in _LIMIT_PATTERNS:
+        match = pattern.search(provider_message)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def refusal_hint(provider_message: str, *, top_k: int) -> str:
+    """How to fix a logprob refusal, from the provider's message and the ``top_k`` asked for.
+
+    * Over the server's limit (vLLM's ``--max-logprobs``, OpenAI's 20): ask for at most that many
+      on the client, ``ExitPolicy(top_k=<limit>)`` (top-k entropy is a truncated estimate: a
+      smaller k reads lower, so recalibrate the threshold for it), or raise the server's limit
+      (vLLM: ``--max-logprobs <top_k>``). A limit of 1 allows only the tail-aware estimator; 0
+      allows nothing on the client.
+    * Anything else (a model that never returns logprobs): the generic ``HINT``.
+
+    >>> refusal_hint("Requested sample logprobs of 20, which is greater than max allowed: 5", top_k=20)[:64]
+    'the server returns at most 5 candidates per token and the policy'
+    """
+    limit = logprobs_limit(provider_message)
+    if limit is None or limit >= top_k:
+        return LogprobsUnavailableError.HINT
+    server = f"or raise the server's limit (vLLM: --max-logprobs {top_k})"
+    asked = f"the server returns at most {limit} candidates per token and the policy asks for {top_k}"
+    if limit <= 0:
+        return f"{asked}: raise the server's limit (vLLM: --max-logprobs {top_k})"
+    if limit == 1:
+        client = "ExitPolicy(top_k=1, tail_aware=True) (one candidate needs the tail-aware estimator)"
+    else:
+        client = f"ExitPolicy(top_k={limit}) (fewer candidates read lower: recalibrate the threshold)"
+    return f"{asked}: ask for fewer with {client}, {server}"
 
 
 LLAMA_CPP_TOOLS_REFUSAL = "not supported with tools"
@@ -104,6 +184,10 @@ class StreamInterrupted(EntropyExitError):
     def __init__(self, message: str, partial: Any) -> None:
         self.partial = partial
         super().__init__(message)
+
+
+class NoTokenEventsError(EntropyExitError, RuntimeError):
+    """A monitored LangChain run produced text without streaming it, so nothing was measured."""
 
 
 class ServerError(EntropyExitError, RuntimeError):
