@@ -1,28 +1,29 @@
 """MonitoredCall: the one engine behind every integration, from request to report.
 
-Every integration (the openai helpers, ``ChatEntropyExit``, the LangChain callback handler,
-``EntropyExitLLM``) is a thin shim around one ``MonitoredCall``: the shim opens, reads, closes
-and reopens streams with its client and translates framework objects; everything that decides
-lives here, once, and does no I/O::
+The engine is sans-IO (like h11): it never opens, reads or closes a stream itself. It says what
+to do next, and one sync and one async driver (``driver.drive``/``driver.adrive``) carry that out
+over a *transport*, the only thing an integration writes::
 
-    call = MonitoredCall(policy, messages=..., model=..., max_tokens=...)
-    request |= call.logprob_params()          # or the framework's way of asking for them
-    # open the stream; on an error: call.refused(error) -> retry without logprobs, or raise
-    for chunk in guarded(stream, call):       # transport errors -> StreamInterrupted
-        deltas = call.feed(parse(chunk))      # text pieces, split into reasoning and answer
-        if call.should_stop:                  # the policy says stop and no guard holds it
-            break                             # ... and close the stream
-    deltas = call.end_main(cut=call.should_stop)
-    if call.wants_forcing():
-        plan = call.forcing_plan()            # messages/prompt, extra_body, budget, stop
-        for chunk in guarded(forcing_stream, call):
-            deltas = call.feed_forced(parse(chunk))
-        deltas = call.finish_forced()
-    result = call.finish()                    # ExitResult, or StreamInterrupted
+    call = MonitoredCall(options, fields=request_fields, messages=..., model=...)
+    action = call.next_action()      # Open(spec) | Read(role) | Close(role) | Finish
+    ...                              # the driver acts, then tells the engine what happened:
+    call.opened(role)                # the stream of ``spec.role`` is open
+    call.received(role, parts)       # a chunk (its ChunkParts); returns the text to show
+    call.ended(role)                 # the stream ran out
+    call.failed(role, error)         # it raised (a refusal retries; a probe counts as no answer;
+                                     # anything else raises, with the partial result)
+    call.closed(role)                # the driver closed it; returns the text held back
 
-Facts by construction: ``exited`` is ``cut`` (the shim closed the stream before the model
-finished); a stream that ends without a finish reason is broken, not finished; usage is the
-server's when it sent one for the whole stream, else counted here, and the report says which.
+One ``RequestSpec`` describes the main, forcing and probe requests: the request fields with one
+rule for what a short request does not forward (``SHORT_REQUEST_DROPS``), so forcing and probes
+behave the same in every integration (llama.cpp refuses ``tools`` with ``logprobs`` + ``stream``).
+
+Facts by construction: ``exited`` is ``ended == "we_closed"`` (the driver closed the stream
+before the model finished); a stream that ends without a finish reason is broken, not finished;
+usage is the server's when it sent one for the whole stream, else counted here, and the report
+says which. The LangChain callback handler and LlamaIndex's event handler, which cannot drive a
+call (the framework does), use the passive half: ``feed``, ``should_stop``, ``end_main``,
+``finish``.
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ from __future__ import annotations
 import asyncio
 import time
 import warnings
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple
 
 from .core.monitor import Decision
 from .core.policy import ExitPolicy
-from .core.probes import ProbeRule, ProbeState
-from .core.savings import Ended, SavingsLedger, SavingsReport
+from .core.probes import ProbeState
+from .core.savings import Ended, SavingsReport
 from .core.tokens import Phase, TokenLogprob
 from .errors import (
     LLAMA_CPP_TOOLS_REFUSAL,
@@ -47,18 +48,50 @@ from .errors import (
     is_logprobs_refusal,
     provider_message,
 )
-from .forcing import AnswerForcing, ForcedAnswer
+from .forcing import ForcedAnswer
+from .options import ExitOptions, OnToken
 from .providers.parts import ChunkParts
 from .session import ExitSession, TextDelta
 from .telemetry import record_call
 from .tokencount import count_message_tokens, count_tokens
 
 Api = Literal["chat", "completions"]
-OnToken = Callable[[TokenLogprob, Decision], None]
-T = TypeVar("T")
+Role = Literal["main", "forcing", "probe"]
 
 ENTROPY_EXIT = "entropy_exit"
 """``finish_reason`` of a generation this package stopped."""
+
+REPORT_KEY = "entropy_exit"
+"""Where every integration puts the report as plain data: LangChain ``response_metadata`` and
+agent state, LlamaIndex ``additional_kwargs``, handler run metadata."""
+
+ATTEMPTS = 3
+"""Requests a call makes at most to open its stream: the first, a retry with ``n_probs``
+(llama.cpp with tools), one without logprobs (``on_missing="pass_through"``)."""
+
+LOGPROB_FIELDS = ("logprobs", "top_logprobs")
+"""The OpenAI request fields a retry after a refusal drops."""
+
+SHORT_REQUEST_DROPS = (
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "stop",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "functions",
+    "function_call",
+    "response_format",
+    "stream_options",
+    "logprobs",
+    "top_logprobs",
+)
+"""Request fields a forcing or probe request does not take from the main request: it asks for a
+short text answer (no tools: llama.cpp refuses ``tools`` with ``logprobs`` + ``stream``), with
+its own budget, stop sequences and one logprob per token (to count its tokens)."""
+
+_RETRY_FIELDS = ("n_probs",)
 
 
 @dataclass
@@ -73,7 +106,8 @@ class ExitResult:
         decision: the monitor's last decision.
         report: tokens generated and saved, how the stream ended, entropy summary, k.
         usage: ``prompt_tokens``/``completion_tokens``/``total_tokens``: the server's when it
-            sent them for the whole call, else counted here (``report.usage_source``).
+            sent them for the whole call, else counted here (``report.usage_source``); with
+            ``"estimated": True`` when the prompt tokens are an estimate.
         tokens: every generated token with its top logprobs.
         forced_answer: the forced answer text, or None when no forcing ran.
         chunks: raw chunks, when the openai helpers were asked to keep them.
@@ -91,51 +125,52 @@ class ExitResult:
 
 
 @dataclass(frozen=True)
-class Retry:
-    """How to ask again after a refusal: without the OpenAI logprob fields, plus ``extra_body``.
+class RequestSpec:
+    """One request to open: the main stream, the forcing request, or a probe.
 
     Attributes:
-        extra_body: request fields to add (``{"n_probs": k}`` for llama.cpp with tools).
-        monitored: the retry still returns logprobs.
+        role: ``"main"``, ``"forcing"`` or ``"probe"``.
+        fields: the OpenAI-style request fields (the caller's, with this request's logprob
+            fields, budget, stop and ``extra_body``), without the messages or prompt. A
+            transport maps them onto its client (``create(**fields)``, call keyword arguments,
+            model fields).
+        messages: chat messages (OpenAI dicts) to append to the caller's conversation (the
+            forcing and probe requests); empty for the main stream.
+        prompt: the whole prompt of a short legacy-completions request; None: the caller's.
     """
 
-    extra_body: dict[str, Any]
-    monitored: bool
-
-    def merged_extra_body(self, existing: dict[str, Any] | None) -> dict[str, Any] | None:
-        """``existing`` without an earlier retry's fields, plus this retry's (None when empty)."""
-        kept = {k: v for k, v in (existing or {}).items() if k not in _RETRY_FIELDS}
-        merged = {**kept, **self.extra_body}
-        return merged or None
+    role: Role
+    fields: Mapping[str, Any]
+    messages: tuple[dict[str, Any], ...] = ()
+    prompt: str | None = None
 
 
-_RETRY_FIELDS = ("n_probs",)
+class Open(NamedTuple):
+    """Open the stream ``spec`` describes, then tell ``opened(spec.role)``."""
 
-ATTEMPTS = 3
-"""Requests a call makes at most to open its stream: the first, a retry with ``n_probs``
-(llama.cpp with tools), one without logprobs (``on_missing="pass_through"``)."""
-
-LOGPROB_FIELDS = ("logprobs", "top_logprobs")
-"""The OpenAI request fields a retry after a refusal drops."""
+    spec: RequestSpec
 
 
-@dataclass(frozen=True)
-class ForcingPlan:
-    """The short request that asks for the final answer after an exit.
+class Read(NamedTuple):
+    """Read the next chunk of the ``role`` stream: ``received``, ``ended`` or ``failed``."""
 
-    Attributes:
-        messages: chat messages (OpenAI dicts) to append to the original conversation.
-        prompt: the whole prompt (legacy completions), else None.
-        extra_body: extra request fields (``continue_final_message`` for prefix continuation).
-        max_tokens: the forcing budget.
-        stop: stop sequences.
-    """
+    role: Role
 
-    messages: list[dict[str, Any]]
-    prompt: str | None
-    extra_body: dict[str, Any]
-    max_tokens: int
-    stop: list[str]
+
+class Close(NamedTuple):
+    """Close the ``role`` stream (the server stops generating), then tell ``closed(role)``."""
+
+    role: Role
+
+
+class Finish(NamedTuple):
+    """Build the result: ``finish()`` (sync) or ``await afinish()`` (async)."""
+
+
+Action = Open | Read | Close | Finish
+_READ_MAIN, _READ_PROBE, _READ_FORCING = Read("main"), Read("probe"), Read("forcing")
+_READS: dict[str, Read] = {"main": _READ_MAIN, "probe": _READ_PROBE, "forcing": _READ_FORCING}
+_FINISH = Finish()
 
 
 def check_policy(policy: Any, owner: str) -> ExitPolicy:
@@ -149,67 +184,70 @@ def check_policy(policy: Any, owner: str) -> ExitPolicy:
 
 
 class MonitoredCall:
-    """One monitored call: request parameters, chunks in, decisions, forcing, the result.
+    """One monitored call: what to request, chunks in, decisions, forcing, probes, the result.
 
     Args:
-        policy: the exit rule.
+        options: the call's settings (``ExitOptions``), or just an ``ExitPolicy``.
         api: ``"chat"`` or ``"completions"`` (legacy prompt API).
+        fields: the caller's OpenAI-style request fields (without messages/prompt): the main
+            request adds the logprob fields to them; short requests drop
+            ``SHORT_REQUEST_DROPS``. ``n`` above 1 is refused (``ValueError``).
         messages: the conversation as OpenAI message dicts (chat): for forcing and for
             estimating prompt tokens when the server sends no usage.
         prompt: the prompt text (completions).
         model: model id for the report and the token estimate.
-        max_tokens: the generation's budget, for savings against the budget.
-        force_answer: after an exit, ask for the final answer: None when the exit cut the
-            reasoning, True after any exit, False never.
-        forcing: how the answer is forced.
-        ledger: records the report of this call.
+        max_tokens: the generation's budget (default: ``fields``' ``max_tokens``).
         base_url: the server's URL (api.openai.com has no prefix continuation).
         terminal_required: a stream that ends without a finish reason is broken (true of every
             OpenAI-compatible server; False for framework models that never send one).
         reasoning_field: the client can send a ``reasoning_content`` field on an assistant
             message; if not, cut reasoning goes back inline in ``<think>`` tags.
-        on_token: called with every token and the decision after its chunk.
         keep_tokens: keep every token on the result.
         logprobs_hint: how to ask for logprobs in the caller's framework, for the error raised
             when a stream carries text without them.
-        probes: answer probes (``ProbeRule``): the stream stops only when that many consecutive
-            short forced answers from the current prefix agree, and the agreed answer is the
-            result; the policy's entropy decides when a probe is sent (or every N tokens).
+        logprob_fields: the fields that ask for the candidates (default: the OpenAI ones for
+            ``api``, with ``top_logprobs=policy.top_k``).
+        usage_fields: fields that ask the server to stream usage (``stream_options``), added
+            to the main request unless the caller set them.
     """
 
     def __init__(
         self,
-        policy: ExitPolicy,
+        options: ExitOptions | ExitPolicy,
         *,
         api: Api = "chat",
+        fields: Mapping[str, Any] | None = None,
         messages: list[dict[str, Any]] | None = None,
         prompt: str | None = None,
         model: str | None = None,
         max_tokens: int | None = None,
-        force_answer: bool | None = None,
-        forcing: AnswerForcing | None = None,
-        ledger: SavingsLedger | None = None,
         base_url: str = "",
         terminal_required: bool = True,
         reasoning_field: bool = True,
-        on_token: OnToken | None = None,
         keep_tokens: bool = True,
         logprobs_hint: str = "",
-        probes: ProbeRule | None = None,
+        logprob_fields: Mapping[str, Any] | None = None,
+        usage_fields: Mapping[str, Any] | None = None,
     ) -> None:
-        self.policy = check_policy(policy, "MonitoredCall")
+        if not isinstance(options, ExitOptions):
+            options = ExitOptions(policy=check_policy(options, "MonitoredCall"))
+        self.options = options
+        self.policy = policy = options.policy
         self.api = api
+        self.fields = dict(fields or {})
+        _refuse_several_choices(self.fields)
         self.messages = messages or []
         self.prompt = prompt
         self.model = model
+        if max_tokens is None:
+            budget = self.fields.get("max_completion_tokens", self.fields.get("max_tokens"))
+            max_tokens = budget if isinstance(budget, int) else None
         self.max_tokens = max_tokens
-        self.force_answer = force_answer
-        self.forcing = forcing or AnswerForcing()
-        self.ledger = ledger
+        self.forcing = options.forcing
         self.base_url = base_url
         self.terminal_required = terminal_required
         self.reasoning_field = reasoning_field
-        self.on_token = on_token
+        self.on_token: OnToken | None = options.on_token
         self.logprobs_hint = logprobs_hint
         self.session = ExitSession(policy, keep_tokens=keep_tokens)
         self.chunks_seen = 0
@@ -217,24 +255,113 @@ class MonitoredCall:
         self._forced: _Short | None = None  # the forcing request's stream
         self._prompt_estimate: int | None = None
         self._tried_n_probs = False
-        self._probes = ProbeState(probes) if probes is not None else None
+        self._probes = ProbeState(options.probes) if options.probes is not None else None
         self._probe: _Short | None = None  # the probe in flight
         self._probe_at = -1
         self._probe_due = False
         self._probes_done: list[_Short] = []
         self._agreed: _Short | None = None  # the probe whose answer the others agreed with
         self._started = time.perf_counter()
+        if logprob_fields is None:
+            chat = api == "chat"
+            logprob_fields = (
+                {"logprobs": True, "top_logprobs": policy.top_k} if chat else {"logprobs": policy.top_k}
+            )
+        self._logprob_fields = dict(logprob_fields)
+        main = {**self.fields}
+        for key, value in (*self._logprob_fields.items(), *(usage_fields or {}).items()):
+            main.setdefault(key, value)
+        self._main_fields = main
+        self._usage_fields = dict(usage_fields or {})
+        self._structured = requires_structure(self.fields)
+        self._tools = bool(self.fields.get("tools") or self.fields.get("functions"))
+        self._textless = False
+        self._attempts = 0
+        self._next: Action = Open(RequestSpec("main", main))
+        self._cutting = False
+
+    # -- the driver's protocol ------------------------------------------------------------
+
+    def next_action(self) -> Action:
+        """What the driver does next."""
+        return self._next
+
+    def opened(self, role: Role) -> None:
+        """The ``role`` stream is open: read it."""
+        self._next = _READS[role]
+
+    def received(self, role: Role, parts: ChunkParts) -> list[TextDelta]:
+        """A chunk of the ``role`` stream; returns the text to show (main and forcing only)."""
+        if role == "main":
+            deltas = self.feed(parts)
+            if self._probe_due and self._ended is None:
+                self._next = Open(self.probe_spec())
+            elif self.should_stop:
+                self._cutting = True
+                self._next = Close("main")
+            return deltas
+        if role == "probe":
+            self.feed_probe(parts)
+            return []
+        return self.feed_forced(parts)
+
+    def ended(self, role: Role) -> None:
+        """The ``role`` stream ran out (the server finished it, or it broke without a word)."""
+        if role == "probe":
+            self.finish_probe()
+        self._next = Close(role)
+
+    def failed(self, role: Role, error: Exception) -> None:
+        """The ``role`` stream raised ``error`` (opening or reading); the driver has closed it.
+
+        * main, before its first chunk: a logprob refusal is retried as ``refused`` says
+          (``Open`` of the retry is next); anything else is the provider's own error, re-raised.
+        * main after its first chunk, and the forcing request: ``StreamInterrupted`` with the
+          partial result (``__cause__`` is ``error``).
+        * a probe: any error is a broken probe, whose answer counts as none; the main stream
+          goes on. (One rule in every integration.)
+
+        Call it from the ``except`` block that caught ``error``.
+        """
+        if role == "probe":
+            self._probe_done(failed=True)
+            self._next = self._after_read()
+            return
+        if role == "main" and self.chunks_seen == 0:
+            self._attempts += 1
+            retry = self.refused(error) if self._attempts < ATTEMPTS else None
+            if retry is None:
+                raise error
+            self._next = Open(RequestSpec("main", retry))
+            return
+        raise self.interrupted(error) from error
+
+    def closed(self, role: Role) -> list[TextDelta]:
+        """The driver closed the ``role`` stream; returns the text released by it."""
+        if role == "probe":
+            self._next = self._after_read()
+            return []
+        if role == "forcing":
+            self._next = _FINISH
+            return self.finish_forced()
+        deltas = self.end_main(cut=self._cutting)
+        self._next = Open(self.forcing_spec()) if self.wants_forcing() else _FINISH
+        return deltas
+
+    def _after_read(self) -> Action:
+        if self.should_stop:
+            self._cutting = True
+            return Close("main")
+        return _READ_MAIN
 
     # -- the request ----------------------------------------------------------------------
 
     def logprob_params(self) -> dict[str, Any]:
-        """The request fields that ask an OpenAI-compatible server for the candidates."""
-        if self.api == "chat":
-            return {"logprobs": True, "top_logprobs": self.policy.top_k}
-        return {"logprobs": self.policy.top_k}
+        """The request fields that ask for the candidates."""
+        return dict(self._logprob_fields)
 
-    def refused(self, error: BaseException) -> Retry | None:
-        """How to ask again after ``error`` refused the request, or None: not a refusal (re-raise).
+    def refused(self, error: BaseException) -> dict[str, Any] | None:
+        """The main request's fields to send after ``error`` refused it, or None: not a refusal.
 
         * llama.cpp refuses ``logprobs`` on a streamed request with tools ("not supported with
           tools + stream") but serves its native ``n_probs``: the retry asks for that, and the
@@ -244,15 +371,18 @@ class MonitoredCall:
           error event in an HTTP 200 stream) raises ``LogprobsUnavailableError`` with the
           provider's message, or, under ``ExitPolicy(on_missing="pass_through")``, warns and
           retries without logprobs: the call then runs unmonitored (never an exit).
-
-        The shim drops the OpenAI logprob fields from the request and adds ``extra_body``.
         """
         if not is_logprobs_refusal(error):
             return None
         message = provider_message(error)
+        fields = {
+            k: v for k, v in self._main_fields.items() if k not in (*LOGPROB_FIELDS, *self._logprob_fields)
+        }
+        extra = {k: v for k, v in (fields.pop("extra_body", None) or {}).items() if k not in _RETRY_FIELDS}
         if not self._tried_n_probs and LLAMA_CPP_TOOLS_REFUSAL in message.lower():
             self._tried_n_probs = True
-            return Retry({"n_probs": self.policy.top_k}, monitored=True)
+            fields["extra_body"] = {**extra, "n_probs": self.policy.top_k}
+            return fields
         if self.policy.on_missing == "raise":
             raise LogprobsUnavailableError(
                 "the provider refused to return logprobs for this request "
@@ -265,7 +395,35 @@ class MonitoredCall:
             stacklevel=3,
         )
         self.session.pass_through()
-        return Retry({}, monitored=False)
+        if extra:
+            fields["extra_body"] = extra
+        return fields
+
+    def _short_spec(self, role: Role, max_tokens: int) -> tuple[RequestSpec, ForcedAnswer]:
+        """A request for the answer from the text so far (forcing after a cut, or a probe)."""
+        session, forcing = self.session, self.forcing
+        fields = {k: v for k, v in self.fields.items() if k not in SHORT_REQUEST_DROPS}
+        fields.update(self._usage_fields)
+        fields["max_tokens"] = max_tokens
+        if forcing.stop:
+            fields["stop"] = list(forcing.stop)
+        if self.api == "completions":
+            fields["logprobs"] = 1
+            prompt = forcing.completion_prompt(self.prompt or "", session.text)
+            answer = ForcedAnswer(forcing, prefix="", cut_answer=session.text)
+            return RequestSpec(role, fields, prompt=prompt), answer
+        fields.update(logprobs=True, top_logprobs=1)
+        tail, extra, prefix = forcing.chat_request(
+            [],
+            reasoning=session.reasoning,
+            text=session.text,
+            inline_think=session.inline_think or not self.reasoning_field,
+            base_url=self.base_url,
+        )
+        if extra:
+            fields["extra_body"] = {**(fields.get("extra_body") or {}), **extra}
+        answer = ForcedAnswer(forcing, prefix=prefix, cut_answer=session.text)
+        return RequestSpec(role, fields, messages=tuple(tail)), answer
 
     # -- the main stream ------------------------------------------------------------------
 
@@ -281,6 +439,7 @@ class MonitoredCall:
                 f"the stream carries text but no logprobs ({self.logprobs_hint})",
                 partial_text=error.partial_text,
             ) from error
+        self._textless = bool(parts.tokens) and not parts.generated_text and not parts.tool_call
         if self.on_token is not None and parts.tokens:
             decision = self.session.decision
             for token in parts.tokens:
@@ -293,20 +452,28 @@ class MonitoredCall:
     def should_stop(self) -> bool:
         """Close the stream now (see ``ExitSession.should_stop`` for the guards).
 
-        With answer probes: only once the probes agree (and the model has not finished).
+        With answer probes: only once the probes agree (and the model has not finished). Never
+        when the request requires a tool call or a structured answer (``requires_structure``:
+        its text-less tokens are tool tokens, vLLM's guided decoding streams them before the
+        tool call), nor, with tools merely bound, while the latest tokens came without text
+        (they may be a tool call the server has not parsed yet).
         """
-        if self._ended is not None:
+        if self._ended is not None or self._structured or (self._tools and self._textless):
             return False
+        if self.max_tokens is not None and self.session.monitor.tokens_seen >= self.max_tokens:
+            return False  # the whole budget is generated: nothing left to save, read the finish
         if self._probes is not None:
             return self._probes.agreed is not None and self.session.finish_reason is None
         return self.session.should_stop
 
     def end_main(self, *, cut: bool) -> list[TextDelta]:
-        """The main stream is over: ``cut`` when the shim closed it on ``should_stop``.
+        """The main stream is over: ``cut`` when it was closed on ``should_stop``.
 
         Returns the text held back while a tag was being decided, and after a cut on agreeing
-        probes their answer (as a forced delta: no forcing request follows).
+        probes their answer (as a forced delta: no forcing request follows). A cut after the
+        model already sent its finish reason is no exit: the whole budget was generated.
         """
+        cut = cut and self.session.finish_reason is None
         self._ended = "we_closed" if cut else "server_done"
         deltas = self.session.close_text()
         if cut and self._agreed is not None and self._agreed.answer.text:  # the probes' answer
@@ -321,111 +488,21 @@ class MonitoredCall:
 
     def wants_forcing(self) -> bool:
         """After a cut: force the answer (always, never, or when the cut was in the reasoning)."""
-        if not self.cut or self.force_answer is False or self._agreed is not None:
+        force = self.options.force_answer
+        if not self.cut or force is False or self._agreed is not None:
             return False  # (the probes' agreed answer is already the forced answer)
-        return self.force_answer is True or self.session.stop_in_reasoning
+        return force is True or self.session.stop_in_reasoning
 
-    def forcing_plan(self) -> ForcingPlan:
+    def forcing_spec(self) -> RequestSpec:
         """The forcing request; the answer it streams goes to ``feed_forced``."""
-        plan, answer = self._answer_plan(self.forcing.max_tokens)
+        spec, answer = self._short_spec("forcing", self.forcing.max_tokens)
         self._forced = _Short(answer)
-        return plan
-
-    def _answer_plan(self, max_tokens: int) -> tuple[ForcingPlan, ForcedAnswer]:
-        """A request for the answer from the text so far (forcing after a cut, or a probe)."""
-        session, forcing = self.session, self.forcing
-        stop = list(forcing.stop)
-        if self.api == "completions":
-            prompt = forcing.completion_prompt(self.prompt or "", session.text)
-            return ForcingPlan([], prompt, {}, max_tokens, stop), ForcedAnswer(
-                forcing, prefix="", cut_answer=session.text
-            )
-        tail, extra, prefix = forcing.chat_request(
-            [],
-            reasoning=session.reasoning,
-            text=session.text,
-            inline_think=session.inline_think or not self.reasoning_field,
-            base_url=self.base_url,
-        )
-        forced = ForcedAnswer(forcing, prefix=prefix, cut_answer=session.text)
-        return ForcingPlan(tail, None, extra, max_tokens, stop), forced
-
-    # -- answer probes --------------------------------------------------------------------
-
-    @property
-    def wants_probe(self) -> bool:
-        """Send a probe now (``probe_plan``), before reading on."""
-        return self._probe_due and self._ended is None
-
-    def _probe_is_due(self) -> bool:
-        session = self.session
-        if session.finish_reason is not None or session.tool_call_started or session.inside_number():
-            return False  # the same guards as a stop: a probe's prefix is a cut
-        assert self._probes is not None
-        return self._probes.due(session.monitor.tokens_seen - 1, session.decision)
-
-    def probe_plan(self) -> ForcingPlan:
-        """The probe request: a short forced answer from the prefix read so far (the same
-        request as forcing: prefix continuation, or a follow-up turn where there is no prefill).
-        Its stream goes to ``run_probe`` (or chunk by chunk to ``feed_probe``, then
-        ``finish_probe``)."""
-        if self._probes is None:
-            raise RuntimeError("probe_plan without MonitoredCall(probes=...)")
-        self._probe_due = False
-        self._probe_at = self.session.monitor.tokens_seen - 1
-        plan, answer = self._answer_plan(self._probes.rule.max_tokens)
-        self._probe = _Short(answer)
-        return plan
-
-    def feed_probe(self, parts: ChunkParts) -> None:
-        """Account for one chunk of the probe's stream (its text is not shown)."""
-        if self._probe is None:
-            raise RuntimeError("feed_probe before probe_plan")
-        self._probe.feed(parts)
-
-    def finish_probe(self, *, failed: bool = False) -> bool:
-        """The probe is over (``failed``: it broke; its answer counts as none). True when the
-        probes now agree: the stream is to be cut (``should_stop``), the agreed answer is the
-        result's forced answer."""
-        probe, state = self._probe, self._probes
-        if probe is None or state is None:
-            raise RuntimeError("finish_probe before probe_plan")
-        self._probe = None
-        probe.answer.finish()
-        self._probes_done.append(probe)
-        broken = failed or (self.terminal_required and probe.finish is None)
-        if state.record(self._probe_at, "" if broken else probe.answer.continuation):
-            self._agreed = probe
-        return self._agreed is not None
-
-    def run_probe(
-        self, parts: Iterable[ChunkParts], errors: tuple[type[Exception], ...] = (Exception,)
-    ) -> bool:
-        """Feed one probe's stream (``parts`` per chunk, after ``probe_plan``) and finish it. A
-        stream that raises one of ``errors`` is a broken probe: its answer counts as none and the
-        main stream goes on. Returns ``finish_probe``'s answer."""
-        try:
-            for chunk_parts in parts:
-                self.feed_probe(chunk_parts)
-        except errors:
-            return self.finish_probe(failed=True)
-        return self.finish_probe()
-
-    async def arun_probe(
-        self, parts: AsyncIterable[ChunkParts], errors: tuple[type[Exception], ...] = (Exception,)
-    ) -> bool:
-        """Async twin of ``run_probe``."""
-        try:
-            async for chunk_parts in parts:
-                self.feed_probe(chunk_parts)
-        except errors:
-            return self.finish_probe(failed=True)
-        return self.finish_probe()
+        return spec
 
     def feed_forced(self, parts: ChunkParts) -> list[TextDelta]:
         """Account for one chunk of the forcing stream; returns the answer text to show."""
         if self._forced is None:
-            raise RuntimeError("feed_forced before forcing_plan")
+            raise RuntimeError("feed_forced before forcing_spec")
         text = self._forced.feed(parts)
         return [TextDelta(text, Phase.ANSWER, forced=True)] if text else []
 
@@ -433,6 +510,50 @@ class MonitoredCall:
         """The forcing stream is over; returns the text held back (a possible echo)."""
         text = self._forced.answer.finish() if self._forced is not None else ""
         return [TextDelta(text, Phase.ANSWER, forced=True)] if text else []
+
+    # -- answer probes --------------------------------------------------------------------
+
+    def _probe_is_due(self) -> bool:
+        session = self.session
+        if session.finish_reason is not None or session.tool_call_started or session.inside_number():
+            return False  # the same guards as a stop: a probe's prefix is a cut
+        if self._structured or (self._tools and self._textless):
+            return False
+        assert self._probes is not None
+        return self._probes.due(session.monitor.tokens_seen - 1, session.decision)
+
+    def probe_spec(self) -> RequestSpec:
+        """The probe request: a short forced answer from the prefix read so far (the same
+        request as forcing). Its chunks go to ``feed_probe``, then ``finish_probe``."""
+        if self._probes is None:
+            raise RuntimeError("probe_spec without ExitOptions(probes=...)")
+        self._probe_due = False
+        self._probe_at = self.session.monitor.tokens_seen - 1
+        spec, answer = self._short_spec("probe", self._probes.rule.max_tokens)
+        self._probe = _Short(answer)
+        return spec
+
+    def feed_probe(self, parts: ChunkParts) -> None:
+        """Account for one chunk of the probe's stream (its text is not shown)."""
+        if self._probe is None:
+            raise RuntimeError("feed_probe before probe_spec")
+        self._probe.feed(parts)
+
+    def finish_probe(self) -> bool:
+        """The probe's stream ran out. True when the probes now agree (``should_stop``)."""
+        return self._probe_done(failed=False)
+
+    def _probe_done(self, *, failed: bool) -> bool:
+        probe, state = self._probe, self._probes
+        if probe is None or state is None:
+            raise RuntimeError("a probe ended before probe_spec")
+        self._probe = None
+        probe.answer.finish()
+        self._probes_done.append(probe)
+        broken = failed or (self.terminal_required and probe.finish is None)
+        if state.record(self._probe_at, "" if broken else probe.answer.continuation):
+            self._agreed = probe
+        return self._agreed is not None
 
     # -- the end --------------------------------------------------------------------------
 
@@ -548,10 +669,41 @@ class MonitoredCall:
             tokens=session.tokens,
             forced_answer=answer.continuation if answer is not None else None,
         )
-        if self.ledger is not None:
-            self.ledger.record(report)
-        record_call(self, result)  # OpenTelemetry span and counters (the otel extra), else nothing
+        if self.options.ledger is not None:
+            self.options.ledger.record(report)
+        record_call(self.api, result)  # OpenTelemetry span and counters (the otel extra), else nothing
         return result
+
+
+_GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
+
+
+def requires_structure(fields: Mapping[str, Any]) -> bool:
+    """The request requires a tool call or a structured answer, which a cut would break.
+
+    ``tool_choice`` "required"/"any" or a named tool; ``response_format`` json_schema or
+    json_object (or a schema class); vLLM's guided decoding fields in ``extra_body``.
+    """
+    choice = fields.get("tool_choice")
+    if choice in ("required", "any") or isinstance(choice, Mapping):
+        return True
+    fmt = fields.get("response_format")
+    if isinstance(fmt, type) or (
+        isinstance(fmt, Mapping) and fmt.get("type") in ("json_schema", "json_object")
+    ):
+        return True
+    extra = fields.get("extra_body")
+    return isinstance(extra, Mapping) and any(key in extra for key in _GUIDED)
+
+
+def _refuse_several_choices(fields: Mapping[str, Any]) -> None:
+    n = fields.get("n")
+    if n is not None and n != 1:
+        raise ValueError(
+            f"n={n}: a monitored call reads one choice, and one HTTP stream cannot stop one choice "
+            "alone; make one call per sample instead (e.g. LangChain .batch([...] * n), or n "
+            "separate requests), each with its own report"
+        )
 
 
 class _Short:
@@ -584,38 +736,3 @@ class _Short:
 
 def _no_terminal(which: str) -> ConnectionError:
     return ConnectionError(f"the {which} stream ended without a finish reason (no terminal chunk)")
-
-
-def guarded(chunks: Iterable[T], call: MonitoredCall) -> Iterator[T]:
-    """Iterate a stream; an error after its first chunk raises ``StreamInterrupted``.
-
-    Before the first chunk the provider's own error propagates as a plain call would raise it
-    (a rate limit, a bad request); after it, a transport error, invalid JSON, an error event or
-    a timeout becomes ``StreamInterrupted`` with ``partial`` and the error as ``__cause__``.
-    """
-    iterator = iter(chunks)
-    while True:
-        try:
-            chunk = next(iterator)
-        except StopIteration:
-            return
-        except Exception as error:
-            if call.chunks_seen == 0:
-                raise
-            raise call.interrupted(error) from error
-        yield chunk
-
-
-async def aguarded(chunks: AsyncIterable[T], call: MonitoredCall) -> AsyncIterator[T]:
-    """Async twin of ``guarded``."""
-    iterator = aiter(chunks)
-    while True:
-        try:
-            chunk = await anext(iterator)
-        except StopAsyncIteration:
-            return
-        except Exception as error:
-            if call.chunks_seen == 0:
-                raise
-            raise call.interrupted(error) from error
-        yield chunk

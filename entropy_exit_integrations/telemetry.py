@@ -21,7 +21,7 @@ Span attributes (omitted when unknown):
     ``entropy_exit.*``: ``exited``, ``exit_reason``, ``ended``, ``exit_token_index``,
     ``decision_token_index``, ``tokens_saved_vs_budget``, ``tokens_saved_vs_expected``,
     ``saved_fraction``, ``aggregate_entropy``, ``threshold``, ``calibrated``, ``k``,
-    ``estimator``, ``unknown_tokens``, ``reasoning_tokens``, ``forced_answer_tokens``,
+    ``estimator``, ``unknown_tokens``, ``reasoning_tokens``, ``forced_answer_tokens``, ``probes``, ``probe_tokens``,
     ``usage_source``, ``prompt_tokens_estimated``.
 
 Counters (attributes ``gen_ai.request.model`` when known and ``entropy_exit.exited``):
@@ -35,10 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .engine import ExitResult, MonitoredCall
+from typing import Any
 
 SCOPE = "entropy_exit_integrations"
 """Instrumentation scope name of the tracer and the meter."""
@@ -119,17 +116,18 @@ def available() -> bool:
     return _available
 
 
-def record_call(call: MonitoredCall, result: ExitResult) -> None:
+def record_call(api: str, result: Any) -> None:
     """Emit the span and the counters of one finished (or broken) call; never raises.
 
-    Called once per result by ``MonitoredCall`` (the ledger records the same reports).
+    Called once per result by ``MonitoredCall`` (the ledger records the same reports), with
+    the call's API (``"chat"`` or ``"completions"``) and its ``ExitResult``.
     """
     if not _enabled or _available is False:
         return
     try:
         instruments = _instruments or _setup()
         if instruments is not None:
-            _emit(instruments, call, result)
+            _emit(instruments, api, result)
     except Exception:  # observability must never break a call
         _log.warning("entropy_exit telemetry failed; the call itself is unaffected", exc_info=True)
 
@@ -142,11 +140,11 @@ def _setup() -> _Instruments | None:
         return _instruments
 
 
-def span_attributes(call: MonitoredCall, result: ExitResult) -> dict[str, Any]:
+def span_attributes(api: str, result: Any) -> dict[str, Any]:
     """The span's attributes for this call (unknown values left out)."""
     report = result.report
     values: dict[str, Any] = {
-        "gen_ai.operation.name": "chat" if call.api == "chat" else "text_completion",
+        "gen_ai.operation.name": "chat" if api == "chat" else "text_completion",
         "gen_ai.request.model": report.model,
         "gen_ai.request.max_tokens": report.max_tokens,
         "gen_ai.usage.input_tokens": report.prompt_tokens,
@@ -168,15 +166,17 @@ def span_attributes(call: MonitoredCall, result: ExitResult) -> dict[str, Any]:
         "entropy_exit.unknown_tokens": report.unknown_tokens,
         "entropy_exit.reasoning_tokens": report.reasoning_tokens,
         "entropy_exit.forced_answer_tokens": report.forced_answer_tokens,
+        "entropy_exit.probes": report.probes,
+        "entropy_exit.probe_tokens": report.probe_tokens,
         "entropy_exit.usage_source": report.usage_source,
         "entropy_exit.prompt_tokens_estimated": report.prompt_tokens_estimated,
     }
     return {key: value for key, value in values.items() if value is not None}
 
 
-def _emit(instruments: _Instruments, call: MonitoredCall, result: ExitResult) -> None:
+def _emit(instruments: _Instruments, api: str, result: Any) -> None:
     report = result.report
-    attributes = span_attributes(call, result)
+    attributes = span_attributes(api, result)
     operation = attributes["gen_ai.operation.name"]
     end = time.time_ns()
     start = end - int(report.wall_time_s * 1e9)

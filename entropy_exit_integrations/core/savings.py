@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from .monitor import EntropyMonitor
@@ -185,7 +185,10 @@ class SavingsReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SavingsReport:
-        values = dict(data)
+        """The report ``to_dict`` made, from any integration's plain data; keys that are not
+        report fields (the agent middleware's ``"step"``) are context, not report, and ignored."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
         summary = dict(values.pop("entropy"))
         summary["trace"] = tuple(summary["trace"])
         return cls(entropy=EntropySummary(**summary), **values)
@@ -213,7 +216,9 @@ class SavingsLedger:
     """Collects reports from many generations; safe to share across threads and asyncio tasks."""
 
     reports: list[SavingsReport] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
 
     def record(self, report: SavingsReport) -> None:
         with self._lock:
@@ -239,6 +244,8 @@ class SavingsLedger:
             "exits": sum(r.exited for r in reports),
             "tokens_generated": sum(r.tokens_generated for r in reports),
             "forced_answer_tokens": sum(r.forced_answer_tokens for r in reports),
+            "probes": sum(r.probes for r in reports),
+            "probe_tokens": sum(r.probe_tokens for r in reports),
             "budget_tokens": budget_total,
             "tokens_saved_vs_budget": saved_budget,
             "saved_fraction_vs_budget": saved_budget / budget_total if budget_total else None,

@@ -10,11 +10,8 @@
   tools themselves (the call comes from schema-constrained JSON, streamed with logprobs).
 """
 
-from .callbacks import (
-    AsyncEntropyExitCallbackHandler,
-    EntropyExitCallbackHandler,
-    NoTokenEventsError,
-)
+from ..errors import NoTokenEventsError
+from .callbacks import AsyncEntropyExitCallbackHandler, EntropyExitCallbackHandler
 from .chat_models import ChatEntropyExit
 from .small_models import ChatSchemaToolCalls
 

@@ -12,12 +12,10 @@ have). A stream that breaks after its first token raises ``StreamInterrupted`` f
 
 Two things the model must do for the handler to see anything:
 
-* **stream**: the handler is a streaming callback handler (the same mechanism LangChain's own
-  ``astream_events`` uses), so ``invoke``/``batch`` of a chat model it is attached to take the
-  streaming path. A model that cannot stream (no ``_stream``, or ``disable_streaming=True``)
-  sends no token events; the handler then fails at the end of the run with
-  ``NoTokenEventsError`` saying so. ``ChatOpenAI(streaming=True)`` or ``.bind(stream=True)``
-  force streaming explicitly.
+* **stream**: ``ChatOpenAI(streaming=True)`` (or ``.bind(stream=True)``, or calling ``stream``)
+  makes ``invoke``/``batch`` take the streaming path, where token events exist. A run that
+  answered without streaming sends no token events; the handler then fails at the end of the
+  run with ``NoTokenEventsError`` saying so.
 * **send logprobs**: ``ChatOpenAI(logprobs=True, top_logprobs=20)`` or
   ``model.bind(logprobs=True, top_logprobs=20)``; otherwise ``LogprobsUnavailableError``.
 
@@ -30,7 +28,7 @@ Example (``entropy-exit serve`` prints the base URL)::
     from entropy_exit_integrations.langchain import EntropyExitCallbackHandler
 
     llm = ChatOpenAI(base_url="http://127.0.0.1:8080/v1", api_key="none", model="smollm2",
-                     logprobs=True, top_logprobs=20, max_tokens=200)
+                     logprobs=True, top_logprobs=20, max_tokens=200, streaming=True)
     chain = ChatPromptTemplate.from_template("{q}") | llm | StrOutputParser()
     handler = EntropyExitCallbackHandler(ExitPolicy(threshold=1.0, min_tokens=8))
     try:
@@ -42,7 +40,6 @@ Example (``entropy-exit serve`` prints the base URL)::
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 from uuid import UUID
 
@@ -53,27 +50,24 @@ from langchain_core.outputs import LLMResult
 from ..core.policy import ExitPolicy
 from ..core.savings import SavingsLedger, SavingsReport
 from ..core.tokens import Phase
-from ..engine import ExitResult, MonitoredCall, check_policy
-from ..errors import EntropyExit, EntropyExitError
+from ..engine import REPORT_KEY, ExitResult, MonitoredCall
+from ..options import ExitOptions
+from ..errors import (
+    EntropyExit,
+    EntropyExitError,
+    LogprobsUnavailableError,
+    NoTokenEventsError,
+    is_logprobs_refusal,
+    provider_message,
+)
 from ..providers.frameworks import tokens_from_langchain_chunk
 from ..providers.parts import ChunkParts
 
-try:  # the marker LangChain uses to decide that invoke() must stream (astream_events uses it)
-    from langchain_core.tracers._streaming import _StreamingCallbackHandler as _StreamingMarker
-except ImportError:  # pragma: no cover - older/newer core without it: streaming must be asked for
-    _StreamingMarker = object  # type: ignore[assignment,misc]
-
 OnExit = Literal["raise", "record"]
-REPORT_KEY = "entropy_exit"
-"""Key of the report in ``response_metadata`` / ``generation_info`` / run metadata."""
 
 LANGCHAIN_HINT = (
     "with LangChain: ChatOpenAI(logprobs=True, top_logprobs=20) or model.bind(logprobs=True, top_logprobs=20)"
 )
-
-
-class NoTokenEventsError(EntropyExitError, RuntimeError):
-    """A monitored run produced text without streaming it, so nothing could be measured."""
 
 
 def parts_from_chunk(chunk: Any) -> ChunkParts:
@@ -138,7 +132,7 @@ class _Monitors:
     """
 
     def __init__(self, policy: ExitPolicy, on_exit: OnExit, ledger: SavingsLedger | None) -> None:
-        check_policy(policy, "EntropyExitCallbackHandler")
+        self.options = ExitOptions.build(None, "EntropyExitCallbackHandler", policy=policy, ledger=ledger)
         if on_exit not in ("raise", "record"):
             raise ValueError(f"on_exit must be 'raise' or 'record', got {on_exit!r}")
         self.policy = policy
@@ -160,13 +154,12 @@ class _Monitors:
         budget = params.get("max_tokens") or params.get("max_completion_tokens")
         model = params.get("model_name") or params.get("model")
         call = MonitoredCall(
-            self.policy,
+            self.options,
             api="chat" if prompt is None else "completions",
             messages=openai_dicts(messages) if messages else None,
             prompt=prompt,
             model=model,
             max_tokens=int(budget) if budget else None,
-            ledger=self.ledger,
             # OpenAI-compatible models always end a stream with a finish reason; others may not.
             terminal_required="openai" in str(params.get("_type", "")),
             logprobs_hint=LANGCHAIN_HINT,
@@ -219,12 +212,24 @@ class _Monitors:
                     generation.generation_info = {**(generation.generation_info or {}), REPORT_KEY: data}
 
     def error(self, run_id: UUID, error: BaseException) -> None:
-        """The run failed: a stream that broke after its first token raises ``StreamInterrupted``."""
+        """The run failed: raise what every integration raises for it.
+
+        A stream that broke after its first token, or an HTTP 200 stream with no chunk at all
+        (LangChain then says "No generations found in stream"), raises ``StreamInterrupted``;
+        a logprob refusal raises ``LogprobsUnavailableError``.
+        """
         with self._lock:
             run = self._runs.pop(run_id, None)
         if run is None or run.finished or isinstance(error, EntropyExitError):
             return
-        if run.call.chunks_seen and isinstance(error, Exception):
+        if not isinstance(error, Exception):
+            return
+        if not run.call.chunks_seen and is_logprobs_refusal(error):
+            raise LogprobsUnavailableError(
+                "the provider refused to return logprobs for this request",
+                provider_message=provider_message(error),
+            ) from error
+        if run.call.chunks_seen or (isinstance(error, ValueError) and "no generations" in str(error).lower()):
             interrupted = run.call.interrupted(error)
             self._keep(run_id, interrupted.partial)
             raise interrupted from error
@@ -271,15 +276,8 @@ class _Common:
         """The most recently finished run's result (use ``results`` when runs overlap)."""
         return self._monitors.last_result
 
-    # Streaming marker: pass-through taps, only there so that invoke() streams.
-    def tap_output_iter(self, run_id: UUID, output: Iterator[Any]) -> Iterator[Any]:
-        return output
 
-    def tap_output_aiter(self, run_id: UUID, output: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return output
-
-
-class EntropyExitCallbackHandler(_Common, BaseCallbackHandler, _StreamingMarker):  # type: ignore[misc]
+class EntropyExitCallbackHandler(_Common, BaseCallbackHandler):
     """Monitors every chat-model run it sees; raises ``EntropyExit`` on exit or only reports.
 
     Args:
@@ -322,7 +320,7 @@ class EntropyExitCallbackHandler(_Common, BaseCallbackHandler, _StreamingMarker)
         self._monitors.error(run_id, error)
 
 
-class AsyncEntropyExitCallbackHandler(_Common, AsyncCallbackHandler, _StreamingMarker):  # type: ignore[misc]
+class AsyncEntropyExitCallbackHandler(_Common, AsyncCallbackHandler):
     """Async twin of ``EntropyExitCallbackHandler`` (same arguments, same behaviour)."""
 
     raise_error = True

@@ -2,35 +2,36 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableBinding
-from langchain_core.tools import BaseTool
-from pydantic import ConfigDict, Field, SkipValidation, model_validator
-
-from ..core.policy import ExitPolicy
-from ..core.probes import ProbeRule
-from ..core.savings import SavingsLedger
-from ..engine import aguarded, check_policy, guarded
-from ..forcing import AnswerForcing
-from ._inner import (
-    ainner_stream,
-    aiter_list,
-    aopen_stream,
-    inner_stream,
-    open_stream,
-    swap_model,
-    with_reasoning_capture,
+from langchain_core.runnables import (
+    Runnable,
+    RunnableBinding,
+    RunnableConfig,
+    RunnableMap,
+    RunnablePassthrough,
+    RunnableSequence,
 )
-from ._translate import Monitored, delta_chunks, last_chunk, monitored, passed_on, short_call
-from .callbacks import parts_from_chunk
+from langchain_core.tools import BaseTool
+from pydantic import ConfigDict, InstanceOf, model_validator
+
+from ..driver import adrive, drive
+from ..options import ExitOptions
+from ._translate import AsyncTransport, Chunks, Transport, monitored_call
+
+_OPTION_FIELDS = ("policy", "force_answer", "forcing", "probes", "ledger", "on_token")
 
 
 class ChatEntropyExit(BaseChatModel):
@@ -111,25 +112,25 @@ class ChatEntropyExit(BaseChatModel):
     """
 
     model: BaseChatModel
-    policy: SkipValidation[ExitPolicy]
-    force_answer: bool | None = None
-    forcing: SkipValidation[AnswerForcing] = Field(default_factory=AnswerForcing)
-    ledger: SkipValidation[SavingsLedger | None] = None
+    options: InstanceOf[ExitOptions]
+    """Every exit setting (``ExitOptions``); its fields may be passed directly instead:
+    ``policy`` (required), ``force_answer``, ``forcing``, ``probes``, ``ledger``, ``on_token``."""
     logprobs_kwargs: dict[str, Any] | None = None
-    capture_reasoning: bool = True
-    """Keep ``reasoning_content`` deltas that ChatOpenAI drops (ChatOpenAI-family models only)."""
+    """Call kwargs that ask the inner model for logprobs (default: ``logprobs=True,
+    top_logprobs=policy.top_k``, the OpenAI fields)."""
     stop: list[str] | None = None
     """Default stop sequences for the inner model (a call's own ``stop`` wins)."""
-    probes: SkipValidation[ProbeRule | None] = None
-    """Answer probes: stop only when consecutive short forced answers agree (``ProbeRule``)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     @model_validator(mode="before")
     @classmethod
-    def _build_model(cls, values: Any) -> Any:
+    def _build(cls, values: Any) -> Any:
         if not isinstance(values, dict):
             return values
+        values = dict(values)
+        given = {name: values.pop(name) for name in _OPTION_FIELDS if name in values}
+        values["options"] = ExitOptions.build(values.get("options"), "ChatEntropyExit", **given)
         own = set(cls.model_fields) | {
             "callbacks",
             "tags",
@@ -154,18 +155,10 @@ class ChatEntropyExit(BaseChatModel):
         rest = {k: v for k, v in values.items() if k in own}
         return {**rest, "model": init_chat_model(values["model"], **extra)}
 
-    @model_validator(mode="after")
-    def _check_types(self) -> ChatEntropyExit:
-        check_policy(self.policy, "ChatEntropyExit")
-        if not isinstance(self.forcing, AnswerForcing):
-            raise TypeError(
-                f"ChatEntropyExit: forcing must be an AnswerForcing, got {type(self.forcing).__name__}"
-            )
-        if self.ledger is not None and not isinstance(self.ledger, SavingsLedger):
-            raise TypeError(
-                f"ChatEntropyExit: ledger must be a SavingsLedger, got {type(self.ledger).__name__}"
-            )
-        return self
+    @property
+    def policy(self) -> Any:
+        """The options' ``ExitPolicy``."""
+        return self.options.policy
 
     @property
     def _llm_type(self) -> str:
@@ -176,50 +169,34 @@ class ChatEntropyExit(BaseChatModel):
         return {
             "inner_llm_type": self.model._llm_type,
             **self.model._identifying_params,
-            "policy": self.policy.to_dict(),
-            "force_answer": self.force_answer,
+            **self.options.to_dict(),
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
         return self.model._get_ls_params(stop=stop, **kwargs)
 
-    def _inner(self) -> BaseChatModel:
-        return with_reasoning_capture(self.model) if self.capture_reasoning else self.model
+    def _run(
+        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+    ) -> tuple[Chunks, RunnableConfig | None]:
+        stop = stop if stop is not None else self.stop
+        fields = {**kwargs, "stop": stop} if stop is not None else dict(kwargs)
+        call = monitored_call(self.model, self.options, messages, fields, self.logprobs_kwargs)
+        return Chunks(call), _child_config(run_manager)
 
-    def _monitored(
-        self, inner: BaseChatModel, messages: list[BaseMessage], kwargs: dict[str, Any]
-    ) -> Monitored:
-        return monitored(
-            inner,
-            self.policy,
-            messages,
-            kwargs,
-            logprobs_kwargs=self.logprobs_kwargs,
-            force_answer=self.force_answer,
-            forcing=self.forcing,
-            ledger=self.ledger,
-            probes=self.probes,
-        )
+    def _chunks(
+        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+    ) -> Iterator[ChatGenerationChunk]:
+        chunks, config = self._run(messages, stop, run_manager, kwargs)
+        for step in drive(chunks.call, Transport(self.model, messages, config)):
+            yield from chunks.out(step)
 
-    def _probe(self, run: Monitored, inner: BaseChatModel, messages: list[BaseMessage]) -> None:
-        """One answer probe, while the server goes on generating the main stream."""
-        plan = run.call.probe_plan()
-        probe_messages, kwargs = short_call(run, inner, messages, plan)
-        stream = inner_stream(inner, probe_messages, plan.stop or None, kwargs)
-        try:
-            run.call.run_probe(parts_from_chunk(chunk) for chunk in stream)
-        finally:
-            stream.close()
-
-    async def _aprobe(self, run: Monitored, inner: BaseChatModel, messages: list[BaseMessage]) -> None:
-        """Async twin of ``_probe``."""
-        plan = run.call.probe_plan()
-        probe_messages, kwargs = short_call(run, inner, messages, plan)
-        stream = ainner_stream(inner, probe_messages, plan.stop or None, kwargs)
-        try:
-            await run.call.arun_probe(parts_from_chunk(chunk) async for chunk in stream)
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+    async def _achunks(
+        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        chunks, config = self._run(messages, stop, run_manager, kwargs)
+        async for step in adrive(chunks.call, AsyncTransport(self.model, messages, config)):
+            for chunk in chunks.out(step):
+                yield chunk
 
     def _stream(
         self,
@@ -228,31 +205,7 @@ class ChatEntropyExit(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        inner = self._inner()
-        run = self._monitored(inner, messages, kwargs)
-        call = run.call
-        stream, head = open_stream(inner, messages, stop if stop is not None else self.stop, run)
-        try:
-            for chunk in guarded(itertools.chain(head, stream), call):
-                yield passed_on(run, chunk)
-                if call.wants_probe:
-                    self._probe(run, inner, messages)
-                if call.should_stop:
-                    break
-        finally:
-            stream.close()  # closes the HTTP response: the server stops generating
-        yield from delta_chunks(call.end_main(cut=call.should_stop))
-        if call.wants_forcing():
-            plan = call.forcing_plan()
-            forced_messages, forced_kwargs = short_call(run, inner, messages, plan)
-            stream = inner_stream(inner, forced_messages, plan.stop or None, forced_kwargs)
-            try:
-                for chunk in guarded(stream, call):
-                    yield from delta_chunks(call.feed_forced(parts_from_chunk(chunk)))
-            finally:
-                stream.close()
-            yield from delta_chunks(call.finish_forced())
-        yield last_chunk(run, call.finish())
+        return self._chunks(messages, stop, run_manager, kwargs)
 
     async def _astream(
         self,
@@ -261,37 +214,8 @@ class ChatEntropyExit(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        inner = self._inner()
-        run = self._monitored(inner, messages, kwargs)
-        call = run.call
-        stream, head = await aopen_stream(inner, messages, stop if stop is not None else self.stop, run)
-        try:
-            for chunk in head:
-                yield passed_on(run, chunk)
-            if not call.should_stop:
-                async for chunk in aguarded(stream, call):
-                    yield passed_on(run, chunk)
-                    if call.wants_probe:
-                        await self._aprobe(run, inner, messages)
-                    if call.should_stop:
-                        break
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-        for out in delta_chunks(call.end_main(cut=call.should_stop)):
-            yield out
-        if call.wants_forcing():
-            plan = call.forcing_plan()
-            forced_messages, forced_kwargs = short_call(run, inner, messages, plan)
-            stream = ainner_stream(inner, forced_messages, plan.stop or None, forced_kwargs)
-            try:
-                async for chunk in aguarded(stream, call):
-                    for out in delta_chunks(call.feed_forced(parts_from_chunk(chunk))):
-                        yield out
-            finally:
-                await stream.aclose()  # type: ignore[attr-defined]
-            for out in delta_chunks(call.finish_forced()):
-                yield out
-        yield last_chunk(run, await call.afinish())
+        async for chunk in self._achunks(messages, stop, run_manager, kwargs):
+            yield chunk
 
     def _generate(
         self,
@@ -301,7 +225,7 @@ class ChatEntropyExit(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         chunks = []
-        for chunk in self._stream(messages, stop=stop, **kwargs):
+        for chunk in self._chunks(messages, stop, run_manager, kwargs):
             if run_manager is not None:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
@@ -315,11 +239,11 @@ class ChatEntropyExit(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         chunks = []
-        async for chunk in self._astream(messages, stop=stop, **kwargs):
+        async for chunk in self._achunks(messages, stop, run_manager, kwargs):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
-        return await agenerate_from_stream(aiter_list(chunks))
+        return await agenerate_from_stream(_aiter(chunks))
 
     def bind_tools(
         self,
@@ -336,13 +260,51 @@ class ChatEntropyExit(BaseChatModel):
             raise TypeError(f"{type(self.model).__name__}.bind_tools returned {type(bound).__name__}")
         return self.bind(**bound.kwargs)
 
-    def with_structured_output(self, schema: Any = None, **kwargs: Any) -> Runnable:
+    def with_structured_output(
+        self, schema: Any = None, *, include_raw: bool = False, **kwargs: Any
+    ) -> Runnable:
         """The inner model's structured output (its methods: json_schema, function_calling...).
 
-        The inner model builds the runnable; its model step is rebound to this wrapper.
+        The inner model prepares the request (its ``bind`` arguments) and the parser; the
+        model step is this wrapper, bound to those arguments. A structured request is never
+        cut (``engine.requires_structure``): it is monitored and reported only.
         """
-        built = self.model.with_structured_output(schema, **kwargs)
-        swapped = swap_model(built, self.model, self)
-        if swapped is None:
-            return super().with_structured_output(schema, **kwargs)
-        return swapped
+        built = self.model.with_structured_output(schema, include_raw=False, **kwargs)
+        steps = built.steps if isinstance(built, RunnableSequence) else [built]
+        first = steps[0]
+        if not (isinstance(first, RunnableBinding) and first.bound is self.model):
+            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        llm = self.bind(**first.kwargs)
+        if len(steps) == 1:
+            return llm
+        parser = steps[1] if len(steps) == 2 else RunnableSequence(*steps[1:])
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+        unparsed = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks([unparsed], exception_key="parsing_error")
+
+
+def _child_config(run_manager: Any) -> RunnableConfig | None:
+    """Config that runs the inner model as a child of this run (tracing nests it), with the
+    handlers this run passes down; the inner model's own callbacks run as well."""
+    if run_manager is None:
+        return None
+    manager_class = (
+        AsyncCallbackManager if isinstance(run_manager, AsyncCallbackManagerForLLMRun) else CallbackManager
+    )
+    manager = manager_class(
+        handlers=list(run_manager.inheritable_handlers),
+        inheritable_handlers=list(run_manager.inheritable_handlers),
+        parent_run_id=run_manager.run_id,
+        tags=list(run_manager.inheritable_tags),
+        inheritable_tags=list(run_manager.inheritable_tags),
+        metadata=dict(run_manager.inheritable_metadata),
+        inheritable_metadata=dict(run_manager.inheritable_metadata),
+    )
+    return {"callbacks": manager}
+
+
+async def _aiter(chunks: list[ChatGenerationChunk]) -> AsyncIterator[ChatGenerationChunk]:
+    for chunk in chunks:
+        yield chunk

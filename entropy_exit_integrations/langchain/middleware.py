@@ -19,6 +19,7 @@ Example (the embedded server: ``entropy-exit serve`` prints its URL)::
 from __future__ import annotations
 
 import operator
+from dataclasses import replace
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
@@ -28,14 +29,12 @@ from langchain_core.messages import AIMessage
 from langgraph.types import Command
 from typing_extensions import NotRequired
 
-from ..core.policy import ExitPolicy
-from ..core.probes import ProbeRule
 from ..core.savings import SavingsLedger
-from ..forcing import AnswerForcing
-from .callbacks import REPORT_KEY
+from ..engine import REPORT_KEY
+from ..options import ExitOptions
 from .chat_models import ChatEntropyExit
 
-STATE_KEY = "entropy_exit"
+STATE_KEY = REPORT_KEY
 """Agent state key (and result key) holding one report per model call."""
 
 
@@ -55,42 +54,42 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
     every run. Tool calls are never cut in the middle.
 
     Args:
-        policy: the exit rule.
-        force_answer, forcing, logprobs_kwargs, probes: as for ``ChatEntropyExit``.
-        ledger: the ledger to record into (a new one by default).
+        policy: the exit rule (or ``options=ExitOptions(...)``; its other fields may be given
+            here too: ``force_answer``, ``forcing``, ``probes``, ``on_token``, ``ledger``).
+        logprobs_kwargs: as for ``ChatEntropyExit``.
+
+    Every option is validated here, when the middleware is built. Without a ledger, a new
+    ``SavingsLedger`` collects every report (``middleware.ledger``).
     """
 
     state_schema = EntropyExitState
 
     def __init__(
         self,
-        policy: ExitPolicy,
+        policy: Any = None,
         *,
-        force_answer: bool | None = None,
-        forcing: AnswerForcing | None = None,
+        options: ExitOptions | None = None,
         logprobs_kwargs: dict[str, Any] | None = None,
-        ledger: SavingsLedger | None = None,
-        probes: ProbeRule | None = None,
+        **fields: Any,
     ) -> None:
         super().__init__()
-        self.policy = policy
-        self.force_answer = force_answer
-        self.forcing = forcing or AnswerForcing()
+        options = ExitOptions.build(options, "EntropyExitMiddleware", policy=policy, **fields)
+        if options.ledger is None:
+            options = replace(options, ledger=SavingsLedger())
+        self.options = options
         self.logprobs_kwargs = logprobs_kwargs
-        self.probes = probes
-        self.ledger = ledger if ledger is not None else SavingsLedger()
+
+    @property
+    def ledger(self) -> SavingsLedger:
+        """Every report of every run this middleware has seen."""
+        assert self.options.ledger is not None
+        return self.options.ledger
 
     def _wrapped(self, request: ModelRequest) -> ModelRequest:
         if isinstance(request.model, ChatEntropyExit):
             return request
         model = ChatEntropyExit(
-            model=request.model,
-            policy=self.policy,
-            force_answer=self.force_answer,
-            forcing=self.forcing,
-            logprobs_kwargs=self.logprobs_kwargs,
-            ledger=self.ledger,
-            probes=self.probes,
+            model=request.model, options=self.options, logprobs_kwargs=self.logprobs_kwargs
         )
         return request.override(model=model)
 
@@ -126,5 +125,7 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
             "exits": sum(bool(s.get("exited")) for s in steps),
             "tokens_generated": sum(s.get("tokens_generated") or 0 for s in steps),
             "tokens_saved_vs_budget": sum(s.get("tokens_saved_vs_budget") or 0 for s in steps),
+            "probes": sum(s.get("probes") or 0 for s in steps),
+            "probe_tokens": sum(s.get("probe_tokens") or 0 for s in steps),
             "saved_per_step": [s.get("tokens_saved_vs_budget") or 0 for s in steps],
         }

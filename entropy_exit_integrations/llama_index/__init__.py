@@ -1,8 +1,8 @@
 """LlamaIndex integration: ``EntropyExitLLM`` (stops generations) and ``EntropyExitEventHandler``
 (reports entropy and savings of any LLM call through ``llama_index.core.instrumentation``)."""
 
-from ._responses import REPORT_KEY
-from .closing import ResponseCapture, http_clients, install_hooks
+from ..engine import REPORT_KEY
+from .closing import ResponseCapture, http_clients
 from .events import EntropyExitEventHandler, EntropyExitReportEvent, LLMCallRecord
 from .llms import EntropyExitLLM
 
@@ -14,5 +14,4 @@ __all__ = [
     "LLMCallRecord",
     "ResponseCapture",
     "http_clients",
-    "install_hooks",
 ]

@@ -8,7 +8,6 @@ candidates) and ``additional_kwargs["thinking_delta"]`` (reasoning).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from llama_index.core.base.llms.types import LogProb, TextBlock
@@ -16,9 +15,6 @@ from llama_index.core.base.llms.types import LogProb, TextBlock
 from ..core.tokens import Phase, TokenLogprob, token_from_candidates
 from ..providers.frameworks import parse_llama_index_response
 from ..providers.parts import ChunkParts
-
-REPORT_KEY = "entropy_exit"
-"""``additional_kwargs`` key of the report on the final response."""
 
 
 def parts_of(response: Any) -> ChunkParts:
@@ -37,7 +33,7 @@ def parts_of(response: Any) -> ChunkParts:
             )
         return parts
     if thinking and not parts.reasoning and not parts.content:
-        tokens = tuple(replace(t, phase=Phase.REASONING) for t in parts.tokens)  # type: ignore[type-var]
+        tokens = tuple(t._replace(phase=Phase.REASONING) for t in parts.tokens)
         return parts._replace(reasoning=thinking, tokens=tokens)
     return parts
 

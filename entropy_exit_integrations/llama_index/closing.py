@@ -7,7 +7,9 @@ that the LLM's openai client uses. The hook runs when the response headers arriv
 body is read, and records the response in the ``ResponseCapture`` active in the current context
 (a ``ContextVar``, so concurrent calls in threads or asyncio tasks never see each other's
 responses). On exit the integration closes what it captured; the server sees the disconnect.
-Outside a capture the hook does nothing.
+Outside a capture the hook does nothing. The hooked clients reach the LLM through its public
+``http_client=``/``async_http_client=`` constructor arguments (``http_clients()``); a built
+LLM is never changed.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from typing import Any
 
 import httpx
 
-_ACTIVE: ContextVar[ResponseCapture | None] = ContextVar("entropy_exit_llama_index_capture", default=None)
+ACTIVE: ContextVar[ResponseCapture | None] = ContextVar("entropy_exit_llama_index_capture", default=None)
 
 
 def record_response(response: httpx.Response) -> None:
     """httpx sync ``response`` hook: hand the response to the active capture, if any."""
-    capture = _ACTIVE.get()
+    capture = ACTIVE.get()
     if capture is not None:
         capture.responses.append(response)
 
@@ -42,11 +44,11 @@ class ResponseCapture:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[ResponseCapture]:
-        token = _ACTIVE.set(self)
+        token = ACTIVE.set(self)
         try:
             yield self
         finally:
-            _ACTIVE.reset(token)
+            ACTIVE.reset(token)
 
     def close(self) -> None:
         """Close every captured sync response (a no-op for ones already closed)."""
@@ -72,47 +74,16 @@ class ResponseCapture:
 def http_clients(**kwargs: Any) -> tuple[httpx.Client, httpx.AsyncClient]:
     """An ``(http_client, async_http_client)`` pair with the capture hooks installed.
 
-    Pass them to ``OpenAI``/``OpenAILike`` yourself when you build the LLM; ``EntropyExitLLM``
-    otherwise installs the hooks itself (``install_hooks``). ``kwargs`` go to both clients (the
-    openai SDK's defaults: timeouts, connection limits, redirects).
+    Pass them to the inner LLM when you build it, through its public constructor arguments,
+    so that an exit of ``EntropyExitLLM`` closes the HTTP response and the server stops::
+
+        sync_client, async_client = http_clients()
+        inner = OpenAILike(model=..., api_base=..., http_client=sync_client,
+                           async_http_client=async_client)
+
+    ``kwargs`` go to both clients (the openai SDK's defaults: timeouts, connection limits).
     """
     return _sync_client(**kwargs), _async_client(**kwargs)
-
-
-def _add_hook(client: Any, hook: Any) -> bool:
-    if not isinstance(client, (httpx.Client, httpx.AsyncClient)):
-        return False
-    hooks = client.event_hooks
-    if hook not in hooks.get("response", []):
-        client.event_hooks = {**hooks, "response": [*hooks.get("response", []), hook]}
-    return True
-
-
-def install_hooks(llm: Any) -> bool:
-    """Make an openai-SDK based LlamaIndex LLM (``OpenAI``, ``OpenAILike``...) capturable.
-
-    Adds the hook to the httpx client the LLM's openai client already has, or to the
-    ``http_client``/``async_http_client`` it was given, or gives it hooked clients. Returns
-    False for an LLM that does not talk through an openai SDK client (its streams are then
-    closed only by closing its generator).
-    """
-    if not hasattr(llm, "_http_client") or not hasattr(llm, "_async_http_client"):
-        return False
-    installed = False
-    for client_attr, http_attr, hook, make in (
-        ("_client", "_http_client", record_response, _sync_client),
-        ("_aclient", "_async_http_client", arecord_response, _async_client),
-    ):
-        sdk_client = getattr(llm, client_attr, None)
-        if sdk_client is not None and _add_hook(getattr(sdk_client, "_client", None), hook):
-            installed = True
-        own = getattr(llm, http_attr, None)
-        if own is not None:
-            installed = _add_hook(own, hook) or installed
-        elif sdk_client is None:
-            setattr(llm, http_attr, make())
-            installed = True
-    return installed
 
 
 def _sync_client(**kwargs: Any) -> httpx.Client:

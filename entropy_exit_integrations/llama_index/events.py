@@ -30,8 +30,9 @@ from ..core.savings import SavingsLedger, SavingsReport
 from ..engine import MonitoredCall
 from ..errors import StreamInterrupted
 from ..providers.parts import ChunkParts
-from ._responses import REPORT_KEY, parts_of, text_of, tokens_from_llama_logprobs
-from .closing import _ACTIVE
+from ..engine import REPORT_KEY
+from ._responses import parts_of, text_of, tokens_from_llama_logprobs
+from .closing import ACTIVE
 
 _WRAPPER = "EntropyExitLLM"
 _dispatcher = get_dispatcher(__name__)
@@ -101,7 +102,7 @@ class EntropyExitEventHandler(BaseEventHandler):
         return "EntropyExitEventHandler"
 
     def handle(self, event: Any, **kwargs: Any) -> None:
-        if _ACTIVE.get() is not None:
+        if ACTIVE.get() is not None:
             return  # an EntropyExitLLM is driving this LLM: the wrapper's own events report it
         name = type(event).__name__
         if name in ("LLMChatStartEvent", "LLMCompletionStartEvent"):

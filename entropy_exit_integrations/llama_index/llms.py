@@ -26,7 +26,7 @@ Streaming calls yield the inner responses as they come, then that final response
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -39,19 +39,20 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
 )
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, SerializeAsAny
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, SerializeAsAny, model_validator
+from pydantic import InstanceOf
 from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 
-from ..core.probes import ProbeRule
-from ..core.savings import SavingsLedger, SavingsReport
-from ..engine import check_policy
-from ..forcing import AnswerForcing
-from ._stream import Shim, arun, run
-from .closing import install_hooks
+from ..core.savings import SavingsReport
+from ..driver import adrive, drive
+from ..options import ExitOptions
+from ._stream import AsyncTransport, Responses, Transport
 from .events import areported, reported
+
+_OPTION_FIELDS = ("policy", "force_answer", "forcing", "probes", "ledger", "on_token")
 
 
 class EntropyExitLLM(FunctionCallingLLM):
@@ -59,45 +60,36 @@ class EntropyExitLLM(FunctionCallingLLM):
 
     Args:
         llm: the inner LLM. For a real stop and automatic logprob requests use an openai-SDK
-            based one (``OpenAI``, ``OpenAILike``); any other LLM works as a monitor when its
-            streamed responses carry logprobs (``raw`` chunks in the OpenAI shape or
-            ``.logprobs``), else ``LogprobsUnavailableError`` is raised.
-        policy: the exit rule (``ExitPolicy``).
-        force_answer: after an exit, ask for the final answer: None (default) when the exit cut
-            the reasoning phase, True after any exit, False never.
-        forcing: how the answer is forced (style, budget, cue, stop).
-        ledger: records the report of every call (per-step savings of an agent).
-        close_http: install the httpx hooks that let an exit close the HTTP response.
-        probes: answer probes (``ProbeRule``): stop only when consecutive short forced answers
-            agree; the agreed answer is the forced answer, probe tokens are counted.
+            based one (``OpenAI``, ``OpenAILike``) built with the hooked HTTP clients:
+            ``OpenAILike(..., http_client=sync_client, async_http_client=async_client)`` with
+            ``sync_client, async_client = http_clients()``; without them an exit closes the
+            generator but not the HTTP response (a warning says so once). Any other LLM works
+            as a monitor when its streamed responses carry logprobs (``raw`` chunks in the
+            OpenAI shape or ``.logprobs``), else ``LogprobsUnavailableError`` is raised.
+        options: every exit setting (``ExitOptions``); or pass its fields instead: ``policy``
+            (required), ``force_answer``, ``forcing``, ``probes``, ``ledger``, ``on_token``.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     llm: SerializeAsAny[LLM] = Field(description="The inner LLM that does the generating.")
-    policy: Any = Field(description="The ExitPolicy deciding when to stop.")
-    force_answer: bool | None = Field(default=None, description="Force a final answer after an exit.")
-    forcing: Any = Field(default_factory=AnswerForcing, description="AnswerForcing settings.")
-    ledger: Any = Field(default=None, description="SavingsLedger recording every call's report.")
-    close_http: bool = Field(default=True, description="Close the HTTP response on exit.")
-    probes: Any = Field(
-        default=None, description="ProbeRule: stop only when consecutive short forced answers agree."
-    )
+    options: InstanceOf[ExitOptions] = Field(description="ExitOptions: the policy and what to do after an exit.")
 
     _last_report: SavingsReport | None = PrivateAttr(default=None)
-    _can_close: bool = PrivateAttr(default=False)
 
-    def __init__(self, **data: Any) -> None:
-        super().__init__(**data)
-        check_policy(self.policy, "EntropyExitLLM")
-        if not isinstance(self.forcing, AnswerForcing):
-            raise TypeError(f"forcing must be an AnswerForcing, got {type(self.forcing).__name__}")
-        if self.probes is not None and not isinstance(self.probes, ProbeRule):
-            raise TypeError(f"probes must be a ProbeRule, got {type(self.probes).__name__}")
-        if self.ledger is not None and not isinstance(self.ledger, SavingsLedger):
-            raise TypeError(f"ledger must be a SavingsLedger, got {type(self.ledger).__name__}")
-        if self.close_http:
-            self._can_close = install_hooks(self.llm)
+    @model_validator(mode="before")
+    @classmethod
+    def _build(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            values = dict(values)
+            given = {name: values.pop(name) for name in _OPTION_FIELDS if name in values}
+            values["options"] = ExitOptions.build(values.get("options"), "EntropyExitLLM", **given)
+        return values
+
+    @property
+    def policy(self) -> Any:
+        """The options' ``ExitPolicy``."""
+        return self.options.policy
 
     @classmethod
     def class_name(cls) -> str:
@@ -112,22 +104,26 @@ class EntropyExitLLM(FunctionCallingLLM):
         """Report of the most recent call (use ``ledger`` when calls run concurrently)."""
         return self._last_report
 
-    @property
-    def closes_http(self) -> bool:
-        """True when an exit closes the HTTP response (the inner LLM is openai-SDK based)."""
-        return self._can_close
-
     # -- chat -------------------------------------------------------------------------------
-
-    def _call(self, mode: str, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Shim:
-        return Shim(self, mode, payload, kwargs, formatted)  # type: ignore[arg-type]
 
     def _run(self, mode: str, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
         """The call's responses; its report goes out as an ``EntropyExitReportEvent`` on this span."""
-        return reported(run(self._call(mode, payload, kwargs, formatted)), active_span_id.get())
+        return reported(self._steps(Transport(self, mode, payload, kwargs, formatted)), active_span_id.get())
 
     def _arun(self, mode: str, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
-        return areported(arun(self._call(mode, payload, kwargs, formatted)), active_span_id.get())
+        transport = AsyncTransport(self, mode, payload, kwargs, formatted)
+        return areported(self._asteps(transport), active_span_id.get())
+
+    def _steps(self, transport: Transport) -> Iterator[Any]:
+        responses = Responses(self, transport)
+        for step in drive(transport.call, transport):
+            yield from responses.out(step)
+
+    async def _asteps(self, transport: AsyncTransport) -> AsyncIterator[Any]:
+        responses = Responses(self, transport)
+        async for step in adrive(transport.call, transport):
+            for response in responses.out(step):
+                yield response
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:

@@ -3,11 +3,11 @@
 The integrations (the public API each one documents):
 
 * ``openai``: ``stream_chat`` / ``astream_chat`` over ``openai.OpenAI`` / ``openai.AsyncOpenAI``;
-* ``wrapper``: ``ChatEntropyExit(model=ChatOpenAI(...))``, ``invoke`` / ``ainvoke``;
+* ``wrapper``: ``ChatEntropyExit(model=ChatDeepSeek(api_base=...))`` (reasoning fields kept), ``invoke`` / ``ainvoke``;
 * ``handler``: ``EntropyExitCallbackHandler`` / ``AsyncEntropyExitCallbackHandler`` (``on_exit="raise"``)
   on ``ChatOpenAI(logprobs=True, top_logprobs=k, streaming=True)``, ``invoke`` / ``ainvoke``; its
   exit is an ``EntropyExit`` whose ``.partial`` is the result, its normal end ``handler.last_result``;
-* ``llamaindex``: ``EntropyExitLLM(llm=OpenAILike(...))``, ``chat`` / ``achat``.
+* ``llamaindex``: ``EntropyExitLLM(llm=OpenAILike(..., http_client=..., async_http_client=...))``, ``chat`` / ``achat``.
 
 Every driver returns an ``Outcome``: text (the answer only), reasoning, the report as a dict, the
 finish reason, usage, and the error raised (``StreamInterrupted`` carries its ``partial``, which
@@ -158,11 +158,27 @@ def _message_outcome(message: Any) -> Outcome:
     )
 
 
+def _chat_deepseek(base_url: str, call: Call) -> Any:
+    """ChatDeepSeek (langchain-deepseek): the partner class that keeps ``reasoning_content`` /
+    ``reasoning`` deltas, which ChatOpenAI drops; it talks to any OpenAI-compatible server."""
+    import httpx
+    from langchain_deepseek import ChatDeepSeek
+
+    return ChatDeepSeek(
+        api_base=base_url,
+        api_key="x",
+        model="m",
+        max_tokens=call.max_tokens,
+        max_retries=0,
+        timeout=httpx.Timeout(call.timeout),
+    )
+
+
 def wrapper_model(base_url: str, call: Call) -> Any:
     from entropy_exit_integrations.langchain import ChatEntropyExit
 
     return ChatEntropyExit(
-        model=_chat_openai(base_url, call),
+        model=_chat_deepseek(base_url, call),
         policy=call.policy,
         force_answer=call.force_answer,
         probes=call.probes,
@@ -262,8 +278,9 @@ def _llamaindex(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
     from llama_index.core.base.llms.types import ChatMessage
     from llama_index.llms.openai_like import OpenAILike
 
-    from entropy_exit_integrations.llama_index import EntropyExitLLM
+    from entropy_exit_integrations.llama_index import EntropyExitLLM, http_clients
 
+    sync_client, async_client = http_clients()  # the documented way to a real abort
     inner = OpenAILike(
         model="m",
         api_base=base_url,
@@ -272,6 +289,8 @@ def _llamaindex(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
         max_tokens=call.max_tokens,
         max_retries=0,
         timeout=call.timeout,
+        http_client=sync_client,
+        async_http_client=async_client,
     )
     llm = EntropyExitLLM(llm=inner, policy=call.policy, force_answer=call.force_answer, probes=call.probes)
     messages = [ChatMessage(role="user", content=call.prompt)]

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from entropy_exit_integrations import ExitPolicy, StreamInterrupted
 from entropy_exit_integrations.core.probes import ProbeRule
-from entropy_exit_integrations.engine import ENTROPY_EXIT, MonitoredCall, check_policy, guarded
+from entropy_exit_integrations import ExitOptions
+from entropy_exit_integrations.driver import drive as run_driver
+from entropy_exit_integrations.engine import ENTROPY_EXIT, MonitoredCall, RequestSpec, check_policy
 from entropy_exit_integrations.providers import ChunkParts, parse_chat_chunk
 
 
@@ -99,25 +101,76 @@ def test_framework_streams_without_finish_reasons_are_not_broken() -> None:
     assert call.finish().finish_reason == "stop"
 
 
-def test_guarded_turns_mid_stream_errors_into_stream_interrupted() -> None:
-    call = MonitoredCall(ExitPolicy(threshold=0.0))
+class Scripted:
+    """A transport whose streams are scripted: one iterable of chat chunks per request opened."""
 
+    def __init__(self, *streams: object) -> None:
+        self.streams = list(streams)
+        self.specs: list[RequestSpec] = []
+        self.parts = parse_chat_chunk
+        self.closed = 0
+
+    def open(self, spec: RequestSpec) -> Iterator[dict]:
+        self.specs.append(spec)
+        stream = self.streams.pop(0)
+        if isinstance(stream, Exception):
+            raise stream
+        return iter(stream)  # type: ignore[call-overload]
+
+    def close(self, stream: Iterator[dict]) -> None:
+        self.closed += 1
+
+
+def result_of(call: MonitoredCall, transport: Scripted):
+    *_, last = run_driver(call, transport)
+    return last.result
+
+
+def test_the_driver_turns_mid_stream_errors_into_stream_interrupted() -> None:
     def stream():
         yield chunk("a")
         raise ValueError("bad json")
 
     with pytest.raises(StreamInterrupted) as raised:
-        for c in guarded(stream(), call):
-            call.feed(parse_chat_chunk(c))
+        result_of(MonitoredCall(ExitPolicy(threshold=0.0)), Scripted(stream()))
     assert raised.value.partial.text == "a" and isinstance(raised.value.__cause__, ValueError)
 
     def fails_at_once():
         raise KeyError("rate limited")
         yield  # pragma: no cover
 
-    fresh = MonitoredCall(ExitPolicy(threshold=0.0))
     with pytest.raises(KeyError):  # before the first chunk: the provider's own error
-        list(guarded(fails_at_once(), fresh))
+        result_of(MonitoredCall(ExitPolicy(threshold=0.0)), Scripted(fails_at_once()))
+
+
+def test_an_exit_closes_the_stream_and_the_forcing_request_drops_tools() -> None:
+    """One rule for every short request: no tools, no n, its own budget and stop."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    call = MonitoredCall(
+        ExitOptions(policy=ExitPolicy(threshold=1.0, min_tokens=2), force_answer=True),
+        fields={"model": "m", "tools": tools, "max_tokens": 50, "temperature": 0},
+        messages=[{"role": "user", "content": "q"}],
+    )
+    endless = (chunk(w) for w in ["a", "b", "c", "d", "e"])
+    transport = Scripted(endless, [chunk("42"), chunk("", finish="stop")])
+    result = result_of(call, transport)
+    main, forcing = transport.specs
+    assert main.fields["tools"] == tools and main.fields["logprobs"] is True
+    assert "tools" not in forcing.fields and forcing.fields["max_tokens"] == 64
+    assert forcing.fields["temperature"] == 0 and forcing.role == "forcing"
+    assert result.report.exited and result.forced_answer == "42" and transport.closed == 2
+
+
+def test_n_above_one_is_refused_before_sending() -> None:
+    with pytest.raises(ValueError, match="one call per sample"):
+        MonitoredCall(ExitPolicy(threshold=1.0), fields={"n": 2})
+
+
+def test_a_required_tool_call_is_never_cut() -> None:
+    call = MonitoredCall(
+        ExitPolicy(threshold=1.0, min_tokens=1), fields={"tools": [{}], "tool_choice": "required"}
+    )
+    assert not drive(call, [chunk(w) for w in "abcdef"])
 
 
 def test_forcing_after_a_reasoning_cut_sends_the_reasoning_inline_when_the_client_cannot() -> None:
@@ -216,46 +269,31 @@ def test_corrupting_any_tokens_logprobs_never_moves_the_exit_earlier(
     assert after is None or (before is not None and after >= before)
 
 
-def probe_stream(answer: str, breaks: Exception | None) -> Iterator[ChunkParts]:
+def probe_stream(answer: str, breaks: Exception | None) -> Iterator[dict]:
     """A probe's stream: the answer, then the end, or ``breaks`` raised after the answer."""
-    yield parse_chat_chunk(chunk(answer))
+    yield chunk(answer)
     if breaks is not None:
         raise breaks
-    yield parse_chat_chunk(chunk("", finish="stop"))
+    yield chunk("", finish="stop")
 
 
-async def aprobe_stream(answer: str, breaks: Exception | None) -> AsyncIterator[ChunkParts]:
-    for parts in probe_stream(answer, breaks):
-        yield parts
-
-
-def probing_call() -> MonitoredCall:
-    return MonitoredCall(
-        ExitPolicy(threshold=0.0, min_tokens=0),
+def test_a_probe_stream_that_breaks_is_no_answer_and_the_call_goes_on() -> None:
+    call = MonitoredCall(
+        ExitOptions(
+            policy=ExitPolicy(threshold=0.0, min_tokens=0), probes=ProbeRule(every=1, agree=2, min_tokens=0)
+        ),
         max_tokens=50,
         messages=[{"role": "user", "content": "q"}],
         model="m",
-        probes=ProbeRule(every=1, agree=2, min_tokens=0),
     )
-
-
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_a_probe_stream_that_breaks_is_no_answer_and_the_call_goes_on(mode: str) -> None:
-    def probe(call: MonitoredCall, answer: str, breaks: Exception | None = None) -> bool:
-        while not call.wants_probe:
-            call.feed(parse_chat_chunk(chunk("x")))
-        call.probe_plan()
-        if mode == "sync":
-            return call.run_probe(probe_stream(answer, breaks), (ValueError,))
-        return asyncio.run(call.arun_probe(aprobe_stream(answer, breaks), (ValueError,)))
-
-    call = probing_call()
+    main = (chunk("x") for _ in range(10))
     # a broken probe's "42" counts as no answer, so the next "42" does not agree with it
-    assert probe(call, "42", ValueError("invalid JSON")) is False
-    assert probe(call, "42") is False
-    assert probe(call, "42") is True and call.should_stop
-    call.end_main(cut=True)
-    assert call.finish().report.probes == 3
-    # an error the caller did not name is not a broken probe: it propagates
-    with pytest.raises(KeyError):
-        probe(probing_call(), "42", KeyError("bug"))
+    transport = Scripted(
+        main,
+        probe_stream("42", ValueError("invalid JSON")),
+        probe_stream("42", None),
+        probe_stream("42", None),
+    )
+    result = result_of(call, transport)
+    assert result.report.exited and result.report.probes == 3 and result.forced_answer == "42"
+    assert [spec.role for spec in transport.specs] == ["main", "probe", "probe", "probe"]

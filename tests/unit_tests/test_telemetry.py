@@ -26,7 +26,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from entropy_exit_integrations import ExitPolicy, StreamInterrupted, telemetry
-from entropy_exit_integrations.engine import MonitoredCall, guarded
+from entropy_exit_integrations.driver import drive
+from entropy_exit_integrations.engine import MonitoredCall
 from entropy_exit_integrations.openai import astream_chat, stream_chat
 from entropy_exit_integrations.providers import parse_chat_chunk
 from tests.unit_tests.recordings import load_chunks
@@ -168,10 +169,18 @@ def test_a_broken_stream_is_an_error_span(otel: Telemetry) -> None:
         yield from chunks
         raise httpx.ReadError("connection reset")
 
+    class Transport:
+        parts = staticmethod(parse_chat_chunk)
+
+        def open(self, spec: object) -> Iterator[dict]:
+            return stream()
+
+        def close(self, stream: object) -> None:
+            pass
+
     call = MonitoredCall(NEVER, model="m")
     with pytest.raises(StreamInterrupted) as raised:
-        for chunk in guarded(stream(), call):
-            call.feed(parse_chat_chunk(chunk))
+        list(drive(call, Transport()))
     (span,) = otel.spans.get_finished_spans()
     assert span.name == "chat m"
     assert span.status.status_code is StatusCode.ERROR

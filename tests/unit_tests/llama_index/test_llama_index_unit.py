@@ -35,7 +35,7 @@ from entropy_exit_integrations.llama_index import (
     EntropyExitLLM,
     EntropyExitReportEvent,
     ResponseCapture,
-    install_hooks,
+    http_clients,
 )
 from entropy_exit_integrations.llama_index._responses import parts_of, to_llama_logprobs
 
@@ -133,7 +133,6 @@ def test_exits_early_and_stops_pulling() -> None:
     inner = ScriptedLLM()
     ledger = SavingsLedger()
     llm = EntropyExitLLM(llm=inner, policy=ExitPolicy(threshold=0.5, min_tokens=5), ledger=ledger)
-    assert not llm.closes_http  # not openai-based: only the generator is closed
     response = llm.complete("go")
     report = SavingsReport.from_dict(response.additional_kwargs[REPORT_KEY])
     assert report.exited and report.tokens_generated == 5
@@ -182,21 +181,14 @@ def test_tool_methods_need_a_function_calling_inner_llm() -> None:
 
 
 def test_capture_closes_only_its_own_responses() -> None:
-    class Holder:
-        _http_client = None
-        _async_http_client = None
-        _client = None
-        _aclient = None
-
-    holder = Holder()
-    assert install_hooks(holder)
+    hooked, _ = http_clients()
 
     class Endless(httpx.SyncByteStream):
         def __iter__(self):  # an unfinished SSE body
             yield b"data: x\n\n"
 
     transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=Endless()))
-    client = httpx.Client(transport=transport, event_hooks=holder._http_client.event_hooks)
+    client = httpx.Client(transport=transport, event_hooks=hooked.event_hooks)
     outside = client.send(client.build_request("GET", "http://t/"), stream=True)
     capture = ResponseCapture()
     with capture.active():
