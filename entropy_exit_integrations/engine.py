@@ -384,11 +384,7 @@ class MonitoredCall:
             fields["extra_body"] = {**extra, "n_probs": self.policy.top_k}
             return fields
         if self.policy.on_missing == "raise":
-            raise LogprobsUnavailableError(
-                "the provider refused to return logprobs for this request "
-                "(ExitPolicy(on_missing='pass_through') runs such calls unmonitored)",
-                provider_message=message,
-            ) from error
+            raise LogprobsUnavailableError.refused(message, top_k=self.policy.top_k) from error
         warnings.warn(
             f"the provider refused logprobs ({message}); this call runs unmonitored",
             EntropyExitWarning,

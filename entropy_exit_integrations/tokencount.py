@@ -5,17 +5,14 @@ Elsewhere: for a model tiktoken knows (OpenAI's), tiktoken's exact count; for an
 an estimate of 4 characters per token. tiktoken's encodings are another model's tokenizer
 there, no better an estimate than that for the prompt (the chat template the server adds
 dominates the error), and loading one holds the GIL for 0.2-0.7 s, which would stall an
-event loop at the first exit. tiktoken downloads its BPE files on first use, which fails
-offline; llama-index-core ships ``cl100k_base`` and ``o200k_base`` in its
-``_static/tiktoken_cache``, so that cache is used when ``TIKTOKEN_CACHE_DIR`` is not set.
+event loop at the first exit. tiktoken downloads its BPE files on first use (or reads the
+directory ``TIKTOKEN_CACHE_DIR`` names, the user's setting, never changed here); offline
+without that cache the count is the estimate.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
-import os
-from pathlib import Path
 from typing import Any, NamedTuple
 
 
@@ -24,18 +21,6 @@ class TokenCount(NamedTuple):
     estimated: bool
     """True unless the count used the model's own tokenizer."""
     encoding: str
-
-
-def bundled_tiktoken_cache() -> Path | None:
-    """llama-index-core's offline tiktoken cache, when llama-index-core is installed."""
-    try:
-        spec = importlib.util.find_spec("llama_index.core")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "_static" / "tiktoken_cache"
-    return path if path.is_dir() else None
 
 
 @functools.lru_cache(maxsize=16)
@@ -56,17 +41,10 @@ def _encoding(model: str | None) -> tuple[Any, str] | None:
 
 
 def _load_offline(tiktoken: Any, name: str) -> Any:
-    cache = bundled_tiktoken_cache()
-    override = "TIKTOKEN_CACHE_DIR" not in os.environ and cache is not None
-    if override:
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
     try:
         return tiktoken.get_encoding(name)
     except Exception:  # noqa: BLE001 - offline download failures come in many types
         return None
-    finally:
-        if override:
-            del os.environ["TIKTOKEN_CACHE_DIR"]
 
 
 def count_tokens(text: str, model: str | None = None) -> TokenCount:

@@ -225,10 +225,8 @@ class _Monitors:
         if not isinstance(error, Exception):
             return
         if not run.call.chunks_seen and is_logprobs_refusal(error):
-            raise LogprobsUnavailableError(
-                "the provider refused to return logprobs for this request",
-                provider_message=provider_message(error),
-            ) from error
+            top_k = run.call.policy.top_k
+            raise LogprobsUnavailableError.refused(provider_message(error), top_k=top_k) from error
         if run.call.chunks_seen or (isinstance(error, ValueError) and "no generations" in str(error).lower()):
             interrupted = run.call.interrupted(error)
             self._keep(run_id, interrupted.partial)

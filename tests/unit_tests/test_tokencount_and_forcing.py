@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import httpx
 import openai
@@ -12,31 +13,53 @@ from entropy_exit_integrations.engine import MonitoredCall
 from entropy_exit_integrations.errors import EntropyExitWarning, LogprobsUnavailableError, is_logprobs_refusal
 from entropy_exit_integrations.forcing import AnswerForcing, EchoStripper
 from entropy_exit_integrations.providers import ChunkParts
-from entropy_exit_integrations.tokencount import bundled_tiktoken_cache, count_message_tokens, count_tokens
+from entropy_exit_integrations.tokencount import count_message_tokens, count_tokens
 
 
-def test_tiktoken_works_offline_from_the_bundled_cache() -> None:
-    assert bundled_tiktoken_cache() is not None
-    # A fresh interpreter with an empty home and no network proxy: the BPE files must come from
-    # llama-index-core's bundled cache, not a download.
+def _llama_index_tiktoken_cache() -> str:
+    """An offline tiktoken cache that ships in a package (llama-index-core's), for these tests."""
+    import llama_index.core
+
+    path = Path(llama_index.core.__file__).parent / "_static" / "tiktoken_cache"
+    assert path.is_dir()
+    return str(path)
+
+
+def _count_in_fresh_process(env_cache: str | None) -> str:
     code = (
-        "from entropy_exit_integrations.tokencount import count_tokens;"
-        "print(count_tokens('hello world, how are you?', 'gpt-4o'))"
+        "import os; from entropy_exit_integrations.tokencount import count_tokens;"
+        "print(count_tokens('hello world, how are you?', 'gpt-4o'), os.environ.get('TIKTOKEN_CACHE_DIR'))"
     )
     env = {k: v for k, v in os.environ.items() if k != "TIKTOKEN_CACHE_DIR"}
     env.update(HOME="/nonexistent", HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
+    if env_cache is not None:
+        env["TIKTOKEN_CACHE_DIR"] = env_cache
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "estimated=False" in out.stdout and "o200k_base" in out.stdout
-    assert "TIKTOKEN_CACHE_DIR" not in os.environ  # the override is not left behind
+    return out.stdout
 
 
-def test_unknown_models_fall_back_and_say_estimated() -> None:
-    exact = count_tokens("The quick brown fox", "gpt-4o")
-    guess = count_tokens("The quick brown fox", "smollm2-135m-instruct")
+def test_tiktoken_reads_the_users_cache_and_never_touches_the_environment() -> None:
+    cache = _llama_index_tiktoken_cache()
+    exact = _count_in_fresh_process(cache)
+    assert "estimated=False" in exact and "o200k_base" in exact and exact.rstrip().endswith(cache)
+    offline = _count_in_fresh_process(None)  # no cache, no network: an estimate, said so
+    assert "estimated=True" in offline and offline.rstrip().endswith("None")
+
+
+def test_unknown_models_fall_back_and_say_estimated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from entropy_exit_integrations import tokencount
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", _llama_index_tiktoken_cache())
+    tokencount._encoding.cache_clear()
+    try:
+        exact = count_tokens("The quick brown fox", "gpt-4o")
+        guess = count_tokens("The quick brown fox", "smollm2-135m-instruct")
+        prompt = count_message_tokens([{"role": "user", "content": "The quick brown fox"}], "gpt-4o")
+    finally:
+        tokencount._encoding.cache_clear()
     assert not exact.estimated and exact.encoding == "o200k_base" and exact.tokens == 4
     assert guess.estimated and guess.encoding == "chars/4" and guess.tokens == len("The quick brown fox") // 4
-    prompt = count_message_tokens([{"role": "user", "content": "The quick brown fox"}], "gpt-4o")
     assert prompt.estimated and prompt.tokens > exact.tokens
 
 
@@ -84,7 +107,8 @@ def test_provider_refusal_raises_or_passes_through() -> None:
     lenient = MonitoredCall(ExitPolicy(threshold=1.0, on_missing="pass_through"))
     with pytest.warns(EntropyExitWarning, match="runs unmonitored"):
         retry = lenient.refused(error)
-    assert retry is not None and retry.extra_body == {} and not retry.monitored
+    assert retry is not None and "logprobs" not in retry and "top_logprobs" not in retry
+    assert "extra_body" not in retry
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the refusal was the one warning: no second one per text
         lenient.feed(ChunkParts(content="hello"))
@@ -101,7 +125,7 @@ def test_llama_cpp_tools_refusal_is_retried_with_n_probs_once() -> None:
     )
     call = MonitoredCall(ExitPolicy(threshold=1.0, top_k=7))
     retry = call.refused(error)
-    assert retry is not None and retry.extra_body == {"n_probs": 7} and retry.monitored
+    assert retry is not None and retry["extra_body"] == {"n_probs": 7} and "logprobs" not in retry
     with pytest.raises(LogprobsUnavailableError, match="tools"):  # the same refusal again: a refusal
         call.refused(error)
     old_build = openai.InternalServerError(  # some builds answer 500
