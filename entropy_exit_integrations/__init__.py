@@ -17,30 +17,45 @@ from .core import (
     calibrate,
     token_entropy,
 )
+from .core.probes import ProbeRule
+from .engine import REPORT_KEY, ExitResult
 from .errors import (
     EntropyExit,
     EntropyExitError,
     EntropyExitWarning,
     LogprobsFormatError,
     LogprobsUnavailableError,
+    NoTokenEventsError,
+    PolicyError,
+    ServerError,
     StreamInterrupted,
 )
+from .forcing import AnswerForcing
+from .options import ExitOptions
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "REPORT_KEY",
+    "AnswerForcing",
     "Calibration",
     "Decision",
     "EntropyExit",
     "EntropyExitError",
     "EntropyExitWarning",
     "EntropyMonitor",
+    "ExitOptions",
     "ExitPolicy",
+    "ExitResult",
     "LogprobsFormatError",
     "LogprobsUnavailableError",
+    "NoTokenEventsError",
     "Phase",
+    "PolicyError",
+    "ProbeRule",
     "SavingsLedger",
     "SavingsReport",
+    "ServerError",
     "StreamInterrupted",
     "TokenLogprob",
     "calibrate",

@@ -129,7 +129,7 @@ async def test_async_context_manager_and_external_mode(llama_server: LocalServer
     external = LocalServer(base_url=llama_server.base_url)
     async with external as same:
         assert same.model == llama_server.model and same.process is None
-        assert same.metrics()["llamacpp:requests_processing"] >= 0
+        assert same.metrics()["llamacpp:requests_processing"] in (0, 1, 2, 3, 4)  # 4 slots
     async with LocalServer(parallel=1) as server:
         process = server.process
         assert process is not None and server.is_running

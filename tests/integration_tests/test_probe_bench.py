@@ -57,7 +57,7 @@ def test_probe_bench_end_to_end_and_cached_rerun(llama_server: Any, tmp_path: Pa
         generated = sum(q["tokens"] for q in per_question[row.rule])
         assert row.tokens == generated
         assert row.extra["probe_tokens"] <= row.tokens
-        assert row.extra["probes"] >= 0
+        assert (row.extra["probes"] > 0) == (row.extra["probe_tokens"] > 0)  # a probe costs tokens
     periodic = [r for r in probe_rows if r.family.startswith("Dynasor")]
     assert any(r.extra["probes"] > 0 and r.extra["probe_tokens"] > 0 for r in periodic)
     assert answers.requests > 0 and cache_path.exists()
