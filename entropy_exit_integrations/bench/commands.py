@@ -20,6 +20,7 @@ import numpy as np
 from ..core.calibration import (
     METHODS,
     Calibration,
+    ExampleError,
     ExitAnswer,
     StreamExample,
     calibrate,
@@ -196,6 +197,23 @@ def calibrate_traces(
     at ``risk`` (default 0.05), with the answers at candidate exit points from ``answers``.
     """
     model = model or next((t.model for t in traces if t.model), None)
+    try:
+        return _calibrate_traces(traces, method, model, risk, confidence, shape, answers, log)
+    except ExampleError as error:
+        trace = traces[error.index]
+        raise PolicyError(f"trace {error.index + 1} ({trace.problem_id}): {error.reason}") from error
+
+
+def _calibrate_traces(
+    traces: Sequence[Trace],
+    method: str,
+    model: str | None,
+    risk: float | None,
+    confidence: float,
+    shape: ExitPolicy | None,
+    answers: ExitAnswers | None,
+    log: Log,
+) -> Calibration:
     if shape is None:
         examples = [(t.tokens, t.correct, len(t.tokens)) for t in traces]
         with warnings.catch_warnings(record=True) as caught:
@@ -242,6 +260,8 @@ def run_calibration(
     """Run n calibration questions (train split where one exists), grade, calibrate, save."""
     problems = load_dataset(dataset, split="train", n=n, seed=seed)
     traces = record_traces(client, problems, config)
+    if traces_out:  # kept even when the calibration below refuses them
+        save_traces(traces, traces_out)
     answers = ExitAnswers(traces, client=client, config=config, cache=cache)
     cal = calibrate_traces(
         traces,

@@ -101,16 +101,19 @@ class Trace:
         if missing:
             raise ValueError(f"missing required fields {missing}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown fields {unknown}")
+        for name in set(values) - known:  # fields of a newer writer, or the user's own: ignored
+            del values[name]
+        if not isinstance(values["correct"], bool):
+            raise ValueError(
+                f"correct must be true or false (a JSON boolean), got {values['correct']!r}; "
+                "grade the answer and write true or false"
+            )
         values.setdefault("question", "")
         values.setdefault("reference", "")
         values.setdefault("kind", "numeric")
         values.setdefault("finish_reason", "stop")
         values.setdefault("wall_time_s", 0.0)
         values["tokens"] = [token_from_json(row) for row in values["tokens"]]
-        values["correct"] = bool(values["correct"])
         values["forced"] = {str(n): dict(entry) for n, entry in (values.get("forced") or {}).items()}
         return cls(**values)
 

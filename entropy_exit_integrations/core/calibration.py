@@ -65,6 +65,10 @@ METHODS: tuple[str, ...] = ("mean", "info", "bayes", "quantile", "deepconf")
 Signal = float | Sequence[float] | Sequence[TokenLogprob] | np.ndarray
 MIN_EXAMPLES = 4
 INTERVAL = "Wilson score interval with the Birnbaum-McCarty variance bound"
+_UNKNOWN_RULE = (
+    "a token trace counts each as the largest entropy a token can have (as live runs do), "
+    "a list of token entropies leaves it out of the mean"
+)
 RISK_METHOD = "fixed-sequence testing (Learn then Test) with exact binomial (Clopper-Pearson) bounds"
 
 __all__ = [
@@ -72,6 +76,7 @@ __all__ = [
     "Calibration",
     "CalibrationExample",
     "ClassStats",
+    "ExampleError",
     "ExitAnswer",
     "RiskControl",
     "StreamExample",
@@ -89,11 +94,27 @@ __all__ = [
 
 def sequence_entropy(tokens: Sequence[TokenLogprob], *, k: int = 20, phase: str = "auto") -> float | None:
     """Mean token entropy over the watched tokens, computed by the same monitor as live runs."""
+    return _sequence_stats(tokens, k=k, phase=phase).entropy
+
+
+class _SequenceStats(NamedTuple):
+    entropy: float | None
+    watched: int
+    unknown: int
+    """Watched tokens without usable logprobs (missing, or malformed such as NaN): the monitor
+    counts each as the largest entropy a token can have."""
+
+
+def _sequence_stats(tokens: Sequence[TokenLogprob], *, k: int = 20, phase: str = "auto") -> _SequenceStats:
     policy = ExitPolicy(threshold=0.0, min_tokens=0, top_k=min(max(k, 1), 20), phase=phase)  # type: ignore[arg-type]
     monitor = EntropyMonitor(policy)
+    watched = unknown = 0
     for token in tokens:
-        monitor.observe(token)
-    return monitor.decision.entropy
+        reason = monitor.observe(token).reason
+        if reason != "not_watched":
+            watched += 1
+            unknown += reason == "unknown"
+    return _SequenceStats(monitor.decision.entropy, watched, unknown)
 
 
 @dataclass(frozen=True)
@@ -223,11 +244,23 @@ class Calibration:
     patience: int | None = None
     phase: str | None = None
     risk: RiskControl | None = None
+    watched_tokens: int = 0
+    unknown_tokens: int = 0
+    """Watched tokens without usable logprobs (missing, or not finite such as NaN): see
+    ``_UNKNOWN_RULE`` for how they count."""
+
+    @property
+    def one_class(self) -> bool:
+        """True when every example was right, or every one wrong: nothing can be tested."""
+        return self.correct.n == 0 or self.incorrect.n == 0
 
     @property
     def usable(self) -> bool:
-        """False when the verdict is "no signal" (and no risk-controlled threshold overrides
-        it), or when a risk-controlled calibration found no threshold."""
+        """False when the examples were all right or all wrong, when the verdict is "no signal"
+        (and no risk-controlled threshold overrides it), or when a risk-controlled calibration
+        found no threshold."""
+        if self.one_class:
+            return False
         if self.risk is not None:
             return self.risk.threshold is not None
         return self.verdict != NO_SIGNAL
@@ -277,11 +310,19 @@ class Calibration:
     def policy_kwargs(self, *, allow_weak: bool = False, overrides: Mapping[str, Any]) -> dict[str, Any]:
         """ExitPolicy arguments from this calibration (what ``ExitPolicy.from_calibration`` uses).
 
-        Raises ``PolicyError`` when the overrides ask for another aggregate than the one the
-        threshold was calibrated for, when a risk-controlled calibration found no threshold, or
-        when the verdict is "no signal" (unless ``allow_weak``, which warns instead).
+        Raises ``PolicyError`` when the examples were all right or all wrong, when the overrides
+        ask for another aggregate than the one the threshold was calibrated for, when a
+        risk-controlled calibration found no threshold, or when the verdict is "no signal"
+        (unless ``allow_weak``, which warns instead).
         """
         overrides = dict(overrides)
+        if self.one_class:
+            which = "correct" if self.incorrect.n == 0 else "wrong"
+            raise PolicyError(
+                f"calibration for {self.model!r} has only {which} examples ({self.correct.n} correct, "
+                f"{self.incorrect.n} incorrect): its threshold was never tested against the other kind; "
+                "calibrate again on examples with both right and wrong answers"
+            )
         shape = self.policy_shape()
         mismatched = {
             name: (overrides[name], wanted)
@@ -333,32 +374,99 @@ class Calibration:
         return values
 
 
-def _example(item: Any, k: int, window: int) -> CalibrationExample:
+class ExampleError(PolicyError):
+    """One calibration example cannot be used; ``index`` is its position (0-based) in the input."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        self.index = index
+        self.reason = reason
+        super().__init__(f"example {index + 1}: {reason}")
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def _finite_lowest_group_confidence(tokens: Sequence[TokenLogprob], window: int) -> float | None:
+    usable = [t for t in tokens if t.top_logprobs and all(math.isfinite(v) for v in t.top_logprobs)]
+    value = lowest_group_confidence(usable, window)
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _example(item: Any, k: int, window: int, index: int) -> tuple[CalibrationExample, int, int]:
+    """The example, its watched tokens and how many of them had no usable logprobs."""
     if isinstance(item, CalibrationExample):
-        return item
+        example = item
+        if not _is_bool(example.correct):
+            raise ExampleError(index, f"correct must be True or False, got {example.correct!r}")
+        if not math.isfinite(example.entropy):
+            raise ExampleError(index, f"its entropy is {example.entropy!r}, not a finite number of bits")
+        return example, example.tokens, 0
     if len(item) == 2:
         signal, correct = item
         tokens_used: int | None = None
     else:
         signal, correct, tokens_used = item[0], item[1], item[2]
+    if not _is_bool(correct):
+        raise ExampleError(
+            index, f"correct must be True or False, got {correct!r} ({type(correct).__name__})"
+        )
     lowest = None
     entropy: float | None
-    if isinstance(signal, (int, float, np.floating)):
+    watched = unknown = 0
+    if isinstance(signal, (int, float, np.floating)) and not isinstance(signal, bool):
         entropy = float(signal)
     elif len(signal) and isinstance(signal[0], TokenLogprob):
-        entropy = sequence_entropy(signal, k=k)  # type: ignore[arg-type]
-        lowest = lowest_group_confidence(signal, window)  # type: ignore[arg-type]
+        with warnings.catch_warnings():  # malformed tokens are counted and reported once, below
+            warnings.filterwarnings("ignore", message="malformed logprobs", category=EntropyExitWarning)
+            stats = _sequence_stats(signal, k=k)  # type: ignore[arg-type]
+        entropy, watched, unknown = stats
+        if watched and unknown == watched:
+            raise ExampleError(
+                index,
+                f"none of its {watched} watched tokens has usable logprobs (missing, or not finite such "
+                "as NaN): its entropy cannot be measured; record it again with top_logprobs, or drop it",
+            )
+        lowest = _finite_lowest_group_confidence(signal, window)  # type: ignore[arg-type]
         tokens_used = len(signal) if tokens_used is None else tokens_used
     else:
         values = np.asarray(signal, dtype=float)
-        known = values[~np.isnan(values)]
+        known = values[np.isfinite(values)]
+        watched, unknown = int(values.size), int(values.size - known.size)
+        if values.size and not known.size:
+            raise ExampleError(index, f"none of its {values.size} token entropies is a finite number")
         entropy = float(known.mean()) if known.size else None
         tokens_used = int(values.size) if tokens_used is None else tokens_used
     if entropy is None or not math.isfinite(entropy):
-        raise PolicyError("an example has no known token entropy (no logprobs?)")
+        raise ExampleError(index, "it has no known token entropy (no logprobs?)")
     if tokens_used is None:
-        raise PolicyError("an example given as a bare entropy needs its tokens used: (H, correct, n)")
-    return CalibrationExample(entropy, bool(correct), int(tokens_used), lowest)
+        raise ExampleError(index, "an example given as a bare entropy needs its tokens used: (H, correct, n)")
+    return CalibrationExample(entropy, bool(correct), int(tokens_used), lowest), watched, unknown
+
+
+def _examples(examples: Iterable[Any], k: int, window: int) -> tuple[list[CalibrationExample], int, int]:
+    """Checked examples, their watched tokens and those without usable logprobs (all examples)."""
+    items: list[CalibrationExample] = []
+    watched = unknown = 0
+    for index, item in enumerate(examples):
+        example, seen, missing = _example(item, k, window, index)
+        items.append(example)
+        watched += seen
+        unknown += missing
+    return items, watched, unknown
+
+
+def _check_both_classes(items: Sequence[CalibrationExample]) -> None:
+    right = sum(e.correct for e in items)
+    if right == 0 or right == len(items):
+        which, need = (
+            ("correct", "wrong (harder questions)") if right else ("wrong", "right (easier questions)")
+        )
+        raise PolicyError(
+            f"all {len(items)} calibration examples are {which}: no threshold (of any method, the "
+            "risk-controlled one included) can be set or tested without both right and wrong answers; "
+            f"add examples the model gets {need}"
+        )
 
 
 def _tau_info(c: np.ndarray, i: np.ndarray) -> float:
@@ -587,45 +695,41 @@ def calibrate(
         raise PolicyError("q and deepconf_keep must be in (0, 1)")
     if risk is not None:
         _check_risk(risk, confidence)
-    items = [_example(item, k, deepconf_window) for item in examples]
+    items, watched, unknown = _examples(examples, k, deepconf_window)
     if len(items) < MIN_EXAMPLES:
         raise PolicyError(f"calibration needs at least {MIN_EXAMPLES} examples, got {len(items)}")
+    _check_both_classes(items)
+    if unknown:
+        warnings.warn(
+            f"{unknown} of {watched} watched tokens had no usable logprobs (missing, or not finite such "
+            f"as NaN) and count as unknown: {_UNKNOWN_RULE}",
+            EntropyExitWarning,
+            stacklevel=2,
+        )
     h = np.array([e.entropy for e in items])
     ok = np.array([e.correct for e in items])
     used = np.array([e.tokens for e in items], dtype=float)
     c, i = h[ok], h[~ok]
     taus: dict[str, float | None] = {"deepconf": float(np.quantile(h, deepconf_keep))}
     fallbacks: dict[str, str] = {}
-    if c.size == 0:
-        for name in ("mean", "info", "bayes", "quantile"):
-            taus[name], fallbacks[name] = taus["deepconf"], "deepconf"
-        warnings.warn(
-            "no correct examples: mean, info, bayes and quantile fall back to deepconf "
-            "(label-free); the verdict is 'no signal'",
-            EntropyExitWarning,
-            stacklevel=2,
-        )
-    else:
-        taus["mean"] = float(c.mean())
-        taus["quantile"] = float(np.quantile(c, q))
-        if i.size == 0:
-            taus["info"] = taus["bayes"] = taus["mean"]
-            fallbacks.update(info="mean", bayes="mean")
-            warnings.warn(
-                "no incorrect examples: info and bayes fall back to mean; the signal cannot be tested",
-                EntropyExitWarning,
-                stacklevel=2,
-            )
-        else:
-            taus["info"] = _tau_info(c, i)
-            taus["bayes"] = _tau_bayes(c, i, priors)
+    taus["mean"] = float(c.mean())
+    taus["quantile"] = float(np.quantile(c, q))
+    taus["info"] = _tau_info(c, i)
+    taus["bayes"] = _tau_bayes(c, i, priors)
+    broken = {name: value for name, value in taus.items() if value is not None and not math.isfinite(value)}
+    if broken:  # cannot happen with finite entropies; never hand out a NaN threshold
+        raise PolicyError(f"calibration produced non-finite thresholds {broken}")
     score = auroc(-c, -i)
     length = auroc(-used[ok], -used[~ok])
     n_min = min(c.size, i.size)
     ci = _interval(score, n_min)
     length_ci = _interval(length, n_min)
     verdict, detail, needed = verdict_of(score, ci, length, int(c.size), int(i.size), length_ci)
-    lows = [e.lowest_group_confidence for e in items if e.lowest_group_confidence is not None]
+    lows = [
+        e.lowest_group_confidence
+        for e in items
+        if e.lowest_group_confidence is not None and math.isfinite(e.lowest_group_confidence)
+    ]
     deepconf = float(np.quantile(lows, 1 - deepconf_keep)) if lows else None
     control = _gate_risk(items, risk, confidence) if risk is not None else None
     tau = float(taus[method] or 0.0)
@@ -653,6 +757,8 @@ def calibrate(
         length_auroc_ci=length_ci,
         examples_needed=needed,
         risk=control,
+        watched_tokens=watched,
+        unknown_tokens=unknown,
     )
 
 
@@ -809,7 +915,10 @@ def calibrate_stream(
     builds that shape and refuses another.
     """
     _check_risk(risk, confidence)
-    items = [e if isinstance(e, StreamExample) else StreamExample(e[0], bool(e[1])) for e in examples]
+    items = [e if isinstance(e, StreamExample) else StreamExample(e[0], e[1]) for e in examples]
+    for index, item in enumerate(items):
+        if not _is_bool(item.correct):
+            raise ExampleError(index, f"correct must be True or False, got {item.correct!r}")
     if len(items) < MIN_EXAMPLES:
         raise PolicyError(f"calibration needs at least {MIN_EXAMPLES} traces, got {len(items)}")
     if any(not item.tokens for item in items):
@@ -918,6 +1027,11 @@ def format_calibration(cal: Calibration, *, power: bool = True) -> str:
         shape = ", ".join(f"{k}={v}" for k, v in cal.policy_shape().items())
         lines.append(f"  threshold for: the streaming policy {shape}")
     lines.append(f"  expected tokens: {cal.expected_tokens:.1f}")
+    if cal.unknown_tokens:
+        lines.append(
+            f"  unknown tokens: {cal.unknown_tokens} of {cal.watched_tokens} watched tokens had no usable "
+            f"logprobs (missing, or not finite such as NaN): {_UNKNOWN_RULE}"
+        )
     about = "" if cal.kind == "sequence" else " (of the sequence mean entropy)"
     lines.append(f"  verdict{about}: {cal.verdict} - {cal.verdict_detail}")
     if power and cal.correct.n and cal.incorrect.n:

@@ -14,6 +14,7 @@ Environment variables: ``ENTROPY_EXIT_CACHE_DIR`` (cache root), ``ENTROPY_EXIT_L
 """
 
 from .binary import build_server, ensure_server_binary
+from .install import SetupResult, setup
 from .model import ensure_model, install_model
 from .pins import (
     LLAMA_CPP_PYTHON_VERSION,
@@ -25,7 +26,6 @@ from .pins import (
     cached_server_path,
 )
 from .server import LocalServer
-from .install import SetupResult, setup
 
 __all__ = [
     "LLAMA_CPP_PYTHON_VERSION",

@@ -60,9 +60,9 @@ def setup(*, jobs: int | None = None, extra_models: tuple[str, ...] = (), check:
         EntropyExitError: an extra model could not be fetched or verified.
     """
     model = install_model()
-    logger.info("model: %s", model)
+    logger.debug("model: %s", model)
     binary = ensure_server_binary(build_if_missing=True, jobs=jobs)
-    logger.info("llama-server: %s", binary)
+    logger.debug("llama-server: %s", binary)
     extras = {name: fetch_extra_model(name) for name in extra_models}
     url = seconds = None
     if check:
@@ -72,5 +72,5 @@ def setup(*, jobs: int | None = None, extra_models: tuple[str, ...] = (), check:
         with LocalServer(binary=binary, model_path=model, parallel=1) as server:
             seconds = time.perf_counter() - started
             url = server.base_url
-            logger.info("server answered at %s (model %s) in %.2f s", url, server.model, seconds)
+            logger.debug("server answered at %s (model %s) in %.2f s", url, server.model, seconds)
     return SetupResult(binary, model, extras, url, seconds)

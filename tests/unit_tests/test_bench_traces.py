@@ -50,8 +50,10 @@ def test_trace_rows_carry_schema_and_version(tmp_path: Path) -> None:
     [
         ({"version": 2}, "version 2"),
         ({"schema": "other"}, "schema 'other'"),
-        ({"colour": "red"}, "unknown fields"),
         ({"tokens": [["a", -0.1, ["a"], []]]}, "differ in length"),
+        ({"correct": "no"}, "correct must be true or false \\(a JSON boolean\\), got 'no'"),
+        ({"correct": 1}, "correct must be true or false .*got 1"),
+        ({"correct": None}, "correct must be true or false .*got None"),
     ],
 )
 def test_bad_trace_rows_name_their_line(tmp_path: Path, change: dict, message: str) -> None:
@@ -63,6 +65,13 @@ def test_bad_trace_rows_name_their_line(tmp_path: Path, change: dict, message: s
     path.write_text(json.dumps({k: v for k, v in row.items() if k != "correct"}) + "\n")
     with pytest.raises(EntropyExitError, match="missing required fields \\['correct'\\]"):
         load_traces(path)
+
+
+def test_unknown_extra_fields_are_ignored(tmp_path: Path) -> None:
+    trace = synthetic_traces(1, length=50)[0]
+    path = tmp_path / "extra.jsonl"
+    path.write_text(json.dumps({**trace.to_json(), "colour": "red", "grader_notes": {"by": "me"}}) + "\n")
+    assert load_traces(path) == [trace]
 
 
 def test_convert_real_llamacpp_chunks(tmp_path: Path) -> None:
@@ -250,3 +259,80 @@ def test_offline_commands_on_a_real_recorded_file(tmp_path: Path, capsys: pytest
     calibrated = next(row for name, row in rows.items() if name.startswith("stream exit calibrated"))
     assert calibrated["threshold"] == pytest.approx(cal.tau)
     assert results["meta"]["max_tokens"] == 48
+
+
+def _rows(traces: list) -> list[dict]:
+    return [t.to_json() for t in traces]
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _nan_tokens(row: dict, every: int = 1) -> dict:
+    nan = float("nan")
+    tokens = [
+        [t[0], nan, t[2], [nan] * len(t[3]), *t[4:]] if i % every == 0 else t
+        for i, t in enumerate(row["tokens"])
+    ]
+    return {**row, "tokens": tokens}
+
+
+def _cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    return lines[0], captured.out
+
+
+def test_cli_refuses_a_string_correct_naming_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = _rows(synthetic_traces(6, length=60, seed=2))
+    rows[3]["correct"] = "no"
+    path = _write(tmp_path / "t.jsonl", rows)
+    line, _ = _cli_error(["calibrate", "--traces", str(path), "--out", str(tmp_path / "p.json")], capsys)
+    assert f"{path}:4: correct must be true or false (a JSON boolean), got 'no'" in line
+    assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_cli_refuses_a_one_class_file(
+    right: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [{**row, "correct": right} for row in _rows(synthetic_traces(6, length=60, seed=2))]
+    path = _write(tmp_path / "t.jsonl", rows)
+    for extra in ([], ["--risk", "0.1"], ["--method", "deepconf"], ["--aggregation", "window"]):
+        line, out = _cli_error(
+            ["calibrate", "--traces", str(path), *extra, "--out", str(tmp_path / "p.json")], capsys
+        )
+        assert f"all 6 calibration examples are {'correct' if right else 'wrong'}" in line
+        assert "AUROC" not in out and not (tmp_path / "p.json").exists()
+
+
+def test_cli_all_nan_logprobs_are_refused_without_an_auroc(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    traces = synthetic_traces(6, length=60, seed=5)
+    rows = [_nan_tokens(row) for row in _rows(traces)]
+    path = _write(tmp_path / "broken.jsonl", rows)
+    line, out = _cli_error(["calibrate", "--traces", str(path), "--out", str(tmp_path / "p.json")], capsys)
+    assert f"trace 1 ({traces[0].problem_id}): none of its" in line and "usable logprobs" in line
+    assert "AUROC" not in out and "tau" not in out
+
+
+def test_cli_some_nan_logprobs_are_counted_and_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = _rows(synthetic_traces(8, length=60, seed=6))
+    rows[0] = _nan_tokens(rows[0], every=5)
+    path = _write(tmp_path / "some.jsonl", rows)
+    profile = tmp_path / "p.json"
+    assert main(["calibrate", "--traces", str(path), "--out", str(profile)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: " in out and "watched tokens had no usable logprobs" in out
+    assert "unknown tokens: " in out
+    cal = Calibration.load(profile)
+    assert cal.unknown_tokens > 0 and all(v is None or v == v for v in cal.taus.values())  # no NaN

@@ -6,6 +6,7 @@ test_verdict_simulation.py.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -14,9 +15,12 @@ import pytest
 
 from entropy_exit_integrations import ExitPolicy, TokenLogprob
 from entropy_exit_integrations.core.calibration import (
+    METHODS,
     Calibration,
+    ClassStats,
     auroc,
     calibrate,
+    calibrate_stream,
     lowest_group_confidence,
     sequence_entropy,
 )
@@ -24,7 +28,6 @@ from entropy_exit_integrations.core.signals import (
     INCONCLUSIVE,
     NO_SIGNAL,
     STRONG,
-    UNMEASURED,
     WEAK,
     auroc_interval,
 )
@@ -175,23 +178,84 @@ def test_weak_when_length_beats_entropy() -> None:
     assert cal.verdict in (WEAK, NO_SIGNAL)
 
 
-def test_no_incorrect_examples_warns_and_falls_back() -> None:
-    data = [(h, True, 10) for h in CORRECT]
-    with pytest.warns(EntropyExitWarning, match="info and bayes fall back to mean"):
-        cal = calibrate(data, "bayes")
-    assert cal.tau == pytest.approx(0.25)
-    assert cal.fallbacks == {"info": "mean", "bayes": "mean"}
-    assert cal.verdict == UNMEASURED and cal.auroc is None
-    with pytest.warns(EntropyExitWarning):
-        ExitPolicy.from_calibration(cal)
+@pytest.mark.parametrize("labels", [True, False], ids=["all correct", "all wrong"])
+def test_one_class_examples_are_refused_for_every_threshold(labels: bool) -> None:
+    data = [(h, labels, 10) for h in CORRECT + WRONG]
+    which = "correct" if labels else "wrong"
+    for method in METHODS:
+        with pytest.raises(PolicyError, match=f"all 8 calibration examples are {which}: no threshold"):
+            calibrate(data, method)  # type: ignore[arg-type]
+    with pytest.raises(PolicyError, match=f"are {which}"):
+        calibrate(data, risk=0.1)
+    tokens = [_tok(0.9)] * 20
+    with pytest.raises(PolicyError, match=f"are {which}"):
+        calibrate_stream(
+            [(tokens, labels)] * 6,
+            ExitPolicy(threshold=0.0, aggregation="window", window=4),
+            lambda pairs: {},
+        )
 
 
-def test_no_correct_examples_warns_and_says_no_signal() -> None:
-    data = [(h, False, 10) for h in WRONG]
-    with pytest.warns(EntropyExitWarning, match="fall back to deepconf"):
-        cal = calibrate(data, "mean")
-    assert cal.verdict == NO_SIGNAL
-    assert cal.fallbacks["mean"] == "deepconf"
+def test_from_calibration_refuses_a_one_class_profile(tmp_path) -> None:
+    """A profile written before one-class calibrations were refused is refused when used."""
+    good = calibrate(separated())
+    for stats in (
+        {"incorrect": ClassStats(0, None, None, None, None, None)},
+        {"correct": ClassStats.of(np.array([]), np.array([]))},
+    ):
+        old = Calibration.load(dataclasses.replace(good, **stats).save(tmp_path / "old.json"))
+        assert old.one_class and not old.usable
+        for kwargs in ({}, {"allow_weak": True}, {"threshold": 0.5}):
+            with pytest.raises(PolicyError, match="has only .* examples .* calibrate again"):
+                ExitPolicy.from_calibration(old, **kwargs)
+    assert not good.one_class and ExitPolicy.from_calibration(good).threshold == good.tau
+
+
+@pytest.mark.parametrize("bad", ["no", "yes", 1, 0, None, 1.0])
+def test_correct_must_be_a_bool(bad: object) -> None:
+    data: list = separated()
+    data[2] = (data[2][0], bad, 50)
+    with pytest.raises(PolicyError, match=f"example 3: correct must be True or False, got {bad!r}"):
+        calibrate(data)
+    tokens = [_tok(0.9)] * 20
+    stream = [(tokens, True), (tokens, False), (tokens, bad), (tokens, True)]
+    with pytest.raises(PolicyError, match="example 3: correct must be True or False"):
+        calibrate_stream(stream, ExitPolicy(threshold=0.0), lambda pairs: {})
+    numpy_bools = [(h, np.bool_(c), n) for h, c, n in separated()]
+    assert calibrate(numpy_bools).tau == calibrate(separated()).tau
+
+
+def _nan_token() -> TokenLogprob:
+    nan = float("nan")
+    return TokenLogprob("a", nan, ("a", "b"), (nan, nan))
+
+
+def test_nan_logprobs_count_as_unknown_and_are_reported() -> None:
+    right = [_tok(0.95)] * 18 + [_nan_token()] * 2
+    wrong = [_tok(0.6)] * 20
+    data = [(right, True), (wrong, False)] * 3
+    with pytest.warns(EntropyExitWarning, match="6 of 120 watched tokens had no usable logprobs") as caught:
+        cal = calibrate(data)
+    assert not any("malformed" in str(w.message) for w in caught)  # one summary, not one per trace
+    assert (cal.unknown_tokens, cal.watched_tokens) == (6, 120)
+    assert "unknown tokens: 6 of 120 watched tokens" in cal.summary()
+    assert all(math.isfinite(v) for v in cal.taus.values() if v is not None) and math.isfinite(cal.tau)
+    assert cal.deepconf_threshold is None or math.isfinite(cal.deepconf_threshold)
+    assert Calibration.from_dict(cal.to_dict()) == cal
+    # per-token entropies: NaN and inf are unknown too
+    listed = calibrate([([0.1, float("nan"), 0.2], True), ([0.8, float("inf"), 0.9], False)] * 2)
+    assert (listed.unknown_tokens, listed.watched_tokens) == (4, 12)
+
+
+def test_an_example_without_any_usable_logprob_is_refused() -> None:
+    wrong = [_tok(0.6)] * 20
+    data = [([_tok(0.95)] * 20, True), (wrong, False), ([_nan_token()] * 20, True), (wrong, False)]
+    with pytest.raises(PolicyError, match="example 3: none of its 20 watched tokens has usable logprobs"):
+        calibrate(data)
+    with pytest.raises(PolicyError, match="none of its 3 token entropies is a finite number"):
+        calibrate([([float("nan")] * 3, True)] + [([0.5], False)] * 3)
+    with pytest.raises(PolicyError, match="example 1: it has no known token entropy"):
+        calibrate([(float("nan"), True, 10)] + separated())
 
 
 def test_needs_four_examples_and_known_method() -> None:
