@@ -17,7 +17,7 @@ from .core.policy import ExitPolicy
 from .core.tokens import Phase, TokenLogprob
 from .errors import EntropyExitWarning, LogprobsUnavailableError
 from .providers.parts import ChunkParts
-from .providers.reasoning import ThinkTags, ThinkTagSplitter
+from .providers.reasoning import ReasoningFormat, ReasoningSplitter, check_reasoning_format
 
 
 class TextDelta(NamedTuple):
@@ -33,32 +33,53 @@ class ExitSession:
 
     Args:
         policy: the exit rule.
-        think_tags: how to read inline ``<think>`` tags in the content (see ThinkTagSplitter).
-        starts_in_reasoning: the prompt already opened the ``<think>`` tag.
+        reasoning_format: where the reasoning is (``providers.reasoning``): ``"auto"`` (default:
+            a separate field, ``<think>``/``[THINK]``/harmony markers opening the content, a
+            bare ``</think>``), ``"think"``, ``"think_open"`` (the template opened ``<think>``),
+            ``"mistral"`` (``[THINK]``), ``"harmony"`` (GPT-OSS channels as raw text),
+            ``"field"`` (only a separate field) or ``"none"`` (everything is answer).
+            ``providers.reasoning.resolve_format`` picks one from a model name or llama.cpp's
+            ``/props``.
+        starts_in_reasoning: the prompt already opened the reasoning (with ``"auto"`` or
+            ``"think"`` the same as ``"think_open"``; with ``"mistral"`` an opened ``[THINK]``;
+            with ``"harmony"`` an open analysis message).
         keep_tokens: keep every TokenLogprob on ``tokens`` (for traces and LlamaIndex logprobs).
 
-    Phases: reasoning arrives in a separate field (``reasoning_content``/``reasoning``) or inside
-    ``<think>`` tags in the content. While the content could still open a tag (``"<th"``, or
-    leading whitespace), its tokens wait, undecided, and reach the monitor once the text says
-    which phase they belong to; a tag split over chunks reads exactly like the tag unsplit.
+    Phases: reasoning arrives in a separate field (``reasoning_content``/``reasoning``/
+    ``thinking``) or inline in the content, as the format says. While the content could still
+    be a tag that changes the phase (``"<th"``, leading whitespace at the start, a harmony
+    header), its tokens wait, undecided, and reach the monitor once the text says which phase
+    they belong to; a tag split over chunks reads exactly like the tag unsplit. Under
+    ``"auto"``, a bare ``</think>`` re-labels the answer so far as reasoning in ``text``,
+    ``reasoning`` and ``tokens`` (``relabelled``), but not in the deltas already returned nor in
+    the monitor, which observed those tokens as answer: name the format when it is known.
     """
 
     def __init__(
         self,
         policy: ExitPolicy,
         *,
-        think_tags: ThinkTags = "auto",
+        reasoning_format: ReasoningFormat = "auto",
         starts_in_reasoning: bool = False,
         keep_tokens: bool = True,
     ) -> None:
         self.policy = policy
+        self.reasoning_format = check_reasoning_format(reasoning_format)
         self.monitor = EntropyMonitor(policy)
         self.tokens: list[TokenLogprob] = []
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.tool_call_started = False
         self._keep_tokens = keep_tokens
-        self._splitter = ThinkTagSplitter(think_tags, start_inside=starts_in_reasoning)
+        self._splitter: ReasoningSplitter | None = (
+            None
+            if reasoning_format in ("field", "none")
+            else ReasoningSplitter(reasoning_format, starts_in_reasoning=starts_in_reasoning)
+        )
+        self._all_answer = reasoning_format == "none"
+        self._field_seen = False
+        self.relabelled = False
+        """A bare ``</think>`` moved the answer so far into the reasoning (``"auto"``)."""
         self._content: list[str] = []
         self._reasoning: list[str] = []
         self._saw_logprobs = False
@@ -74,8 +95,17 @@ class ExitSession:
 
     @property
     def reasoning(self) -> str:
-        """Reasoning text so far (separate field or inside ``<think>`` tags)."""
+        """Reasoning text so far (a separate field, or inline in the content)."""
         return "".join(self._reasoning)
+
+    @property
+    def detected_format(self) -> ReasoningFormat | None:
+        """Where this stream's reasoning turned out to be: an inline format (``"think"``,
+        ``"think_open"``, ``"mistral"``, ``"harmony"``), ``"field"``, or None (none seen)."""
+        splitter = self._splitter
+        if splitter is not None and splitter.saw_tags:
+            return splitter.detected
+        return "field" if self._field_seen else None
 
     @property
     def decision(self) -> Decision:
@@ -106,8 +136,8 @@ class ExitSession:
 
     @property
     def inline_think(self) -> bool:
-        """Reasoning arrived inside ``<think>`` tags in the content."""
-        return self._splitter.saw_tags
+        """Reasoning arrived inline in the content (tags or harmony channels), not in a field."""
+        return self._splitter is not None and self._splitter.saw_tags
 
     def feed(self, parts: ChunkParts) -> list[TextDelta]:
         """Account for one chunk; returns the text pieces that became certain, in order."""
@@ -121,15 +151,32 @@ class ExitSession:
         if has_logprobs:
             self._saw_logprobs = True
         pieces: list[TextDelta] = []
+        splitter = self._splitter
         if reasoning:
-            pieces.append(TextDelta(reasoning, Phase.REASONING))
-            self._reasoning.append(reasoning)
+            if self._all_answer:  # "none": the field's text is answer too
+                content, reasoning = reasoning + content, ""
+            else:
+                if not self._field_seen:  # once per stream
+                    self._field_seen = True
+                    if splitter is not None and not self._content and not self._reasoning:
+                        splitter.field_reasoning()  # the server splits: a template's tag is closed
+                pieces.append(TextDelta(reasoning, Phase.REASONING))
+                self._reasoning.append(reasoning)
         phase: Phase | None = Phase.REASONING if reasoning and not content else None
         if content:
-            if self._splitter.mode == "off":  # the common case: no tags to look for
+            if splitter is None:  # "field"/"none": the content is the answer
                 pieces.append(TextDelta(content))
                 self._content.append(content)
                 phase = Phase.ANSWER
+            elif splitter.quiet and splitter.mark not in content:  # the common case: no tag here
+                if splitter.inside:
+                    pieces.append(TextDelta(content, Phase.REASONING))
+                    self._reasoning.append(content)
+                    phase = Phase.REASONING
+                else:
+                    pieces.append(TextDelta(content))
+                    self._content.append(content)
+                    phase = Phase.ANSWER
             else:
                 phase = self._split(content, pieces)
         if content or reasoning:
@@ -163,24 +210,40 @@ class ExitSession:
         run of them is reasoning the client does not show (ChatOpenAI drops reasoning deltas
         before a callback sees them), so the monitor can still watch it.
         """
-        if tool_call:
+        if tool_call or self._all_answer:
             return Phase.ANSWER
         self._textless += 1
         return Phase.REASONING if self._textless > 1 else None
 
     def _split(self, content: str, pieces: list[TextDelta]) -> Phase | None:
-        """Split content at ``<think>`` tags; the phase of its tokens, None while undecided."""
+        """Split content at the format's tags; the phase of its tokens, None while undecided."""
         splitter = self._splitter
+        assert splitter is not None
         was_inside = splitter.inside
         found = splitter.feed(content)
+        if splitter.relabel:
+            self._relabel()
         for piece_phase, text in found:
             pieces.append(TextDelta(text, piece_phase))
             (self._reasoning if piece_phase is Phase.REASONING else self._content).append(text)
         if not splitter.decided:
             return None
-        if was_inside or splitter.inside or any(p is Phase.REASONING for p, _ in found):
+        if was_inside or splitter.inside or splitter.relabel or any(p is Phase.REASONING for p, _ in found):
             return Phase.REASONING
         return Phase.ANSWER
+
+    def _relabel(self) -> None:
+        """A bare ``</think>`` (``"auto"``): the answer so far was reasoning.
+
+        The text and the kept tokens are re-labelled; the monitor is not (it observed those
+        tokens as answer, and its aggregate cannot be re-run), nor the deltas already returned.
+        """
+        self.relabelled = True
+        self._reasoning.extend(self._content)
+        self._content.clear()
+        if self._keep_tokens:
+            reasoning = Phase.REASONING
+            self.tokens[:] = [t if t.phase is reasoning else t._replace(phase=reasoning) for t in self.tokens]
 
     def _observe(self, tokens: Sequence[TokenLogprob], parts: ChunkParts, phase: Phase) -> None:
         self._last_phase = phase
@@ -220,7 +283,8 @@ class ExitSession:
 
     def close_text(self) -> list[TextDelta]:
         """End of stream: release text held back while deciding a possible tag, and its tokens."""
-        pieces = [TextDelta(text, phase) for phase, text in self._splitter.flush()]
+        splitter = self._splitter
+        pieces = [TextDelta(text, phase) for phase, text in splitter.flush()] if splitter else []
         for text, piece_phase, _ in pieces:
             (self._reasoning if piece_phase is Phase.REASONING else self._content).append(text)
         if self._undecided:
