@@ -20,7 +20,7 @@ from ..driver import Output
 from ..engine import REPORT_KEY, ExitResult, MonitoredCall, RequestSpec
 from ..errors import EntropyExitWarning
 from ..session import TextDelta
-from ._responses import parts_of, to_llama_logprobs, with_text
+from ._responses import parts_of, text_of, to_llama_logprobs, with_text
 from .closing import ResponseCapture
 
 Mode = Literal["chat", "completion"]
@@ -183,15 +183,34 @@ class Responses:
         self.mode = transport.mode
         self.last: Any = None
         self.answer: list[str] = []
+        self.passing = True  # inner responses are passed on unchanged while their text is ours
 
     def out(self, step: Output) -> list[Any]:
         if step.result is not None:
             return [self.final(step.result)]
-        if step.chunk is not None:
-            self.last = step.chunk
-            return [self.response(step.deltas, raw=getattr(step.chunk, "raw", None))]
+        chunk = step.chunk
+        if chunk is not None:
+            if self.passing and self._unchanged(chunk, step.deltas):
+                self.last = chunk  # the inner response says what ours would: pass it on as is
+                return [chunk]
+            if self.passing:
+                self.passing = False
+                self.answer = [text_of(self.last)]
+            self.last = chunk
+            return [self.response(step.deltas, raw=getattr(chunk, "raw", None))]
+        if self.passing:
+            self.passing = False
+            self.answer = [text_of(self.last)]
         shown = self.response(step.deltas)
         return [] if shown is None else [shown]
+
+    @staticmethod
+    def _unchanged(chunk: Any, deltas: list[TextDelta]) -> bool:
+        """The engine's text for this chunk is the inner response's own delta (no reasoning, no
+        tags held back): the common case, which costs nothing per token."""
+        if len(deltas) > 1 or (deltas and deltas[0].phase is not Phase.ANSWER):
+            return False
+        return (deltas[0].text if deltas else "") == (getattr(chunk, "delta", None) or "")
 
     def response(self, deltas: list[TextDelta], raw: Any = None) -> Any:
         """A response for these deltas (None when there is nothing to show)."""

@@ -41,6 +41,7 @@ class Call:
     prompt: str = PROMPT
     timeout: float = 5.0
     probes: Any = None  # a ProbeRule (integrations that send requests)
+    tools: list[dict[str, Any]] | None = None  # OpenAI tool definitions bound to the call
 
 
 @dataclass
@@ -119,6 +120,8 @@ def _openai(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
         "force_answer": call.force_answer,
         "probes": call.probes,
     }
+    if call.tools:
+        kwargs["tools"] = call.tools
 
     if is_async:
         client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=call.timeout)
@@ -187,6 +190,8 @@ def wrapper_model(base_url: str, call: Call) -> Any:
 
 def _wrapper(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
     llm = wrapper_model(base_url, call)
+    if call.tools:
+        llm = llm.bind_tools(call.tools)
     messages = [("user", call.prompt)]
 
     if is_async:
@@ -294,12 +299,13 @@ def _llamaindex(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
     )
     llm = EntropyExitLLM(llm=inner, policy=call.policy, force_answer=call.force_answer, probes=call.probes)
     messages = [ChatMessage(role="user", content=call.prompt)]
+    extra = {"tools": call.tools} if call.tools else {}
 
     if is_async:
 
         async def arun() -> Outcome:
             try:
-                response = await llm.achat(messages)
+                response = await llm.achat(messages, **extra)
             except Exception as error:  # noqa: BLE001
                 return outcome_of_error(error)
             return _response_outcome(response)
@@ -308,7 +314,7 @@ def _llamaindex(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
 
     def run() -> Outcome:
         try:
-            response = llm.chat(messages)
+            response = llm.chat(messages, **extra)
         except Exception as error:  # noqa: BLE001
             return outcome_of_error(error)
         return _response_outcome(response)

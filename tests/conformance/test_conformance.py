@@ -967,3 +967,44 @@ def test_12_disagreeing_probes_never_cut(driver: Driver, server: FaultServer) ->
     assert report["probes"] == 3 and report["probe_tokens"] == 3 and len(server.served) == 4
     assert report["tokens_generated"] >= len(texts) + 3
     assert "".join(texts) in outcome.text
+
+
+# == 13. forcing and probes with tools bound (issue 18): one rule for every short request ========
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look a word up.",
+            "parameters": {"type": "object", "properties": {"word": {"type": "string"}}},
+        },
+    }
+]
+
+
+@pytest.mark.parametrize("driver", matrix("11_forcing_carries_cut_reasoning"))
+def test_13_forcing_with_tools_bound_sends_no_tools(driver: Driver, server: FaultServer) -> None:
+    """llama.cpp refuses ``tools`` with ``logprobs`` + ``stream``: the forcing request after an
+    exit drops the tools (and their choice) in every integration, and the answer is forced."""
+    server.push(script(chunks_of(words(CUT_TOKENS), reasoning=True), delay_s=CUT_DELAY), forcing_script())
+    outcome = run(driver, server, Call(exit_policy(min_tokens=6), tools=TOOLS))
+    assert_exited(outcome, driver)
+    main, forcing = server.served
+    assert main.body.get("tools"), "the main request lost its tools"
+    assert "tools" not in forcing.body and "tool_choice" not in forcing.body
+    assert outcome.text.strip() == ANSWER
+
+
+@pytest.mark.parametrize("driver", matrix("12_probes"))
+def test_13_probes_with_tools_bound_send_no_tools(driver: Driver, server: FaultServer) -> None:
+    server.push(script(chunks_of(words(CUT_TOKENS)), delay_s=CUT_DELAY))
+    server.push(_probe_script(ANSWER))
+    server.push(_probe_script(ANSWER))
+    rule = ProbeRule(every=8, agree=2, min_tokens=8, max_tokens=5)
+    (outcome,) = driver.run_many(server.base_url, Call(never_policy(), probes=rule, tools=TOOLS), 1)
+    assert_exited(outcome, driver)
+    main, *probes = server.served
+    assert main.body.get("tools") and len(probes) == 2
+    assert all("tools" not in p.body and "tool_choice" not in p.body for p in probes)
+    assert outcome.text.rstrip().endswith(ANSWER)
