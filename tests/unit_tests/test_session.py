@@ -176,3 +176,16 @@ def test_textless_tool_call_tokens_are_the_answer() -> None:
     call["choices"][0]["delta"]["content"] = None
     feed_all(session, [call, call, call])
     assert session.monitor.reasoning_tokens == 0 and session.monitor.tokens_seen == 3
+
+
+def test_starts_in_reasoning_reads_like_think_open() -> None:
+    """A template that opened ``<think>`` in the prompt: the output only closes it."""
+    for session in (
+        ExitSession(ExitPolicy(threshold=0.0), starts_in_reasoning=True),
+        ExitSession(ExitPolicy(threshold=0.0), reasoning_format="think_open"),
+    ):
+        feed_all(session, [chunk("7+5"), chunk("=12</th"), chunk("ink>"), chunk("12")])
+        session.close_text()
+        assert (session.reasoning, session.text) == ("7+5=12", "12")
+        assert [t.phase for t in session.tokens] == [Phase.REASONING] * 3 + [Phase.ANSWER]
+        assert session.inline_think and session.detected_format == "think_open"

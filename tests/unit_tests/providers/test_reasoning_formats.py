@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from entropy_exit_integrations import ExitPolicy, Phase
 from entropy_exit_integrations.providers import (
@@ -299,3 +301,31 @@ def test_format_from_props() -> None:
     assert resolve_format("auto", model="gpt-oss-20b") == "harmony"
     assert resolve_format("auto", model="gpt-oss-20b", props={"chat_template": R1}) == "think_open"
     assert resolve_format(model="llama-3") == "auto"
+
+
+PIECES = [
+    "<think>", "</think>", "[THINK]", "[/THINK]", "<|channel|>", "<|start|>", "<|message|>", "<|end|>",
+    "<|return|>", "analysis", "final", "assistant", "<", "|", "/", "[", "think>", "<th", "a", " ", "\n",
+]  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(
+    fmt=st.sampled_from(REASONING_FORMATS),
+    opened=st.booleans(),
+    parts=st.lists(st.sampled_from(PIECES), max_size=25),
+    cuts=st.lists(st.integers(0, 200), max_size=12),
+)
+def test_any_split_reads_like_the_text_unsplit(
+    fmt: str, opened: bool, parts: list[str], cuts: list[int]
+) -> None:
+    """Property: wherever chunk boundaries fall (inside tags and markers too), the reasoning and
+    the answer are those of the whole text in one chunk."""
+    text = "".join(parts)
+    points = sorted({c for c in cuts if 0 < c < len(text)})
+    pieces = [text[i:j] for i, j in zip([0, *points], [*points, len(text)])]
+    whole = run(fmt, [text], starts_in_reasoning=opened)
+    split = run(fmt, pieces, starts_in_reasoning=opened)
+    assert (split.reasoning, split.text) == (whole.reasoning, whole.text)
+    assert split.relabelled == whole.relabelled and split.detected_format == whole.detected_format
+    assert len(split.tokens) == len(pieces)  # every token reaches the monitor
