@@ -199,7 +199,10 @@ def run_demo(
     out_dir: str | Path = "demo-out",
 ) -> list[DemoRow]:
     """Run the whole demo; returns the per-question rows (the CLI prints everything)."""
-    print("1/4 connecting (the embedded llama.cpp server needs `entropy-exit setup` once)")
+    if base_url is None:
+        print("1/4 starting the embedded llama.cpp server")
+    else:
+        print(f"1/4 using the server at {base_url}")
     with connect(base_url, model) as (client, model_id):
         server_url = str(client.base_url).rstrip("/")
         print(f"    server {server_url}, model {model_id}")

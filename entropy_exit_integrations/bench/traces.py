@@ -18,7 +18,8 @@ field                   required  meaning
                                   [top tokens], [top logprobs], "reasoning" | "answer"]``
                                   (natural-log logprobs; ``[]`` when none were sent)
 ``text``                yes       the answer text (the content; reasoning goes in ``reasoning``)
-``correct``             yes       the full run's final answer, graded
+``correct``             yes       the full run's final answer, graded: ``true`` or ``false`` (a
+                                  JSON boolean; anything else is refused, naming the line)
 ``question``            no        the question (used to force answers when ``messages`` is absent)
 ``reference``           no        the reference answer (needed to grade forced answers)
 ``kind``                no        grader: ``"numeric"`` (default) or ``"math"``
@@ -33,6 +34,11 @@ field                   required  meaning
                                   + 1) as a string: ``{"41": {"answer": " 42", "tokens": 3,
                                   "cue": "\\n\\nFinal answer:"}}``
 ======================  ========  ===============================================================
+
+Fields not in this table are ignored (a newer writer's, or your own). A file may be
+gzip-compressed (read transparently; ``save_traces`` compresses when the name ends in ``.gz``).
+Logprobs that are not finite numbers (NaN) make their token unknown, as in a live run;
+calibration reports how many there were and refuses a trace without any usable one.
 
 Forced answers are also cached in a JSON file (``ForcedCache``), keyed by question, trace and
 tokens kept, so a rerun asks the model nothing it was asked before.

@@ -35,9 +35,15 @@ def test_every_recipe_is_covered() -> None:
     assert (ROOT / "cookbook" / "vllm_gpu_server.md").exists()
 
 
+#: Options that keep a script's outputs in the test's temporary directory (pytest removes it).
+OUTPUTS = {"calibrate_and_bench.py": "--out"}
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_cookbook_script_runs(script: str, llama_server) -> None:
-    done = run([f"cookbook/{script}", "--base-url", llama_server.base_url, "--model", llama_server.model])
+def test_cookbook_script_runs(script: str, llama_server, tmp_path) -> None:
+    keep_out = [OUTPUTS[script], str(tmp_path / "out")] if script in OUTPUTS else []
+    args = ["--base-url", llama_server.base_url, "--model", llama_server.model, *keep_out]
+    done = run([f"cookbook/{script}", *args])
     # Each script asserts its own result (see above): exit code 0 says those assertions held.
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
