@@ -180,7 +180,7 @@ def test_forcing_after_a_reasoning_cut_sends_the_reasoning_inline_when_the_clien
         for t in ("think", "ing")
     ]
     assert drive(call, reasoning) and call.wants_forcing()
-    plan = call.forcing_plan()
+    plan = call.forcing_spec()
     assert plan.messages[-1]["content"].startswith("<think>\nthinking\n</think>")
     # vLLM may stream the continuation of a cut reasoning as reasoning: it is the answer.
     call.feed_forced(ChunkParts(reasoning=" 42", finish_reason="stop"))

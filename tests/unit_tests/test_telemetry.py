@@ -232,7 +232,8 @@ BLOCKED = textwrap.dedent(
     from entropy_exit_integrations.engine import MonitoredCall
     from entropy_exit_integrations.providers import parse_chat_chunk
 
-    entry = {"token": "a", "logprob": -0.001, "top_logprobs": [{"token": "a", "logprob": -0.001}]}
+    top = [{"token": "a", "logprob": -0.001}, {"token": "b", "logprob": -9.0}]
+    entry = {"token": "a", "logprob": -0.001, "top_logprobs": top}
     chunk = {"choices": [{"index": 0, "delta": {"content": "a"}, "logprobs": {"content": [entry]},
                           "finish_reason": None}]}
     for _ in range(2):

@@ -111,13 +111,21 @@ class Replay:
         return self.served[slot] < self.total[slot]
 
     def chat(self, **kwargs: Any) -> ChatOpenAI:
+        return ChatOpenAI(**self._params(base_url="http://127.0.0.1:8080/v1", **kwargs))
+
+    def deepseek(self, **kwargs: Any) -> Any:
+        """ChatDeepSeek (langchain-deepseek), which keeps the reasoning deltas ChatOpenAI drops."""
+        from langchain_deepseek import ChatDeepSeek
+
+        return ChatDeepSeek(**self._params(api_base="http://127.0.0.1:8080/v1", **kwargs))
+
+    def _params(self, **kwargs: Any) -> dict[str, Any]:
         transport = httpx.MockTransport(self.handler)
 
         async def ahandler(request: httpx.Request) -> httpx.Response:
             return self.handler(request, is_async=True)
 
         params: dict[str, Any] = {
-            "base_url": "http://127.0.0.1:8080/v1",
             "api_key": "none",
             "model": "smollm2-135m-instruct",
             "temperature": 0,
@@ -126,7 +134,7 @@ class Replay:
             "http_client": httpx.Client(transport=transport),
             "http_async_client": httpx.AsyncClient(transport=httpx.MockTransport(ahandler)),
         }
-        return ChatOpenAI(**{**params, **kwargs})
+        return {**params, **kwargs}
 
 
 @pytest.fixture

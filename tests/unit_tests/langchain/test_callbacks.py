@@ -30,7 +30,7 @@ def _chain(llm: Any) -> Any:
 
 def test_raise_aborts_mid_chain_and_closes_the_stream(replay: Any) -> None:
     server = replay(TOP20)
-    llm = server.chat(logprobs=True, top_logprobs=20)
+    llm = server.chat(logprobs=True, top_logprobs=20, streaming=True)
     ledger = SavingsLedger()
     handler = EntropyExitCallbackHandler(EAGER, ledger=ledger)
     with pytest.raises(EntropyExit) as caught:
@@ -43,10 +43,11 @@ def test_raise_aborts_mid_chain_and_closes_the_stream(replay: Any) -> None:
     assert handler.raise_error is True
 
 
-def test_invoke_streams_without_streaming_flag(replay: Any) -> None:
+def test_invoke_streams_with_the_streaming_flag(replay: Any) -> None:
     server = replay(TOP20)
     handler = EntropyExitCallbackHandler(NEVER, on_exit="record")
-    message = server.chat(logprobs=True, top_logprobs=20).invoke("hi", config={"callbacks": [handler]})
+    llm = server.chat(logprobs=True, top_logprobs=20, streaming=True)
+    message = llm.invoke("hi", config={"callbacks": [handler]})
     assert server.requests[0]["stream"] is True
     (report,) = handler.reports.values()
     # The server's count (its usage block: 11 streamed tokens + the end-of-turn token).
@@ -58,7 +59,7 @@ def test_invoke_streams_without_streaming_flag(replay: Any) -> None:
 def test_record_reports_without_aborting(replay: Any) -> None:
     server = replay(TOP20)
     handler = EntropyExitCallbackHandler(EAGER, on_exit="record")
-    text = _chain(server.chat(logprobs=True, top_logprobs=20)).invoke(
+    text = _chain(server.chat(logprobs=True, top_logprobs=20, streaming=True)).invoke(
         {"q": "x"}, config={"callbacks": [handler]}
     )
     assert text == "17 + 25 = 32."
@@ -74,7 +75,7 @@ def test_record_reports_without_aborting(replay: Any) -> None:
 def test_concurrent_runs_do_not_mix(replay: Any) -> None:
     server = replay(TOP20, by_prompt={"a": TOP20, "b": TOP5})
     handler = EntropyExitCallbackHandler(NEVER, on_exit="record")
-    out = _chain(server.chat(logprobs=True, top_logprobs=20)).batch(
+    out = _chain(server.chat(logprobs=True, top_logprobs=20, streaming=True)).batch(
         [{"q": "a"}, {"q": "b"}, {"q": "a"}], config={"callbacks": [handler]}
     )
     assert out == ["17 + 25 = 32."] * 3
@@ -87,7 +88,7 @@ def test_missing_logprobs_says_how_to_ask(replay: Any) -> None:
     server = replay("llamacpp_chat_nologprobs.jsonl")
     handler = EntropyExitCallbackHandler(EAGER)
     with pytest.raises(LogprobsUnavailableError, match=r"top_logprobs=20"):
-        server.chat().invoke("hi", config={"callbacks": [handler]})
+        server.chat(streaming=True).invoke("hi", config={"callbacks": [handler]})
 
 
 class _NoStream(BaseChatModel):
@@ -114,7 +115,7 @@ async def test_async_handler_raises(replay: Any) -> None:
     server = replay(TOP20)
     handler = AsyncEntropyExitCallbackHandler(EAGER)
     with pytest.raises(EntropyExit) as caught:
-        await _chain(server.chat(logprobs=True, top_logprobs=20)).ainvoke(
+        await _chain(server.chat(logprobs=True, top_logprobs=20, streaming=True)).ainvoke(
             {"q": "x"}, config={"callbacks": [handler]}
         )
     assert caught.value.report.exited
@@ -126,7 +127,7 @@ async def test_sync_handler_in_async_chain_records(replay: Any) -> None:
     handler = EntropyExitCallbackHandler(NEVER, on_exit="record")
     chunks = [
         c
-        async for c in _chain(server.chat(logprobs=True, top_logprobs=20)).astream(
+        async for c in _chain(server.chat(logprobs=True, top_logprobs=20, streaming=True)).astream(
             {"q": "x"}, config={"callbacks": [handler]}
         )
     ]

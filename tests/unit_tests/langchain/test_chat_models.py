@@ -64,7 +64,7 @@ def test_stream_chunks_and_single_usage(replay: Any) -> None:
 def test_reasoning_content_kept_and_answer_forced(replay: Any) -> None:
     # First request: the recorded reasoning stream. Second (forcing): hand-written reply.
     server = replay(REASONING, lambda body: forced_chunks(body["messages"][-1]["content"]))
-    llm = ChatEntropyExit(model=server.chat(max_tokens=128), policy=EAGER)
+    llm = ChatEntropyExit(model=server.deepseek(max_tokens=128), policy=EAGER)
     message = llm.invoke("What is 7 + 5?")
     assert message.additional_kwargs["reasoning_content"].startswith("\nStep")
     report = message.response_metadata["entropy_exit"]
@@ -234,7 +234,7 @@ async def test_report_reaches_the_traced_run_outputs(replay: Any, mode: str, pol
         message = sum(chunks[1:], chunks[0])
     report = message.response_metadata["entropy_exit"]
     assert report["exited"] is (policy is EAGER)
-    (run,) = tracer.finished
+    (run,) = [r for r in tracer.finished if r.parent_run_id is None]  # the inner run is its child
     generation = run.outputs["generations"][0][0]
     assert generation["message"]["kwargs"]["response_metadata"]["entropy_exit"] == report
     assert "entropy_exit" not in run.extra.get("metadata", {})  # no reaching into tracer internals
