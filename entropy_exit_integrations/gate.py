@@ -21,14 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .core.answers import extract_math_answer
 from .core.calibration import Calibration, sequence_entropy
 from .core.policy import ExitPolicy
 from .errors import PolicyError
 
 
 def _default_extract(text: str) -> str:
-    from .bench.graders import extract_math_answer
-
     return (extract_math_answer(text) or text.strip()).strip()
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from ..core.calibration import (
     METHODS,
     Calibration,
     ExampleError,
-    ExitAnswer,
     StreamExample,
     calibrate,
     calibrate_stream,
@@ -29,25 +27,31 @@ from ..core.calibration import (
 )
 from ..core.policy import ExitPolicy
 from ..errors import PolicyError
-from ..gate import EntropyGate, Refine
+from ..gate import EntropyGate
+from .answers import ExitAnswers
 from .datasets import load_dataset
 from .gating import gate_summary, run_extended
-from .replay import Outcome, RuleSummary, Trace, answer_of, outcome_at, replay_rule, save_traces, summarise
+from .policies import BenchOptions, Log, chosen_policy
+from .replay import Outcome, RuleSummary, Trace, outcome_at, replay_rule, save_traces, summarise
 from .report import markdown_table, write_results
 from .rules import BudgetCut, DeepConfOnline, PolicyRule, deepconf_threshold, fixed_entropy_rule
 from .runner import (
     RunConfig,
-    force_answer,
-    forced_outcome,
-    forcing_for,
-    grade_forced,
     record_traces,
-    run_all,
     run_live,
 )
 from .traces import ForcedCache, problems_of
 
-Log = Callable[[str], None]
+__all__ = [
+    "BenchOptions",
+    "ExitAnswers",
+    "bench_traces",
+    "calibrate_traces",
+    "chosen_policy",
+    "connect",
+    "run_bench",
+    "run_calibration",
+]
 
 
 @contextlib.contextmanager
@@ -95,87 +99,6 @@ def _check_reachable(client: Any) -> None:
 
     with contextlib.suppress(openai.APIStatusError):
         client.with_options(timeout=30.0, max_retries=0).models.list()
-
-
-class ExitAnswers:
-    """The answer at an exit point of a recorded trace: already in the text, cached, or forced.
-
-    An exit whose cut text already holds the full run's final answer (in the answer phase) keeps
-    the full run's grade. Otherwise the answer is forced (``AnswerForcing``, the request a live
-    exit makes): from the traces' ``forced`` fields or the cache file, else from ``client`` when
-    there is one, else unknown. Forced answers are written to the cache as they arrive.
-    """
-
-    def __init__(
-        self,
-        traces: Sequence[Trace],
-        *,
-        client: Any = None,
-        config: RunConfig | None = None,
-        cache: ForcedCache | None = None,
-    ) -> None:
-        self.traces = traces
-        self.client = client
-        self.config = config
-        self.cache = cache or ForcedCache()
-        self.counts = {"in text": 0, "cached": 0, "forced": 0, "unknown": 0}
-
-    def _complete(self, trace: Trace, index: int) -> bool:
-        final = answer_of(trace.kind, trace.text)
-        return final is not None and answer_of(trace.kind, trace.split_prefix(index)[1]) == final
-
-    def __call__(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], ExitAnswer]:
-        """Answers for (trace index, exit token index) pairs (the ``calibrate_stream`` resolver)."""
-        found: dict[tuple[int, int], ExitAnswer] = {}
-        todo: list[tuple[int, int]] = []
-        for i, index in pairs:
-            trace = self.traces[i]
-            if self._complete(trace, index):
-                found[(i, index)] = ExitAnswer(trace.correct, 0)
-                self.counts["in text"] += 1
-                continue
-            entry = self.cache.get(trace, index + 1, forcing_for(trace.kind).cue)
-            if entry is not None and trace.reference:
-                found[(i, index)] = ExitAnswer(grade_forced(trace, index, entry["answer"]), entry["tokens"])
-                self.counts["cached"] += 1
-            else:
-                todo.append((i, index))
-        if todo and self.client is not None and self.config is not None:
-            client, config = self.client, self.config
-
-            def work(pair: tuple[int, int]) -> tuple[str, int]:
-                return force_answer(client, config, self.traces[pair[0]], pair[1])
-
-            try:
-                answers = run_all(todo, work, config, "forcing answers")
-            finally:
-                self.cache.save()
-            for (i, index), (answer, used) in zip(todo, answers):
-                trace = self.traces[i]
-                self.cache.put(trace, index + 1, answer=answer, tokens=used, cue=forcing_for(trace.kind).cue)
-                known = grade_forced(trace, index, answer) if trace.reference else None
-                found[(i, index)] = ExitAnswer(known, used)
-                self.counts["forced"] += 1
-            self.cache.save()
-        elif todo:
-            self.counts["unknown"] += len(todo)
-            for pair in todo:
-                found[pair] = ExitAnswer(None)
-        return found
-
-    def outcomes(self, outcomes: Sequence[Outcome]) -> list[Outcome] | None:
-        """Exits completed with their answers; None when any answer is unknown."""
-        pairs = [(i, o.exit_index) for i, o in enumerate(outcomes) if o.exited and o.exit_index is not None]
-        answers = self(pairs)
-        if any(a.correct is None for a in answers.values()):
-            return None
-        result = list(outcomes)
-        for (i, _), answer in answers.items():
-            result[i] = forced_outcome(outcomes[i], bool(answer.correct), answer.forced_tokens)
-        return result
-
-    def describe(self) -> str:
-        return ", ".join(f"{value} {name}" for name, value in self.counts.items() if value)
 
 
 def calibrate_traces(
@@ -280,20 +203,6 @@ def run_calibration(
     return cal
 
 
-@dataclass
-class BenchOptions:
-    """Knobs of a benchmark run beyond the request settings."""
-
-    window: int = 16
-    min_tokens: int = 16
-    sweep: int = 8
-    live: bool = True
-    budgets: tuple[float, ...] = (0.25, 0.5, 0.75)
-    deepconf_keep: tuple[float, ...] = (0.9, 0.1)
-    fixed_bits: float = 0.15
-    extended: Any = field(default_factory=Refine)
-
-
 def _summary(
     name: str, family: str, outcomes: list[Outcome], traces: Sequence[Trace], threshold: Any
 ) -> RuleSummary:
@@ -334,19 +243,6 @@ def _window_grid(traces: Sequence[Trace], shape: ExitPolicy, count: int) -> list
     if not lows:
         return []
     return sorted({round(float(v) + 1e-4, 4) for v in np.quantile(lows, np.linspace(0.05, 0.95, count))})
-
-
-def _chosen_policy(profile: Calibration, options: BenchOptions, log: Log) -> ExitPolicy:
-    """The calibrated policy: a streaming profile's own shape, or a sequence profile's mean."""
-    extra: dict[str, Any] = {}
-    if profile.kind == "sequence":
-        extra = {"aggregation": "mean", "min_tokens": options.min_tokens}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        policy = ExitPolicy.from_calibration(profile, allow_weak=True, **extra)
-    for warning in caught:
-        log(f"warning: {warning.message}")
-    return policy
 
 
 def run_bench(
@@ -452,7 +348,7 @@ def bench_traces(
     policy: ExitPolicy | None = None
     if profile is not None:
         try:
-            policy = _chosen_policy(profile, options, log)
+            policy = chosen_policy(profile, options, log)
         except PolicyError as error:
             skipped.append(f"the calibrated policy: {error}")
     if profile is not None and policy is not None:

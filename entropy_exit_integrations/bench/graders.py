@@ -2,7 +2,8 @@
 
 ``grade(kind, response, reference)`` is the one entry point; ``kind`` is ``"numeric"`` (GSM8K,
 the arithmetic set) or ``"math"`` (MATH-500, AIME). Extraction looks for ``\\boxed{...}`` first,
-then an "answer is" / "Final answer:" phrase, then the last number.
+then an "answer is" / "Final answer:" phrase, then the last number (``core.answers``, which the
+library's gate shares; re-exported here).
 """
 
 from __future__ import annotations
@@ -10,17 +11,19 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-_ANSWER_PHRASE = re.compile(r"(?:final answer(?: is)?|answer is|answer:)\s*[:=]?\s*(.+)", re.IGNORECASE)
+from ..core.answers import extract_math_answer, last_boxed, last_number
 
-
-def last_number(text: str) -> str | None:
-    """The last number in the text, commas and currency removed (``"$1,234.50"`` -> ``"1234.50"``)."""
-    found = _NUMBER.findall(text.replace("$", ""))
-    if not found:
-        return None
-    value = found[-1].replace(",", "").rstrip(".")
-    return value or None
+__all__ = [
+    "extract_math_answer",
+    "grade",
+    "grade_math",
+    "grade_numeric",
+    "last_boxed",
+    "last_number",
+    "math_equal",
+    "normalize_math",
+    "parse_number",
+]
 
 
 def parse_number(text: str) -> Fraction | None:
@@ -48,40 +51,6 @@ def grade_numeric(response: str, reference: str) -> bool:
     if got is None or want is None:
         return False
     return abs(float(got) - float(want)) < 1e-6 * max(1.0, abs(float(want)))
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` with balanced braces, else None."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    brace = text.find("{", start)
-    if brace < 0:
-        rest = text[start:].split(None, 1)  # "\boxed 5"
-        return rest[1].split("$")[0].strip() if len(rest) > 1 else None
-    depth = 0
-    for index in range(brace, len(text)):
-        if text[index] == "{":
-            depth += 1
-        elif text[index] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[brace + 1 : index]
-    return None
-
-
-def extract_math_answer(text: str) -> str | None:
-    """The answer of a MATH-style response: last boxed, else after "answer is", else last number."""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
-    phrases = _ANSWER_PHRASE.findall(text)
-    if phrases:
-        answer = phrases[-1].strip().split("\n")[0].strip()
-        answer = re.sub(r"^\$+|\$+\.?$", "", answer).strip().rstrip(".").strip()
-        if answer:
-            return answer
-    return last_number(text)
 
 
 _UNIT_WORDS = (

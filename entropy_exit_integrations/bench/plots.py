@@ -109,7 +109,7 @@ def savings_vs_accuracy_ci(rows: Sequence[RuleSummary], path: Path, *, title: st
     """Saved % of tokens (probe and forced-answer tokens included) against accuracy with its 95%
     Wilson interval, one marker per row, one colour per family; the no-exit accuracy and its
     interval as a band, and "no exit - 1 point" as a dotted line."""
-    from .probes import wilson
+    from .report import wilson
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8.5, 5.2))

@@ -23,7 +23,6 @@ they are in the probe's measured wall time.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Sequence
@@ -38,7 +37,10 @@ from ..core.policy import ExitPolicy
 from ..core.probes import ProbeRule, ProbeState
 from ..errors import PolicyError
 from ..forcing import AnswerForcing
+from .answers import ExitAnswers
+from .policies import BenchOptions, chosen_policy
 from .replay import Outcome, RuleSummary, Trace, answer_of, summarise
+from .report import wilson
 from .runner import RunConfig, force_answer, forcing_for, grade_forced, run_all
 from .traces import ForcedCache
 
@@ -242,16 +244,6 @@ def probe_rows(
     return rows, per_rule
 
 
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a proportion (95% by default)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def headline_table(rows: Sequence[RuleSummary]) -> str:
     """Markdown: accuracy with its 95% Wilson interval, tokens (with probes and forced answers),
     saved vs no exit, answers lost/gained vs no exit, probes, wall time."""
@@ -314,7 +306,6 @@ def bench_rows(
     Every probe and forced answer goes through ``answers`` (cache first, then its client). Returns
     the rows and, per row, each question's outcome (id, correct, tokens, exit index).
     """
-    from .commands import BenchOptions, ExitAnswers, _chosen_policy
     from .replay import outcome_at, replay_rule
     from .rules import (
         BudgetCut,
@@ -381,7 +372,7 @@ def bench_rows(
     # the streaming policy: the risk-calibrated one when the profile has a threshold; the shape
     # (aggregation, window, min_tokens) comes from the profile either way
     try:
-        policy: ExitPolicy | None = _chosen_policy(profile, BenchOptions(), log)
+        policy: ExitPolicy | None = chosen_policy(profile, BenchOptions(), log)
     except PolicyError as error:
         log(f"the calibrated streaming policy is refused ({error}); its row is left out")
         policy = None

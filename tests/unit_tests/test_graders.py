@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,43 @@ def test_gsm8k_numeric() -> None:
 
 def test_find_data_dir_exists() -> None:
     assert isinstance(find_data_dir(), Path)
+
+
+def _modules_after_import(statement: str, prefix: str) -> list[str]:
+    code = f"import sys\n{statement}\nprint(sorted(m for m in sys.modules if m.startswith({prefix!r})))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    return ast.literal_eval(done.stdout.strip())
+
+
+def test_the_library_gate_imports_no_lab_module() -> None:
+    """The gate reads answers with core.answers; bench.graders re-exports the same functions."""
+    from entropy_exit_integrations.bench import graders
+    from entropy_exit_integrations.core import answers
+
+    assert graders.extract_math_answer is answers.extract_math_answer
+    assert graders.last_number is answers.last_number and graders.last_boxed is answers.last_boxed
+    statement = (
+        "import entropy_exit_integrations.gate as gate\n"
+        "assert gate._default_extract('so \\\\boxed{12}') == '12'"
+    )
+    lab = [
+        m
+        for m in _modules_after_import(statement, "entropy_exit_integrations.")
+        if m.split(".")[1] in ("bench", "local", "cli", "demo")
+    ]
+    assert lab == []
+
+
+def test_plots_and_probes_do_not_import_the_commands() -> None:
+    """No circle bench.commands -> plots -> probes -> commands: shared pieces live below them."""
+    loaded = _modules_after_import(
+        "import entropy_exit_integrations.bench.plots, entropy_exit_integrations.bench.probes",
+        "entropy_exit_integrations.bench.",
+    )
+    assert "entropy_exit_integrations.bench.commands" not in loaded
+    assert (
+        "entropy_exit_integrations.bench.answers" in loaded
+        and "entropy_exit_integrations.bench.policies" in loaded
+    )

@@ -1,0 +1,98 @@
+"""The answer at an exit point of a recorded trace (already in the text, cached, or forced).
+
+Shared by the ``calibrate``/``bench`` commands and the probe replay (``bench.probes``), which
+import it from here rather than from each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..core.calibration import ExitAnswer
+from .replay import Outcome, Trace, answer_of
+from .runner import RunConfig, force_answer, forced_outcome, forcing_for, grade_forced, run_all
+from .traces import ForcedCache
+
+__all__ = ["ExitAnswers"]
+
+
+class ExitAnswers:
+    """The answer at an exit point of a recorded trace: already in the text, cached, or forced.
+
+    An exit whose cut text already holds the full run's final answer (in the answer phase) keeps
+    the full run's grade. Otherwise the answer is forced (``AnswerForcing``, the request a live
+    exit makes): from the traces' ``forced`` fields or the cache file, else from ``client`` when
+    there is one, else unknown. Forced answers are written to the cache as they arrive.
+    """
+
+    def __init__(
+        self,
+        traces: Sequence[Trace],
+        *,
+        client: Any = None,
+        config: RunConfig | None = None,
+        cache: ForcedCache | None = None,
+    ) -> None:
+        self.traces = traces
+        self.client = client
+        self.config = config
+        self.cache = cache or ForcedCache()
+        self.counts = {"in text": 0, "cached": 0, "forced": 0, "unknown": 0}
+
+    def _complete(self, trace: Trace, index: int) -> bool:
+        final = answer_of(trace.kind, trace.text)
+        return final is not None and answer_of(trace.kind, trace.split_prefix(index)[1]) == final
+
+    def __call__(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], ExitAnswer]:
+        """Answers for (trace index, exit token index) pairs (the ``calibrate_stream`` resolver)."""
+        found: dict[tuple[int, int], ExitAnswer] = {}
+        todo: list[tuple[int, int]] = []
+        for i, index in pairs:
+            trace = self.traces[i]
+            if self._complete(trace, index):
+                found[(i, index)] = ExitAnswer(trace.correct, 0)
+                self.counts["in text"] += 1
+                continue
+            entry = self.cache.get(trace, index + 1, forcing_for(trace.kind).cue)
+            if entry is not None and trace.reference:
+                found[(i, index)] = ExitAnswer(grade_forced(trace, index, entry["answer"]), entry["tokens"])
+                self.counts["cached"] += 1
+            else:
+                todo.append((i, index))
+        if todo and self.client is not None and self.config is not None:
+            client, config = self.client, self.config
+
+            def work(pair: tuple[int, int]) -> tuple[str, int]:
+                return force_answer(client, config, self.traces[pair[0]], pair[1])
+
+            try:
+                answers = run_all(todo, work, config, "forcing answers")
+            finally:
+                self.cache.save()
+            for (i, index), (answer, used) in zip(todo, answers):
+                trace = self.traces[i]
+                self.cache.put(trace, index + 1, answer=answer, tokens=used, cue=forcing_for(trace.kind).cue)
+                known = grade_forced(trace, index, answer) if trace.reference else None
+                found[(i, index)] = ExitAnswer(known, used)
+                self.counts["forced"] += 1
+            self.cache.save()
+        elif todo:
+            self.counts["unknown"] += len(todo)
+            for pair in todo:
+                found[pair] = ExitAnswer(None)
+        return found
+
+    def outcomes(self, outcomes: Sequence[Outcome]) -> list[Outcome] | None:
+        """Exits completed with their answers; None when any answer is unknown."""
+        pairs = [(i, o.exit_index) for i, o in enumerate(outcomes) if o.exited and o.exit_index is not None]
+        answers = self(pairs)
+        if any(a.correct is None for a in answers.values()):
+            return None
+        result = list(outcomes)
+        for (i, _), answer in answers.items():
+            result[i] = forced_outcome(outcomes[i], bool(answer.correct), answer.forced_tokens)
+        return result
+
+    def describe(self) -> str:
+        return ", ".join(f"{value} {name}" for name, value in self.counts.items() if value)
