@@ -48,7 +48,7 @@ def run(base_url: str, model: str) -> None:
 
     # 2. The callback handler: abort a plain ChatOpenAI chain mid-generation.
     handler = EntropyExitCallbackHandler(policy)
-    chain = PROMPT | inner.bind(logprobs=True, top_logprobs=20) | StrOutputParser()
+    chain = PROMPT | inner.bind(logprobs=True, top_logprobs=20, stream=True) | StrOutputParser()
     try:
         chain.invoke({"topic": "a lighthouse keeper"}, config={"callbacks": [handler]})
         raise SystemExit("the handler did not abort the chain")

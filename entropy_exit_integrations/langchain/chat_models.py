@@ -285,24 +285,18 @@ class ChatEntropyExit(BaseChatModel):
         return RunnableMap(raw=llm) | parsed.with_fallbacks([unparsed], exception_key="parsing_error")
 
 
-def _child_config(run_manager: Any) -> RunnableConfig | None:
-    """Config that runs the inner model as a child of this run (tracing nests it), with the
-    handlers this run passes down; the inner model's own callbacks run as well."""
-    if run_manager is None:
-        return None
+def _child_config(run_manager: Any) -> RunnableConfig:
+    """Config that makes the inner model's run a child of this run (a tracer enabled by the
+    environment, LangSmith's, nests it), without passing this run's handlers down: they saw this
+    call once, as LangChain's standard tests require. The inner model's own callbacks, rate
+    limiter and cache run as for any call."""
+    if run_manager is None:  # (BaseChatModel.stream passes none): at least keep handlers apart
+        return {"callbacks": []}
     manager_class = (
         AsyncCallbackManager if isinstance(run_manager, AsyncCallbackManagerForLLMRun) else CallbackManager
     )
-    manager = manager_class(
-        handlers=list(run_manager.inheritable_handlers),
-        inheritable_handlers=list(run_manager.inheritable_handlers),
-        parent_run_id=run_manager.run_id,
-        tags=list(run_manager.inheritable_tags),
-        inheritable_tags=list(run_manager.inheritable_tags),
-        metadata=dict(run_manager.inheritable_metadata),
-        inheritable_metadata=dict(run_manager.inheritable_metadata),
-    )
-    return {"callbacks": manager}
+    manager = manager_class(handlers=[], parent_run_id=run_manager.run_id)
+    return {"callbacks": manager, "metadata": dict(run_manager.inheritable_metadata)}
 
 
 async def _aiter(chunks: list[ChatGenerationChunk]) -> AsyncIterator[ChatGenerationChunk]:

@@ -67,7 +67,7 @@ class _Predicted:
 
 def test_handler_aborts_the_chain_and_the_server_stops(llama_server: Any) -> None:
     evidence = _Predicted(llama_server)
-    chain = PROMPT | _inner(llama_server, logprobs=True, top_logprobs=20) | StrOutputParser()
+    chain = PROMPT | _inner(llama_server, logprobs=True, top_logprobs=20, streaming=True) | StrOutputParser()
     handler = EntropyExitCallbackHandler(POLICY)
     with pytest.raises(EntropyExit) as caught:
         chain.invoke({"topic": "a lighthouse keeper"}, config={"callbacks": [handler]})
@@ -115,7 +115,7 @@ def test_batch_of_eight_has_per_input_reports(llama_server: Any) -> None:
 
 def test_batch_with_the_handler_keeps_runs_apart(llama_server: Any) -> None:
     handler = EntropyExitCallbackHandler(ExitPolicy(threshold=0.0), on_exit="record")
-    llm = _inner(llama_server, logprobs=True, top_logprobs=20).bind(max_tokens=12)
+    llm = _inner(llama_server, logprobs=True, top_logprobs=20, streaming=True).bind(max_tokens=12)
     run_ids = [uuid.uuid4() for _ in range(4)]
     prompts = ["Say hi.", "Name a colour.", "Count to three.", "Name a fruit."]
     configs = [{"callbacks": [handler], "run_id": run_id} for run_id in run_ids]
@@ -144,7 +144,7 @@ async def test_ainvoke_and_astream(llama_server: Any) -> None:
 
 async def test_async_handler_aborts(llama_server: Any) -> None:
     evidence = _Predicted(llama_server)
-    chain = PROMPT | _inner(llama_server, logprobs=True, top_logprobs=20) | StrOutputParser()
+    chain = PROMPT | _inner(llama_server, logprobs=True, top_logprobs=20, streaming=True) | StrOutputParser()
     handler = AsyncEntropyExitCallbackHandler(POLICY)
     with pytest.raises(EntropyExit) as caught:
         await chain.ainvoke({"topic": "a lighthouse keeper"}, config={"callbacks": [handler]})
