@@ -25,7 +25,6 @@ from .closing import ResponseCapture
 
 Mode = Literal["chat", "completion"]
 _MODEL_FIELDS = ("max_tokens", "logprobs", "top_logprobs")
-_warned_no_capture = False
 
 
 def is_openai_based(llm: Any) -> bool:
@@ -98,8 +97,10 @@ class Transport:
         llm, mode, payload, kwargs = self._request(spec)
         formatted = self.formatted or spec.prompt is not None
         if mode == "chat":
-            return _captured(lambda: llm.stream_chat(payload, **kwargs))
-        return _captured(lambda: llm.stream_complete(payload, formatted=formatted, **kwargs))
+            return _captured(lambda: llm.stream_chat(payload, **kwargs), self.openai_based)
+        return _captured(
+            lambda: llm.stream_complete(payload, formatted=formatted, **kwargs), self.openai_based
+        )
 
     def close(self, stream: Any) -> None:
         stream.close()
@@ -112,14 +113,16 @@ class AsyncTransport(Transport):
         llm, mode, payload, kwargs = self._request(spec)
         formatted = self.formatted or spec.prompt is not None
         if mode == "chat":
-            return _acaptured(lambda: llm.astream_chat(payload, **kwargs))
-        return _acaptured(lambda: llm.astream_complete(payload, formatted=formatted, **kwargs))
+            return _acaptured(lambda: llm.astream_chat(payload, **kwargs), self.openai_based)
+        return _acaptured(
+            lambda: llm.astream_complete(payload, formatted=formatted, **kwargs), self.openai_based
+        )
 
     async def close(self, stream: Any) -> None:
         await stream.aclose()
 
 
-def _captured(start: Any) -> Iterator[Any]:
+def _captured(start: Any, closable: bool) -> Iterator[Any]:
     """The inner stream, with the capture active until the HTTP response is captured (at the
     first read); closing this closes the inner generator and that response."""
     capture = ResponseCapture()
@@ -128,7 +131,8 @@ def _captured(start: Any) -> Iterator[Any]:
         with capture.active():
             inner = start()
             first = next(inner, _END)
-        _check_captured(capture)
+        if closable:
+            _check_captured(capture)
         if first is _END:
             return
         yield first
@@ -139,14 +143,15 @@ def _captured(start: Any) -> Iterator[Any]:
         capture.close()
 
 
-async def _acaptured(start: Any) -> AsyncIterator[Any]:
+async def _acaptured(start: Any, closable: bool) -> AsyncIterator[Any]:
     capture = ResponseCapture()
     inner = None
     try:
         with capture.active():
             inner = await start()
             first = await anext(inner, _END)
-        _check_captured(capture)
+        if closable:
+            _check_captured(capture)
         if first is _END:
             return
         yield first
@@ -162,9 +167,9 @@ _END = object()
 
 
 def _check_captured(capture: ResponseCapture) -> None:
-    global _warned_no_capture
-    if not capture.responses and not _warned_no_capture:
-        _warned_no_capture = True
+    """Warn (Python shows it once per place) when an openai-SDK based LLM's response was not
+    captured: its clients were not built by ``http_clients()``."""
+    if not capture.responses:
         warnings.warn(
             "EntropyExitLLM cannot close this LLM's HTTP response, so after an exit the server may "
             "go on generating: build the inner LLM with the hooked clients, "

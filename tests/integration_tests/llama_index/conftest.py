@@ -14,6 +14,8 @@ from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.llms.openai import OpenAI
 from llama_index.llms.openai_like import OpenAILike
 
+from entropy_exit_integrations.llama_index import http_clients
+
 STORY = "Write a long story about a cat."
 
 
@@ -28,7 +30,14 @@ def openai_like(server: Any, max_tokens: int = 32) -> OpenAILike:
         max_tokens=max_tokens,
         temperature=0,
         max_retries=0,
+        **hooked_clients(),
     )
+
+
+def hooked_clients() -> dict[str, Any]:
+    """The documented way to a real abort: the capture hooks on the LLM's HTTP clients."""
+    sync_client, async_client = http_clients()
+    return {"http_client": sync_client, "async_http_client": async_client}
 
 
 def openai_with_api_base(server: Any, max_tokens: int = 32) -> OpenAI:
@@ -41,6 +50,7 @@ def openai_with_api_base(server: Any, max_tokens: int = 32) -> OpenAI:
         max_tokens=max_tokens,
         temperature=0,
         max_retries=0,
+        **hooked_clients(),
     )
 
 

@@ -111,7 +111,6 @@ def test_plain_llm_calls_are_measured_by_the_handler(llama_server: Any) -> None:
 def test_non_openai_llm_with_logprobs_is_monitored(llama_server: Any) -> None:
     inner = RawHttpLLM(base_url=llama_server.base_url, model=llama_server.model, max_tokens=64)
     llm = EntropyExitLLM(llm=inner, policy=CONFIDENT)
-    assert not llm.closes_http
     response = llm.complete("Write a long story about a cat.")
     assert response.additional_kwargs[REPORT_KEY]["exited"]
     assert response.additional_kwargs[REPORT_KEY]["tokens_generated"] == 8

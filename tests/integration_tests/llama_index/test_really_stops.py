@@ -52,7 +52,6 @@ def test_exit_stops_server_sync(llama_server: Any) -> None:
     llm = EntropyExitLLM(
         llm=openai_like(llama_server, BUDGET), policy=ExitPolicy(threshold=10.0, min_tokens=8)
     )
-    assert llm.closes_http
     *_, last = llm.stream_chat(MESSAGES)
     _assert_stopped(llama_server, before, last.additional_kwargs["entropy_exit"])
 
