@@ -1,12 +1,12 @@
 """One driver per public integration x sync/async, each turning a call into the same ``Outcome``.
 
 * ``openai``: ``stream_chat`` / ``astream_chat`` over ``openai.OpenAI`` / ``openai.AsyncOpenAI``;
-* ``wrapper``: ``ChatEntropyExit(model=ChatOpenAI(...))``, ``invoke`` / ``ainvoke``;
+* ``wrapper``: ``ChatEntropyExit(model=ChatDeepSeek(api_base=...))`` (keeps reasoning deltas), ``invoke`` / ``ainvoke``;
 * ``handler``: ``EntropyExitCallbackHandler`` / ``AsyncEntropyExitCallbackHandler`` (``on_exit="raise"``)
   on ``ChatOpenAI(streaming=True, logprobs=True, top_logprobs=k, stream_usage=True)``: its exit is
   an ``EntropyExit`` whose ``partial`` is the result, a normal end is ``handler.last_result``;
   it never forces an answer;
-* ``llamaindex``: ``EntropyExitLLM(llm=OpenAILike(...))``, ``chat`` / ``achat``.
+* ``llamaindex``: ``EntropyExitLLM(llm=OpenAILike(..., http_client=..., async_http_client=...))``, ``chat`` / ``achat``.
 
 The tests expect the same report fields from all of them (``assert_no_exit``, ``assert_exited``).
 """
@@ -57,12 +57,20 @@ def _report(data: Any, where: str) -> SavingsReport:
     return SavingsReport.from_dict(data)
 
 
-def _chat_openai(external: External, max_tokens: int, **kwargs: Any) -> Any:
-    from langchain_openai import ChatOpenAI
+def _chat_openai(external: External, max_tokens: int, reasoning: bool = False, **kwargs: Any) -> Any:
+    """ChatOpenAI, or with ``reasoning`` ChatDeepSeek (langchain-deepseek), the partner class that
+    keeps the reasoning deltas ChatOpenAI drops; both talk to any OpenAI-compatible server."""
+    if reasoning:
+        from langchain_deepseek import ChatDeepSeek as model_class
 
+        where = {"api_base": external.base_url}
+    else:
+        from langchain_openai import ChatOpenAI as model_class
+
+        where = {"base_url": external.base_url}
     # An httpx.Timeout (unhashable) keeps langchain-openai from sharing a cached httpx client.
-    return ChatOpenAI(
-        base_url=external.base_url,
+    return model_class(
+        **where,
         api_key=external.api_key,
         model=external.model,
         temperature=0,
@@ -117,7 +125,7 @@ class Driver:
         from entropy_exit_integrations.langchain import ChatEntropyExit
 
         llm = ChatEntropyExit(
-            model=_chat_openai(external, max_tokens), policy=policy, force_answer=force_answer
+            model=_chat_openai(external, max_tokens, reasoning=True), policy=policy, force_answer=force_answer
         )
         pairs = [(m["role"], m["content"]) for m in messages]
         message = await llm.ainvoke(pairs) if self.is_async else llm.invoke(pairs)
@@ -156,8 +164,9 @@ class Driver:
         from llama_index.core.base.llms.types import ChatMessage
         from llama_index.llms.openai_like import OpenAILike
 
-        from entropy_exit_integrations.llama_index import REPORT_KEY, EntropyExitLLM
+        from entropy_exit_integrations.llama_index import REPORT_KEY, EntropyExitLLM, http_clients
 
+        sync_client, async_client = http_clients(timeout=TIMEOUT)  # the real abort
         inner = OpenAILike(
             model=external.model,
             api_base=external.base_url,
@@ -168,6 +177,8 @@ class Driver:
             temperature=0,
             max_retries=0,
             timeout=TIMEOUT,
+            http_client=sync_client,
+            async_http_client=async_client,
         )
         llm = EntropyExitLLM(llm=inner, policy=policy, force_answer=force_answer)
         chat = [ChatMessage(role=m["role"], content=m["content"]) for m in messages]
