@@ -32,6 +32,7 @@ from .errors import (
 )
 from .forcing import AnswerForcing
 from .options import ExitOptions
+from .providers.reasoning import ReasoningFormat, format_for_model, format_from_props
 
 __version__ = "0.1.0"
 
@@ -53,11 +54,14 @@ __all__ = [
     "Phase",
     "PolicyError",
     "ProbeRule",
+    "ReasoningFormat",
     "SavingsLedger",
     "SavingsReport",
     "ServerError",
     "StreamInterrupted",
     "TokenLogprob",
     "calibrate",
+    "format_for_model",
+    "format_from_props",
     "token_entropy",
 ]

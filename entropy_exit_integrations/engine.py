@@ -51,6 +51,7 @@ from .errors import (
 from .forcing import ForcedAnswer
 from .options import ExitOptions, OnToken
 from .providers.parts import ChunkParts
+from .providers.reasoning import resolve_format
 from .session import ExitSession, TextDelta
 from .telemetry import record_call
 from .tokencount import count_message_tokens, count_tokens
@@ -249,7 +250,8 @@ class MonitoredCall:
         self.reasoning_field = reasoning_field
         self.on_token: OnToken | None = options.on_token
         self.logprobs_hint = logprobs_hint
-        self.session = ExitSession(policy, keep_tokens=keep_tokens)
+        fmt = resolve_format(options.reasoning_format, model=model)
+        self.session = ExitSession(policy, reasoning_format=fmt, keep_tokens=keep_tokens)
         self.chunks_seen = 0
         self._ended: Ended | None = None
         self._forced: _Short | None = None  # the forcing request's stream
@@ -415,6 +417,7 @@ class MonitoredCall:
             text=session.text,
             inline_think=session.inline_think or not self.reasoning_field,
             base_url=self.base_url,
+            reasoning_format=session.detected_format,
         )
         if extra:
             fields["extra_body"] = {**(fields.get("extra_body") or {}), **extra}

@@ -51,6 +51,7 @@ class AnswerForcing:
         text: str,
         inline_think: bool,
         base_url: str | None,
+        reasoning_format: str | None = None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
         """Messages, extra_body and the assistant prefix of the forcing chat request.
 
@@ -63,7 +64,7 @@ class AnswerForcing:
         cut = text
         thought: dict[str, Any] = {}
         if reasoning and inline_think:
-            cut = f"<think>\n{reasoning}\n</think>\n\n{text}"
+            cut = inline_reasoning(reasoning, text, reasoning_format)
         elif reasoning:
             thought = {"reasoning_content": reasoning}
         if self.resolved_style(base_url) == "followup":
@@ -79,6 +80,17 @@ class AnswerForcing:
 
     def completion_prompt(self, prompt: str, generated: str) -> str:
         return f"{prompt}{generated.rstrip()}{self.cue}"
+
+
+def inline_reasoning(reasoning: str, text: str, reasoning_format: str | None) -> str:
+    """The cut generation with its reasoning inline, in the markers the model itself writes
+    (``[THINK]`` for Magistral, harmony channels for GPT-OSS, ``<think>`` otherwise)."""
+    if reasoning_format == "mistral":
+        return f"[THINK]{reasoning}[/THINK]{text}"
+    if reasoning_format == "harmony":
+        final = "<|start|>assistant<|channel|>final<|message|>"
+        return f"<|channel|>analysis<|message|>{reasoning}<|end|>{final}{text}"
+    return f"<think>\n{reasoning}\n</think>\n\n{text}"
 
 
 class EchoStripper:

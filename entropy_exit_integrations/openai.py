@@ -5,7 +5,9 @@ streams logprobs (OpenAI, vLLM, llama.cpp, SGLang, Together, Fireworks, Ollama's
 
 Example (against the embedded server, ``entropy-exit serve``)::
 
-    import openai
+    import httpx
+import httpx
+import openai
     from entropy_exit_integrations import ExitPolicy
     from entropy_exit_integrations.openai import stream_chat
 
@@ -34,6 +36,7 @@ from .engine import ENTROPY_EXIT, Api, ExitResult, MonitoredCall, RequestSpec
 from .options import ExitOptions
 from .providers.completions import parse_completion_chunk
 from .providers.openai_chat import parse_chat_chunk
+from .providers.reasoning import ReasoningFormat, resolve_format
 from .session import TextDelta
 
 _REQUEST_ONLY = ("messages", "prompt", "stream")
@@ -230,6 +233,27 @@ def aiter_completion(
     return _stream(AsyncExitStream, client, "completions", options, keep_chunks, kwargs)
 
 
+def detect_reasoning_format(
+    base_url: str, *, model: str | None = None, timeout: float = 5.0
+) -> ReasoningFormat:
+    """The reasoning format of a server's raw output, for ``ExitOptions(reasoning_format=...)``.
+
+    One request: llama.cpp's ``GET /props`` (its chat template says whether the generation
+    prompt opens ``<think>``: ``"think_open"``). A server without ``/props`` (vLLM, OpenAI)
+    falls back to the model-family table (``format_for_model(model)``), then ``"auto"``.
+
+    >>> detect_reasoning_format("http://127.0.0.1:8080/v1")  # doctest: +SKIP
+    'auto'
+    """
+    root = base_url.rstrip("/").removesuffix("/v1")
+    try:
+        response = httpx.get(f"{root}/props", timeout=timeout)
+        props = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        props = None
+    return resolve_format("auto", model=model, props=props if isinstance(props, dict) else None)
+
+
 def _drain(stream: ExitStream) -> ExitResult:
     with stream:
         for _ in stream:
@@ -274,6 +298,7 @@ __all__ = [
     "aiter_completion",
     "astream_chat",
     "astream_completion",
+    "detect_reasoning_format",
     "iter_chat",
     "iter_completion",
     "stream_chat",

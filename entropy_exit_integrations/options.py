@@ -24,6 +24,7 @@ from .core.probes import ProbeRule
 from .core.savings import SavingsLedger
 from .core.tokens import TokenLogprob
 from .forcing import AnswerForcing
+from .providers.reasoning import ReasoningFormat, check_reasoning_format
 
 OnToken = Callable[[TokenLogprob, Decision], None]
 """Called with every token of the main stream and the monitor's decision after its chunk."""
@@ -44,6 +45,13 @@ class ExitOptions:
         ledger: records the report of every call (a ``SavingsLedger``; thread and task safe).
         on_token: called with every token and the decision after its chunk (hot path: keep it
             cheap).
+        reasoning_format: where the reasoning is in the stream (``providers.reasoning``):
+            ``"auto"`` (default) reads a reasoning field (``reasoning_content``, ``reasoning``,
+            ``thinking``) and ``<think>``/``[THINK]``/harmony markers in the content, and takes
+            the format of a known model family (``MODEL_FORMATS``: R1 distills, QwQ and
+            Qwen3-Thinking open ``<think>`` in their template) from the model's name; name it
+            (``"think_open"``, ``"think"``, ``"mistral"``, ``"harmony"``, ``"field"``,
+            ``"none"``) when auto cannot know, e.g. from ``detect_reasoning_format(base_url)``.
     """
 
     policy: ExitPolicy
@@ -52,6 +60,7 @@ class ExitOptions:
     probes: ProbeRule | None = None
     ledger: SavingsLedger | None = None
     on_token: OnToken | None = None
+    reasoning_format: ReasoningFormat = "auto"
 
     def __post_init__(self) -> None:
         _expect(
@@ -68,6 +77,7 @@ class ExitOptions:
             _expect("ledger", self.ledger, SavingsLedger, "SavingsLedger() or None")
         if self.on_token is not None and not callable(self.on_token):
             raise TypeError(f"ExitOptions: on_token must be callable, got {type(self.on_token).__name__}")
+        check_reasoning_format(self.reasoning_format)  # ValueError listing the formats
 
     @classmethod
     def build(cls, options: ExitOptions | None = None, owner: str = "", **values: Any) -> ExitOptions:
@@ -92,8 +102,9 @@ class ExitOptions:
             return options
         if "policy" not in given:
             raise TypeError(
-                f"{owner or 'ExitOptions'} needs policy=ExitPolicy(...) (or options=ExitOptions(policy=...)), "
-                "got NoneType (None); build one with ExitPolicy(threshold=...) or ExitPolicy.from_calibration(...)"
+                f"{owner or 'ExitOptions'} needs policy=ExitPolicy(...) (or "
+                "options=ExitOptions(policy=...)), got NoneType (None); build one with "
+                "ExitPolicy(threshold=...) or ExitPolicy.from_calibration(...)"
             )
         try:
             return cls(**given)
@@ -106,6 +117,7 @@ class ExitOptions:
             "policy": self.policy.to_dict(),
             "force_answer": self.force_answer,
             "probes": None if self.probes is None else self.probes.name,
+            "reasoning_format": self.reasoning_format,
         }
 
 
