@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from entropy_exit_integrations.bench.replay import save_traces
-from entropy_exit_integrations.bench.synthetic import synthetic_traces
-from entropy_exit_integrations.cli import main as entropy_exit
+from entropy_exit_integrations.lab.bench.replay import save_traces
+from entropy_exit_integrations.lab.bench.synthetic import synthetic_traces
+from entropy_exit_integrations.lab.cli import main as entropy_exit
 
 
 def timed(args: list[str], repeat: int) -> list[float]:

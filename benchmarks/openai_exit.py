@@ -26,10 +26,10 @@ from typing import Any
 import openai
 
 from entropy_exit_integrations import ExitPolicy
-from entropy_exit_integrations.bench.datasets import load_dataset, messages_for
-from entropy_exit_integrations.bench.graders import grade
 from entropy_exit_integrations.engine import MonitoredCall
-from entropy_exit_integrations.local import LocalServer
+from entropy_exit_integrations.lab.bench.datasets import load_dataset, messages_for
+from entropy_exit_integrations.lab.bench.graders import grade
+from entropy_exit_integrations.lab.local import LocalServer
 from entropy_exit_integrations.openai import ExitResult, stream_chat
 from entropy_exit_integrations.providers import parse_chat_chunk
 

@@ -35,7 +35,7 @@ from typing import Any
 
 
 def load_all(paths: list[str], n: int | None) -> list[Any]:
-    from entropy_exit_integrations.bench.replay import load_traces
+    from entropy_exit_integrations.lab.bench.replay import load_traces
 
     traces = [t for p in paths if Path(p).exists() for t in load_traces(p)]
     seen: dict[str, Any] = {}
@@ -52,8 +52,8 @@ def load_all(paths: list[str], n: int | None) -> list[Any]:
 def fill(args: argparse.Namespace, answers: Any) -> None:
     """Ask the periodic probes (every 32 and 64 tokens, up to 3 agreeing) for every trace as the
     trace files grow, until they stop growing for ``--fill-idle`` seconds (cache filling only)."""
-    from entropy_exit_integrations.bench.probes import replay_probes
     from entropy_exit_integrations.core.probes import ProbeRule
+    from entropy_exit_integrations.lab.bench.probes import replay_probes
 
     rules = [ProbeRule(every=e, agree=3, max_probes=64, max_tokens=16) for e in (32, 64)]
     done: set[str] = set()
@@ -80,11 +80,11 @@ def fill(args: argparse.Namespace, answers: Any) -> None:
 def gate_extend(args: argparse.Namespace, client: Any, config: Any) -> None:
     """The paper's gate needs its extended step (Refine) on every question whose first-pass entropy
     is above tau[mean] of ``--seq-profile``; run it and write ``--gate-extended`` (resumable)."""
-    from entropy_exit_integrations.bench.gating import run_extended
-    from entropy_exit_integrations.bench.runner import RunConfig
-    from entropy_exit_integrations.bench.traces import problems_of
     from entropy_exit_integrations.core.calibration import Calibration
     from entropy_exit_integrations.gate import EntropyGate, Refine
+    from entropy_exit_integrations.lab.bench.gating import run_extended
+    from entropy_exit_integrations.lab.bench.runner import RunConfig
+    from entropy_exit_integrations.lab.bench.traces import problems_of
 
     tau = Calibration.load(args.seq_profile).tau
     path = Path(args.gate_extended)
@@ -116,18 +116,18 @@ def gate_extend(args: argparse.Namespace, client: Any, config: Any) -> None:
 def main() -> None:
     from openai import OpenAI
 
-    from entropy_exit_integrations.bench.plots import savings_vs_accuracy_ci
-    from entropy_exit_integrations.bench.probes import (
+    from entropy_exit_integrations.core.calibration import Calibration
+    from entropy_exit_integrations.lab.bench.plots import savings_vs_accuracy_ci
+    from entropy_exit_integrations.lab.bench.probes import (
         ProbeAnswers,
         bench_rows,
         gate_row,
         headline_table,
         headroom,
     )
-    from entropy_exit_integrations.bench.report import write_results
-    from entropy_exit_integrations.bench.runner import RunConfig
-    from entropy_exit_integrations.bench.traces import ForcedCache
-    from entropy_exit_integrations.core.calibration import Calibration
+    from entropy_exit_integrations.lab.bench.report import write_results
+    from entropy_exit_integrations.lab.bench.runner import RunConfig
+    from entropy_exit_integrations.lab.bench.traces import ForcedCache
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--traces", nargs="+", required=True)

@@ -26,9 +26,9 @@ from pathlib import Path
 
 
 def serve(args: argparse.Namespace) -> None:
-    from entropy_exit_integrations.bench.models import QWEN_CODER_05B_SHA256, fetch_qwen_coder_05b
-    from entropy_exit_integrations.local.pins import cache_dir
-    from entropy_exit_integrations.local.server import LocalServer
+    from entropy_exit_integrations.lab.bench.models import QWEN_CODER_05B_SHA256, fetch_qwen_coder_05b
+    from entropy_exit_integrations.lab.local.pins import cache_dir
+    from entropy_exit_integrations.lab.local.server import LocalServer
 
     path = Path(args.model_file) if args.model_file else fetch_qwen_coder_05b(cache_dir() / "models")
     server = LocalServer(
@@ -50,8 +50,8 @@ def serve(args: argparse.Namespace) -> None:
 def record(args: argparse.Namespace) -> None:
     from openai import OpenAI
 
-    from entropy_exit_integrations.bench.datasets import load_dataset
-    from entropy_exit_integrations.bench.runner import RunConfig, record_traces
+    from entropy_exit_integrations.lab.bench.datasets import load_dataset
+    from entropy_exit_integrations.lab.bench.runner import RunConfig, record_traces
 
     url = json.loads(Path(args.url_file).read_text())
     client = OpenAI(base_url=url["base_url"], api_key="sk-no-key", timeout=600)

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from entropy_exit_integrations.local import LocalServer
+from entropy_exit_integrations.lab.local import LocalServer
 
 OUT_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "recordings"
 QUESTION = "What is 17 + 25? Answer briefly."

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from entropy_exit_integrations.local import LocalServer
-from entropy_exit_integrations.local.reasoning import reasoning_args
+from entropy_exit_integrations.lab.local import LocalServer
+from entropy_exit_integrations.lab.local.reasoning import reasoning_args
 
 OUT = Path(__file__).resolve().parent.parent / "tests/data/recordings/llamacpp_reasoning_content_top20.jsonl"
 REQUEST = {

@@ -15,7 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from entropy_exit_integrations.cli import main as entropy_exit
+from entropy_exit_integrations.lab.cli import main as entropy_exit
 
 
 def main() -> None:

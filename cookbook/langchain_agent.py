@@ -23,8 +23,9 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
 
 from entropy_exit_integrations import ExitPolicy
-from entropy_exit_integrations.langchain import ChatSchemaToolCalls, EntropyExitMiddleware
-from entropy_exit_integrations.local import LocalServer
+from entropy_exit_integrations.lab.local import LocalServer
+from entropy_exit_integrations.lab.local.langchain_tools import ChatSchemaToolCalls
+from entropy_exit_integrations.langchain import EntropyExitMiddleware
 
 
 @tool

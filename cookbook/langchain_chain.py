@@ -20,8 +20,8 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
 
 from entropy_exit_integrations import EntropyExit, ExitPolicy, SavingsLedger
+from entropy_exit_integrations.lab.local import LocalServer
 from entropy_exit_integrations.langchain import ChatEntropyExit, EntropyExitCallbackHandler
-from entropy_exit_integrations.local import LocalServer
 
 PROMPT = ChatPromptTemplate.from_messages(
     [("system", "You are a helpful assistant."), ("user", "Write a long, detailed story about {topic}.")]

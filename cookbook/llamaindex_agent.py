@@ -20,8 +20,8 @@ from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai_like import OpenAILike
 
 from entropy_exit_integrations import ExitPolicy, SavingsLedger
+from entropy_exit_integrations.lab.local import LocalServer
 from entropy_exit_integrations.llama_index import REPORT_KEY, EntropyExitEventHandler, EntropyExitLLM
-from entropy_exit_integrations.local import LocalServer
 
 
 def multiply(a: int, b: int) -> int:

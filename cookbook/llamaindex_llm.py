@@ -13,8 +13,8 @@ from llama_index.core.llms import ChatMessage
 from llama_index.llms.openai_like import OpenAILike
 
 from entropy_exit_integrations import ExitPolicy, SavingsLedger
+from entropy_exit_integrations.lab.local import LocalServer
 from entropy_exit_integrations.llama_index import REPORT_KEY, EntropyExitLLM
-from entropy_exit_integrations.local import LocalServer
 
 
 def run(base_url: str, model: str) -> None:

@@ -13,7 +13,7 @@ import argparse
 import openai
 
 from entropy_exit_integrations import ExitPolicy, SavingsLedger
-from entropy_exit_integrations.local import LocalServer
+from entropy_exit_integrations.lab.local import LocalServer
 from entropy_exit_integrations.openai import iter_chat
 
 

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
 from entropy_exit_integrations import ExitPolicy
-from entropy_exit_integrations.local import LocalServer
+from entropy_exit_integrations.lab.local import LocalServer
 from entropy_exit_integrations.openai import stream_chat
 
 

@@ -31,7 +31,7 @@ else:
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 if TYPE_CHECKING:
-    from entropy_exit_integrations.local import LocalServer
+    from entropy_exit_integrations.lab.local import LocalServer
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration_tests"
 
@@ -67,7 +67,7 @@ def llama_server() -> Iterator[LocalServer]:
 
     It never builds or installs anything (``entropy-exit setup`` does that).
     """
-    from entropy_exit_integrations.local import LocalServer
+    from entropy_exit_integrations.lab.local import LocalServer
 
     server = LocalServer(parallel=4, metrics=True)
     yield from _running(server, "embedded llama.cpp server")
@@ -76,8 +76,8 @@ def llama_server() -> Iterator[LocalServer]:
 @pytest.fixture(scope="session")
 def reasoning_server() -> Iterator[LocalServer]:
     """The embedded server with the thinking chat template: it streams ``reasoning_content``."""
-    from entropy_exit_integrations.local import LocalServer
-    from entropy_exit_integrations.local.reasoning import reasoning_args
+    from entropy_exit_integrations.lab.local import LocalServer
+    from entropy_exit_integrations.lab.local.reasoning import reasoning_args
 
     server = LocalServer(parallel=2, metrics=True, extra_args=reasoning_args())
     yield from _running(server, "embedded llama.cpp server (reasoning template)")
@@ -90,7 +90,7 @@ def fresh_llama_server() -> Iterator[LocalServer]:
     For tests whose greedy output must not depend on what earlier tests left in the shared
     server's prompt cache (reused KV changes the numerics, and a 135M model's JSON with them).
     """
-    from entropy_exit_integrations.local import LocalServer
+    from entropy_exit_integrations.lab.local import LocalServer
 
     server = LocalServer(parallel=1, metrics=True)
     yield from _running(server, "embedded llama.cpp server (module)")

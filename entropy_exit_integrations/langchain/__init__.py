@@ -6,19 +6,15 @@
   final answer is forced when needed, and the report rides on the last chunk.
 * ``EntropyExitMiddleware``: the same for every model call of a ``create_agent`` agent, with a
   ledger of the whole run in ``result["entropy_exit"]``.
-* ``ChatSchemaToolCalls``: tool calling for small local models on llama.cpp that cannot call
-  tools themselves (the call comes from schema-constrained JSON, streamed with logprobs).
 """
 
 from ..errors import NoTokenEventsError
 from .callbacks import AsyncEntropyExitCallbackHandler, EntropyExitCallbackHandler
 from .chat_models import ChatEntropyExit
-from .small_models import ChatSchemaToolCalls
 
 __all__ = [
     "AsyncEntropyExitCallbackHandler",
     "ChatEntropyExit",
-    "ChatSchemaToolCalls",
     "EntropyExitCallbackHandler",
     "EntropyExitMiddleware",
     "EntropyExitState",

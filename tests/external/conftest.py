@@ -42,7 +42,7 @@ import httpx
 import openai
 import pytest
 
-from entropy_exit_integrations.local.server import _parse_metrics as parse_prometheus
+from entropy_exit_integrations.lab.local.server import _parse_metrics as parse_prometheus
 
 ENV_URL = "ENTROPY_EXIT_EXTERNAL_URL"
 ENV_MODEL = "ENTROPY_EXIT_EXTERNAL_MODEL"

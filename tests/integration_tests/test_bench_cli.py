@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from entropy_exit_integrations.cli import main
 from entropy_exit_integrations.core.calibration import Calibration
+from entropy_exit_integrations.lab.cli import main
 
 COMMON = ["--dataset", "arithmetic", "--max-tokens", "32", "--no-progress", "--concurrency", "2"]
 

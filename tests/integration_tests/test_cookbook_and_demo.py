@@ -51,7 +51,7 @@ def test_cookbook_script_runs(script: str, llama_server, tmp_path) -> None:
 def test_demo_prints_the_savings_table_and_writes_the_plot(llama_server, tmp_path) -> None:
     done = run(
         [
-            "-m", "entropy_exit_integrations.cli", "demo",
+            "-m", "entropy_exit_integrations.lab.cli", "demo",
             "--base-url", llama_server.base_url, "--model", llama_server.model,
             "--n-calibration", "6", "--n-test", "3", "--max-tokens", "64", "--out", str(tmp_path),
         ]

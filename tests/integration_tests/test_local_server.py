@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from entropy_exit_integrations.errors import ServerError
-from entropy_exit_integrations.local import LocalServer
+from entropy_exit_integrations.lab.local import LocalServer
 
 LONG_PROMPT = "Write a very long, detailed story about a lighthouse keeper and a storm. Use many paragraphs."
 

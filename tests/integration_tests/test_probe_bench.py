@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from entropy_exit_integrations.bench.commands import calibrate_traces
-from entropy_exit_integrations.bench.datasets import load_dataset
-from entropy_exit_integrations.bench.probes import ProbeAnswers, bench_rows, headline_table
-from entropy_exit_integrations.bench.runner import RunConfig, record_traces
-from entropy_exit_integrations.bench.traces import ForcedCache
 from entropy_exit_integrations.core.calibration import Calibration
+from entropy_exit_integrations.lab.bench.commands import calibrate_traces
+from entropy_exit_integrations.lab.bench.datasets import load_dataset
+from entropy_exit_integrations.lab.bench.probes import ProbeAnswers, bench_rows, headline_table
+from entropy_exit_integrations.lab.bench.runner import RunConfig, record_traces
+from entropy_exit_integrations.lab.bench.traces import ForcedCache
 
 SMALL = {
     "gate_quantiles": ((0.5, 2), (0.9, 2)),

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from entropy_exit_integrations import __version__
-from entropy_exit_integrations.bench import commands
-from entropy_exit_integrations.bench.replay import load_traces
-from entropy_exit_integrations.cli import main
 from entropy_exit_integrations.core.calibration import Calibration
+from entropy_exit_integrations.lab.bench import commands
+from entropy_exit_integrations.lab.bench.replay import load_traces
+from entropy_exit_integrations.lab.cli import main
 
 RECORDED = Path(__file__).resolve().parent.parent / "data" / "traces" / "smollm2_arithmetic_12.jsonl"
 CHUNKS = Path(__file__).resolve().parent.parent / "data" / "recordings" / "llamacpp_chat_top20.jsonl"
@@ -41,7 +41,7 @@ def no_requests(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "entropy_exit_integrations.cli", *args],
+        [sys.executable, "-m", "entropy_exit_integrations.lab.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,

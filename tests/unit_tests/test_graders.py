@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from entropy_exit_integrations.bench.datasets import find_data_dir
-from entropy_exit_integrations.bench.graders import (
+from entropy_exit_integrations.lab.bench.datasets import find_data_dir
+from entropy_exit_integrations.lab.bench.graders import (
     extract_math_answer,
     grade,
     grade_math,
@@ -122,8 +122,8 @@ def _modules_after_import(statement: str, prefix: str) -> list[str]:
 
 def test_the_library_gate_imports_no_lab_module() -> None:
     """The gate reads answers with core.answers; bench.graders re-exports the same functions."""
-    from entropy_exit_integrations.bench import graders
     from entropy_exit_integrations.core import answers
+    from entropy_exit_integrations.lab.bench import graders
 
     assert graders.extract_math_answer is answers.extract_math_answer
     assert graders.last_number is answers.last_number and graders.last_boxed is answers.last_boxed
@@ -142,11 +142,11 @@ def test_the_library_gate_imports_no_lab_module() -> None:
 def test_plots_and_probes_do_not_import_the_commands() -> None:
     """No circle bench.commands -> plots -> probes -> commands: shared pieces live below them."""
     loaded = _modules_after_import(
-        "import entropy_exit_integrations.bench.plots, entropy_exit_integrations.bench.probes",
-        "entropy_exit_integrations.bench.",
+        "import entropy_exit_integrations.lab.bench.plots, entropy_exit_integrations.lab.bench.probes",
+        "entropy_exit_integrations.lab.bench.",
     )
-    assert "entropy_exit_integrations.bench.commands" not in loaded
+    assert "entropy_exit_integrations.lab.bench.commands" not in loaded
     assert (
-        "entropy_exit_integrations.bench.answers" in loaded
-        and "entropy_exit_integrations.bench.policies" in loaded
+        "entropy_exit_integrations.lab.bench.answers" in loaded
+        and "entropy_exit_integrations.lab.bench.policies" in loaded
     )

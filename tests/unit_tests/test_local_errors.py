@@ -1,4 +1,4 @@
-"""Error paths and plumbing of ``entropy_exit_integrations.local`` that need no running server."""
+"""Error paths and plumbing of ``entropy_exit_integrations.lab.local`` that need no running server."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from entropy_exit_integrations import cli
 from entropy_exit_integrations.errors import ServerError
-from entropy_exit_integrations.local import LocalServer, binary, model, pins
-from entropy_exit_integrations.local.server import _parse_metrics
+from entropy_exit_integrations.lab import cli
+from entropy_exit_integrations.lab.local import LocalServer, binary, model, pins
+from entropy_exit_integrations.lab.local.server import _parse_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -331,7 +331,7 @@ def test_cli_serve_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_setup_installs_builds_and_logs_progress(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from entropy_exit_integrations.local import install as setup_module
+    from entropy_exit_integrations.lab.local import install as setup_module
 
     calls: list[str] = []
 
@@ -353,7 +353,7 @@ def test_cli_setup_installs_builds_and_logs_progress(
 def test_module_entry_point_is_setup(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENTROPY_EXIT_")}
     done = subprocess.run(
-        [sys.executable, "-m", "entropy_exit_integrations.local", "--help"],
+        [sys.executable, "-m", "entropy_exit_integrations.lab.local", "--help"],
         cwd=REPO,
         env=env,
         capture_output=True,

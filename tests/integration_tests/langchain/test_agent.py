@@ -18,7 +18,8 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
 
 from entropy_exit_integrations import ExitPolicy
-from entropy_exit_integrations.langchain import ChatEntropyExit, ChatSchemaToolCalls, EntropyExitMiddleware
+from entropy_exit_integrations.lab.local.langchain_tools import ChatSchemaToolCalls
+from entropy_exit_integrations.langchain import ChatEntropyExit, EntropyExitMiddleware
 
 
 @tool

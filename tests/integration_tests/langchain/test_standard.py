@@ -27,7 +27,8 @@ import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from entropy_exit_integrations import ExitPolicy
-from entropy_exit_integrations.langchain import ChatEntropyExit, ChatSchemaToolCalls
+from entropy_exit_integrations.lab.local.langchain_tools import ChatSchemaToolCalls
+from entropy_exit_integrations.langchain import ChatEntropyExit
 
 
 class TestChatEntropyExitIntegration(ChatModelIntegrationTests):

@@ -8,7 +8,7 @@ import pytest
 
 from entropy_exit_integrations import ExitPolicy
 from entropy_exit_integrations.errors import StreamInterrupted
-from entropy_exit_integrations.local import LocalServer
+from entropy_exit_integrations.lab.local import LocalServer
 from entropy_exit_integrations.openai import stream_chat
 
 

@@ -285,7 +285,8 @@ GPT_OSS = (
 
 
 def test_format_from_props() -> None:
-    thinking = Path(__file__).parents[3] / "entropy_exit_integrations/local/templates/chatml_thinking.jinja"
+    templates = Path(__file__).parents[3] / "entropy_exit_integrations/lab/local/templates"
+    thinking = templates / "chatml_thinking.jinja"
     assert format_from_props({"chat_template": thinking.read_text()}) == "think_open"
     assert format_from_props({"chat_template": R1}) == "think_open"
     assert format_from_props({"chat_template": QWEN3_HYBRID}) == "think"  # closed at once when off

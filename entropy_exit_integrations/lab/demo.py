@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from entropy_exit_integrations.core.calibration import Calibration, format_calibration
+from entropy_exit_integrations.core.policy import ExitPolicy
+
 from .bench.commands import connect, run_calibration
 from .bench.datasets import SYSTEM_PROMPTS, Problem, load_dataset
 from .bench.graders import grade
 from .bench.runner import RunConfig
-from .core.calibration import Calibration, format_calibration
-from .core.policy import ExitPolicy
 
 SYSTEM_PROMPT = "Explain your reasoning step by step, then end with 'The answer is N.' where N is a number."
 
@@ -64,7 +65,7 @@ def answer_all(
     from langchain_openai import ChatOpenAI
     from pydantic import SecretStr
 
-    from .langchain import ChatEntropyExit
+    from entropy_exit_integrations.langchain import ChatEntropyExit
 
     inner = ChatOpenAI(  # type: ignore[call-arg]
         base_url=base_url,

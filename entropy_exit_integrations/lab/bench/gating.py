@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..gate import EntropyGate
+from entropy_exit_integrations.gate import EntropyGate
+
 from .datasets import Problem
 from .graders import grade
 from .replay import RuleSummary, Trace

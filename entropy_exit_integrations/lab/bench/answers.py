@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..core.calibration import ExitAnswer
+from entropy_exit_integrations.core.calibration import ExitAnswer
+
 from .replay import Outcome, Trace, answer_of
 from .runner import RunConfig, force_answer, forced_outcome, forcing_for, grade_forced, run_all
 from .traces import ForcedCache

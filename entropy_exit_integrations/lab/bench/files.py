@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import EntropyExitError
+from entropy_exit_integrations.errors import EntropyExitError
 
 _GZIP_MAGIC = b"\x1f\x8b"
 

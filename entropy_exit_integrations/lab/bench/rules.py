@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.calibration import live_stop_index
-from ..core.monitor import EntropyMonitor
-from ..core.policy import ExitPolicy
-from ..core.tokens import TokenLogprob
+from entropy_exit_integrations.core.calibration import live_stop_index
+from entropy_exit_integrations.core.monitor import EntropyMonitor
+from entropy_exit_integrations.core.policy import ExitPolicy
+from entropy_exit_integrations.core.tokens import TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def deepconf_threshold(
     warmup: Sequence[Sequence[TokenLogprob]], *, keep: float = 0.9, window: int = 32
 ) -> float:
     """DeepConf's warm-up threshold: the (1 - keep) percentile of the lowest group confidences."""
-    from ..core.calibration import lowest_group_confidence
+    from entropy_exit_integrations.core.calibration import lowest_group_confidence
 
     lows = [v for v in (lowest_group_confidence(t, window) for t in warmup) if v is not None]
     return float(np.quantile(lows, 1.0 - keep)) if lows else 0.0

@@ -16,7 +16,8 @@ With a server and model that call tools natively (vLLM with a tool parser), use 
 Example (``entropy-exit serve`` prints the URL)::
 
     from langchain.agents import create_agent
-    from entropy_exit_integrations.langchain import ChatSchemaToolCalls, EntropyExitMiddleware
+    from entropy_exit_integrations.lab.local.langchain_tools import ChatSchemaToolCalls
+    from entropy_exit_integrations.langchain import EntropyExitMiddleware
 
     llm = ChatSchemaToolCalls(base_url=url, api_key="none", model="smollm2", max_tokens=160)
     agent = create_agent(llm, tools=[word_length], middleware=[EntropyExitMiddleware(policy)])

@@ -1,7 +1,7 @@
 """Benchmark questions: GSM8K, MATH-500, AIME-24 (shipped as package data), any JSONL, and
 generated arithmetic.
 
-The files live in ``entropy_exit_integrations/bench/data`` with their licences and sources
+The files live in ``entropy_exit_integrations/lab/bench/data`` with their licences and sources
 (``SOURCES.md`` there: GSM8K MIT, MATH MIT, AIME 2024 problems without a stated licence); set
 ``ENTROPY_EXIT_DATA`` to read them from another directory.
 
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ..errors import EntropyExitError
+from entropy_exit_integrations.errors import EntropyExitError
+
 from .files import json_lines
 
 DATASETS = ("arithmetic", "gsm8k", "math500", "aime24")
@@ -43,9 +44,7 @@ class Problem:
 def find_data_dir() -> Path:
     """The directory holding the dataset files: ``$ENTROPY_EXIT_DATA``, else the package's own."""
     override = os.environ.get("ENTROPY_EXIT_DATA")
-    path = (
-        Path(override) if override else Path(str(resources.files("entropy_exit_integrations.bench") / "data"))
-    )
+    path = Path(override) if override else Path(str(resources.files(__package__) / "data"))
     if not (path / "gsm8k_test.jsonl").is_file():
         where = "ENTROPY_EXIT_DATA" if override else "the installed package"
         raise EntropyExitError(

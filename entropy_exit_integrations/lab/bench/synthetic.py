@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import random
 
-from ..core.tokens import TokenLogprob
+from entropy_exit_integrations.core.tokens import TokenLogprob
+
 from .datasets import Problem, messages_for
 from .replay import Trace
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from ..errors import ServerError
+from entropy_exit_integrations.errors import ServerError
+
 from .binary import ensure_server_binary
 from .model import ensure_model
 from .pins import ENV_BASE_URL, ENV_MODEL_ID, MODEL_ALIAS

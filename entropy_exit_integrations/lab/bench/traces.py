@@ -61,8 +61,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.tokens import Phase, TokenLogprob
-from ..errors import EntropyExitError
+from entropy_exit_integrations.core.tokens import Phase, TokenLogprob
+from entropy_exit_integrations.errors import EntropyExitError
+
 from .datasets import Problem
 from .files import json_lines
 from .graders import grade
@@ -118,7 +119,7 @@ def _split_think(tokens: list[TokenLogprob]) -> list[TokenLogprob]:
 
 
 def _stream_to_trace(meta: dict[str, Any], chunks: list[dict[str, Any]], problem: Problem | None) -> Trace:
-    from ..providers.openai_chat import parse_chat_chunk
+    from entropy_exit_integrations.providers.openai_chat import parse_chat_chunk
 
     tokens: list[TokenLogprob] = []
     content: list[str] = []

@@ -13,9 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..core.policy import ExitPolicy
-from ..errors import EntropyExitError, StreamInterrupted
-from ..forcing import AnswerForcing
+from entropy_exit_integrations.core.policy import ExitPolicy
+from entropy_exit_integrations.errors import EntropyExitError, StreamInterrupted
+from entropy_exit_integrations.forcing import AnswerForcing
+
 from .datasets import Problem, messages_for
 from .graders import grade
 from .replay import Outcome, Trace, answer_of
@@ -94,7 +95,7 @@ def run_all(items: Sequence[T], work: Callable[[T], R], config: RunConfig, label
 
 def record_traces(client: Any, problems: Sequence[Problem], config: RunConfig) -> list[Trace]:
     """One full greedy generation per problem with top-20 logprobs, graded."""
-    from ..openai import stream_chat
+    from entropy_exit_integrations.openai import stream_chat
 
     def work(problem: Problem) -> Trace:
         started = time.perf_counter()
@@ -134,7 +135,8 @@ def run_live(
 
     Agreement is the share of problems where the live exit point equals the replayed one.
     """
-    from ..openai import stream_chat
+    from entropy_exit_integrations.openai import stream_chat
+
     from .rules import PolicyRule
 
     rule = PolicyRule("live", policy)

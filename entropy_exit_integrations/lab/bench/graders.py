@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from ..core.answers import extract_math_answer, last_boxed, last_number
+from entropy_exit_integrations.core.answers import extract_math_answer, last_boxed, last_number
 
 __all__ = [
     "extract_math_answer",

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.calibration import (
+from entropy_exit_integrations.core.calibration import (
     METHODS,
     Calibration,
     ExampleError,
@@ -25,9 +25,10 @@ from ..core.calibration import (
     calibrate_stream,
     stream_stop_indices,
 )
-from ..core.policy import ExitPolicy
-from ..errors import PolicyError
-from ..gate import EntropyGate
+from entropy_exit_integrations.core.policy import ExitPolicy
+from entropy_exit_integrations.errors import PolicyError
+from entropy_exit_integrations.gate import EntropyGate
+
 from .answers import ExitAnswers
 from .datasets import load_dataset
 from .gating import gate_summary, run_extended

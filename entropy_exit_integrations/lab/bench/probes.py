@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from ..core.guards import stop_indices
-from ..core.monitor import Decision, EntropyMonitor
-from ..core.policy import ExitPolicy
-from ..core.probes import ProbeRule, ProbeState
-from ..errors import PolicyError
-from ..forcing import AnswerForcing
+from entropy_exit_integrations.core.guards import stop_indices
+from entropy_exit_integrations.core.monitor import Decision, EntropyMonitor
+from entropy_exit_integrations.core.policy import ExitPolicy
+from entropy_exit_integrations.core.probes import ProbeRule, ProbeState
+from entropy_exit_integrations.errors import PolicyError
+from entropy_exit_integrations.forcing import AnswerForcing
+
 from .answers import ExitAnswers
 from .policies import BenchOptions, chosen_policy
 from .replay import Outcome, RuleSummary, Trace, answer_of, summarise
