@@ -5,9 +5,7 @@ streams logprobs (OpenAI, vLLM, llama.cpp, SGLang, Together, Fireworks, Ollama's
 
 Example (against the embedded server, ``entropy-exit serve``)::
 
-    import httpx
-import httpx
-import openai
+    import openai
     from entropy_exit_integrations import ExitPolicy
     from entropy_exit_integrations.openai import stream_chat
 
@@ -29,11 +27,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import openai
 
 from .driver import Output, adrive, drive
 from .engine import ENTROPY_EXIT, Api, ExitResult, MonitoredCall, RequestSpec
-from .options import ExitOptions
+from .options import OPTION_NAMES, ExitOptions
 from .providers.completions import parse_completion_chunk
 from .providers.openai_chat import parse_chat_chunk
 from .providers.reasoning import ReasoningFormat, resolve_format
@@ -178,11 +177,8 @@ def _stream(
     kwargs: dict[str, Any],
 ) -> Any:
     owner = "stream_chat()" if api == "chat" else "stream_completion()"
-    fields = {name: kwargs.pop(name, None) for name in _OPTION_NAMES}
+    fields = {name: kwargs.pop(name, None) for name in OPTION_NAMES}
     return cls(client, api, ExitOptions.build(options, owner, **fields), keep_chunks, kwargs)
-
-
-_OPTION_NAMES = ("policy", "force_answer", "forcing", "probes", "ledger", "on_token")
 
 
 def iter_chat(

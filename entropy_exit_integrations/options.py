@@ -125,3 +125,7 @@ def _expect(name: str, value: Any, kind: type, hint: str) -> None:
     if not isinstance(value, kind):
         shown = dict(value) if isinstance(value, Mapping) else value
         raise TypeError(f"ExitOptions: {name} must be {hint}, got {type(value).__name__} ({shown!r})")
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(ExitOptions))
+"""The option fields, which every integration also takes as keyword arguments."""

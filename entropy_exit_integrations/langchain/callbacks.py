@@ -51,7 +51,6 @@ from ..core.policy import ExitPolicy
 from ..core.savings import SavingsLedger, SavingsReport
 from ..core.tokens import Phase
 from ..engine import REPORT_KEY, ExitResult, MonitoredCall
-from ..options import ExitOptions
 from ..errors import (
     EntropyExit,
     EntropyExitError,
@@ -60,10 +59,14 @@ from ..errors import (
     is_logprobs_refusal,
     provider_message,
 )
+from ..options import ExitOptions
 from ..providers.frameworks import tokens_from_langchain_chunk
 from ..providers.parts import ChunkParts
 
 OnExit = Literal["raise", "record"]
+_REQUEST_FIELDS = ("tools", "tool_choice", "functions", "response_format", "n")
+"""Invocation parameters that decide for the engine: a required tool call or structured answer
+is never cut, and several choices are refused before the request is sent."""
 
 LANGCHAIN_HINT = (
     "with LangChain: ChatOpenAI(logprobs=True, top_logprobs=20) or model.bind(logprobs=True, top_logprobs=20)"
@@ -131,13 +134,13 @@ class _Monitors:
     stream, where nothing may delay the close: the prompt was counted before the request.
     """
 
-    def __init__(self, policy: ExitPolicy, on_exit: OnExit, ledger: SavingsLedger | None) -> None:
-        self.options = ExitOptions.build(None, "EntropyExitCallbackHandler", policy=policy, ledger=ledger)
+    def __init__(self, options: ExitOptions, on_exit: OnExit) -> None:
         if on_exit not in ("raise", "record"):
             raise ValueError(f"on_exit must be 'raise' or 'record', got {on_exit!r}")
-        self.policy = policy
+        self.options = options
+        self.policy = options.policy
         self.on_exit = on_exit
-        self.ledger = ledger
+        self.ledger = options.ledger
         self.results: dict[UUID, ExitResult] = {}
         self.last_result: ExitResult | None = None
         self._runs: dict[UUID, _Run] = {}
@@ -155,6 +158,7 @@ class _Monitors:
         model = params.get("model_name") or params.get("model")
         call = MonitoredCall(
             self.options,
+            fields={key: params[key] for key in _REQUEST_FIELDS if key in params},
             api="chat" if prompt is None else "completions",
             messages=openai_dicts(messages) if messages else None,
             prompt=prompt,
@@ -279,7 +283,9 @@ class EntropyExitCallbackHandler(_Common, BaseCallbackHandler):
     """Monitors every chat-model run it sees; raises ``EntropyExit`` on exit or only reports.
 
     Args:
-        policy: the exit rule.
+        policy: the exit rule (or ``options=ExitOptions(...)``, whose ``reasoning_format``,
+            ``on_token`` and ``ledger`` apply too; a handler only watches, so it never forces an
+            answer or sends probes).
         on_exit: ``"raise"`` aborts the generation with ``EntropyExit`` (carrying the partial
             text and the ``SavingsReport``); ``"record"`` lets it finish and only reports.
         ledger: records the report of every run.
@@ -293,10 +299,17 @@ class EntropyExitCallbackHandler(_Common, BaseCallbackHandler):
     run_inline = True
 
     def __init__(
-        self, policy: ExitPolicy, on_exit: OnExit = "raise", ledger: SavingsLedger | None = None
+        self,
+        policy: ExitPolicy | None = None,
+        on_exit: OnExit = "raise",
+        ledger: SavingsLedger | None = None,
+        *,
+        options: ExitOptions | None = None,
+        **fields: Any,
     ) -> None:
         super().__init__()
-        self._monitors = _Monitors(policy, on_exit, ledger)
+        options = ExitOptions.build(options, type(self).__name__, policy=policy, ledger=ledger, **fields)
+        self._monitors = _Monitors(options, on_exit)
 
     def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._monitors.start(run_id, kwargs, messages=messages[0] if messages else None).count_prompt()
@@ -325,10 +338,17 @@ class AsyncEntropyExitCallbackHandler(_Common, AsyncCallbackHandler):
     run_inline = True
 
     def __init__(
-        self, policy: ExitPolicy, on_exit: OnExit = "raise", ledger: SavingsLedger | None = None
+        self,
+        policy: ExitPolicy | None = None,
+        on_exit: OnExit = "raise",
+        ledger: SavingsLedger | None = None,
+        *,
+        options: ExitOptions | None = None,
+        **fields: Any,
     ) -> None:
         super().__init__()
-        self._monitors = _Monitors(policy, on_exit, ledger)
+        options = ExitOptions.build(options, type(self).__name__, policy=policy, ledger=ledger, **fields)
+        self._monitors = _Monitors(options, on_exit)
 
     async def on_chat_model_start(
         self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any

@@ -28,10 +28,8 @@ from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, InstanceOf, model_validator
 
 from ..driver import adrive, drive
-from ..options import ExitOptions
+from ..options import OPTION_NAMES, ExitOptions
 from ._translate import AsyncTransport, Chunks, Transport, monitored_call
-
-_OPTION_FIELDS = ("policy", "force_answer", "forcing", "probes", "ledger", "on_token")
 
 
 class ChatEntropyExit(BaseChatModel):
@@ -129,7 +127,7 @@ class ChatEntropyExit(BaseChatModel):
         if not isinstance(values, dict):
             return values
         values = dict(values)
-        given = {name: values.pop(name) for name in _OPTION_FIELDS if name in values}
+        given = {name: values.pop(name) for name in OPTION_NAMES if name in values}
         values["options"] = ExitOptions.build(values.get("options"), "ChatEntropyExit", **given)
         own = set(cls.model_fields) | {
             "callbacks",

@@ -40,19 +40,17 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
 )
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, SerializeAsAny, model_validator
-from pydantic import InstanceOf
 from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
+from pydantic import InstanceOf
 
 from ..core.savings import SavingsReport
 from ..driver import adrive, drive
-from ..options import ExitOptions
+from ..options import OPTION_NAMES, ExitOptions
 from ._stream import AsyncTransport, Responses, Transport
 from .events import areported, reported
-
-_OPTION_FIELDS = ("policy", "force_answer", "forcing", "probes", "ledger", "on_token")
 
 
 class EntropyExitLLM(FunctionCallingLLM):
@@ -73,7 +71,7 @@ class EntropyExitLLM(FunctionCallingLLM):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     llm: SerializeAsAny[LLM] = Field(description="The inner LLM that does the generating.")
-    options: InstanceOf[ExitOptions] = Field(description="ExitOptions: the policy and what to do after an exit.")
+    options: InstanceOf[ExitOptions] = Field(description="ExitOptions: the policy, what to do after an exit.")
 
     _last_report: SavingsReport | None = PrivateAttr(default=None)
 
@@ -82,7 +80,7 @@ class EntropyExitLLM(FunctionCallingLLM):
     def _build(cls, values: Any) -> Any:
         if isinstance(values, dict):
             values = dict(values)
-            given = {name: values.pop(name) for name in _OPTION_FIELDS if name in values}
+            given = {name: values.pop(name) for name in OPTION_NAMES if name in values}
             values["options"] = ExitOptions.build(values.get("options"), "EntropyExitLLM", **given)
         return values
 

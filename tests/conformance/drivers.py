@@ -42,6 +42,9 @@ class Call:
     timeout: float = 5.0
     probes: Any = None  # a ProbeRule (integrations that send requests)
     tools: list[dict[str, Any]] | None = None  # OpenAI tool definitions bound to the call
+    tool_choice: Any = None  # e.g. "required": a call that must not be cut
+    reasoning_format: str = "auto"
+    n: int | None = None  # choices per request (refused above 1)
 
 
 @dataclass
@@ -118,10 +121,15 @@ def _openai(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
         "messages": messages,
         "max_tokens": call.max_tokens,
         "force_answer": call.force_answer,
+        "reasoning_format": call.reasoning_format,
         "probes": call.probes,
     }
     if call.tools:
         kwargs["tools"] = call.tools
+    if call.tool_choice is not None:
+        kwargs["tool_choice"] = call.tool_choice
+    if call.n is not None:
+        kwargs["n"] = call.n
 
     if is_async:
         client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=call.timeout)
@@ -185,13 +193,16 @@ def wrapper_model(base_url: str, call: Call) -> Any:
         policy=call.policy,
         force_answer=call.force_answer,
         probes=call.probes,
+        reasoning_format=call.reasoning_format,
     )
 
 
 def _wrapper(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
     llm = wrapper_model(base_url, call)
     if call.tools:
-        llm = llm.bind_tools(call.tools)
+        llm = llm.bind_tools(call.tools, tool_choice=call.tool_choice)
+    if call.n is not None:
+        llm = llm.bind(n=call.n)
     messages = [("user", call.prompt)]
 
     if is_async:
@@ -222,6 +233,10 @@ def _handler(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
     )
 
     llm = _chat_openai(base_url, call, logprobs=True, top_logprobs=call.policy.top_k, streaming=True)
+    if call.tools:
+        llm = llm.bind_tools(call.tools, tool_choice=call.tool_choice)
+    if call.n is not None:
+        llm = llm.bind(n=call.n)
     messages = [("user", call.prompt)]
 
     def finished(handler: Any, message: Any) -> Outcome:
@@ -235,7 +250,9 @@ def _handler(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
     if is_async:
 
         async def arun() -> Outcome:
-            handler = AsyncEntropyExitCallbackHandler(call.policy, on_exit="raise")
+            handler = AsyncEntropyExitCallbackHandler(
+                call.policy, on_exit="raise", reasoning_format=call.reasoning_format
+            )
             try:
                 message = await llm.ainvoke(messages, config={"callbacks": [handler]})
             except EntropyExit as exit_:
@@ -247,7 +264,7 @@ def _handler(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
         return arun
 
     def run() -> Outcome:
-        handler = EntropyExitCallbackHandler(call.policy, on_exit="raise")
+        handler = EntropyExitCallbackHandler(call.policy, on_exit="raise", reasoning_format=call.reasoning_format)
         try:
             message = llm.invoke(messages, config={"callbacks": [handler]})
         except EntropyExit as exit_:
@@ -297,9 +314,19 @@ def _llamaindex(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
         http_client=sync_client,
         async_http_client=async_client,
     )
-    llm = EntropyExitLLM(llm=inner, policy=call.policy, force_answer=call.force_answer, probes=call.probes)
+    llm = EntropyExitLLM(
+        llm=inner,
+        policy=call.policy,
+        force_answer=call.force_answer,
+        probes=call.probes,
+        reasoning_format=call.reasoning_format,
+    )
     messages = [ChatMessage(role="user", content=call.prompt)]
-    extra = {"tools": call.tools} if call.tools else {}
+    extra: dict[str, Any] = {"tools": call.tools} if call.tools else {}
+    if call.tool_choice is not None:
+        extra["tool_choice"] = call.tool_choice
+    if call.n is not None:
+        extra["n"] = call.n
 
     if is_async:
 

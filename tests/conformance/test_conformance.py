@@ -167,6 +167,7 @@ EXCLUDED: dict[tuple[str, str], str] = {
     ("09_async_parity_generate_only_inner", "llamaindex"): _WRAPS_LANGCHAIN_MODELS,
     ("10_event_loop_not_blocked", "sync"): _NO_EVENT_LOOP,
     ("12_probes", "handler"): "the callback handler only watches a run: it cannot send probe requests",
+    ("14_think_open_forcing", "handler"): _CANNOT_FORCE,
 }
 
 DIFFERENT: dict[tuple[str, str], str] = {
@@ -1008,3 +1009,77 @@ def test_13_probes_with_tools_bound_send_no_tools(driver: Driver, server: FaultS
     assert main.body.get("tools") and len(probes) == 2
     assert all("tools" not in p.body and "tool_choice" not in p.body for p in probes)
     assert outcome.text.rstrip().endswith(ANSWER)
+
+
+# == 14. wire shapes of reasoning and agent deployments (issue 19) ===============================
+
+
+def _bare_close_script(reasoning: list[str], answer: list[str], **options: Any) -> Script:
+    """A template-opened ``<think>`` (DeepSeek-R1 distills, QwQ, Qwen3-Thinking without a
+    reasoning parser): the output is reasoning up to a bare ``</think>``, then the answer."""
+    return script([*chunks_of(reasoning), token_chunk("</think>"), *chunks_of(answer)], **options)
+
+
+@pytest.mark.parametrize("driver", matrix("14_think_open"))
+def test_14_template_opened_think_splits_reasoning_from_answer(driver: Driver, server: FaultServer) -> None:
+    reasoning, answer = words(6), [" forty", " two"]
+    server.push(_bare_close_script(reasoning, answer))
+    outcome = run(driver, server, Call(never_policy(), reasoning_format="think_open"))
+    report = ok(outcome)
+    assert not report["exited"]
+    assert outcome.reasoning.strip() == "".join(reasoning).strip()
+    assert outcome.text.strip() == "forty two" and "</think>" not in outcome.text
+    assert report["reasoning_tokens"] == len(reasoning) + 1  # the closing tag is a reasoning token
+
+
+@pytest.mark.parametrize("driver", matrix("14_think_open_forcing"))
+def test_14_exit_in_template_opened_reasoning_forces_the_answer(driver: Driver, server: FaultServer) -> None:
+    server.push(_bare_close_script(words(CUT_TOKENS), [" late"], delay_s=CUT_DELAY), forcing_script())
+    outcome = run(driver, server, Call(exit_policy(min_tokens=6), reasoning_format="think_open"))
+    assert_exited(outcome, driver)
+    assert len(server.served) == 2, "an exit in the reasoning must force the answer"
+    assert outcome.reasoning and outcome.text.strip() == ANSWER
+
+
+def _guided_tool_call_script() -> Script:
+    """vLLM's guided decoding of a required tool call: chunks with logprobs but no text and no
+    tool-call delta, then the tool call in the last chunks (built from vLLM 0.32's shape)."""
+    silent = [_silent_chunk() for _ in range(40)]
+    call = [tool_call_chunk('{"word": ', name="lookup"), tool_call_chunk('"fox"}')]
+    return script([*silent, *call], finish="tool_calls", delay_s=CUT_DELAY)
+
+
+def _silent_chunk() -> dict[str, Any]:
+    chunk = token_chunk("x")
+    chunk["choices"][0]["delta"] = {}
+    return chunk
+
+
+@pytest.mark.parametrize("driver", matrix("14_required_tool_call"))
+def test_14_a_required_tool_call_is_never_cut(driver: Driver, server: FaultServer) -> None:
+    server.push(_guided_tool_call_script())
+    call = Call(exit_policy(min_tokens=4), tools=TOOLS, tool_choice="required")
+    outcome = run(driver, server, call)
+    report = ok(outcome)
+    assert not report["exited"] and report["ended"] == "server_done"
+    assert server.served[0].completed and len(server.served) == 1  # read to the end, nothing forced
+
+
+@pytest.mark.parametrize("driver", matrix("14_n_choices"))
+def test_14_several_choices_are_refused_before_sending(driver: Driver, server: FaultServer) -> None:
+    outcome = run(driver, server, Call(exit_policy(), n=2))
+    assert isinstance(outcome.error, ValueError), outcome.error
+    assert "one call per sample" in str(outcome.error)
+    assert server.served == []
+
+
+@pytest.mark.parametrize("driver", matrix("14_decision_on_last_token"))
+def test_14_a_decision_on_the_last_budget_token_is_no_exit(driver: Driver, server: FaultServer) -> None:
+    """The server's finish reason wins: ``length`` arrives in its own chunk after the last
+    token, on which the policy decided; the whole budget was generated, nothing was saved."""
+    budget = 8
+    server.push(script(chunks_of(words(budget)), finish="length"))
+    outcome = run(driver, server, Call(exit_policy(min_tokens=budget), max_tokens=budget))
+    report = ok(outcome)
+    assert not report["exited"] and report["finish_reason"] == "length"
+    assert report["tokens_saved_vs_budget"] == 0
