@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from ..errors import PolicyError
+from ..errors import EntropyExitWarning, PolicyError
 
 Aggregation = Literal["mean", "window", "ema"]
 WatchedPhase = Literal["auto", "reasoning", "answer", "both"]
@@ -18,6 +19,19 @@ _PHASES = ("auto", "reasoning", "answer", "both")
 _ON_MISSING = ("raise", "pass_through")
 
 
+def _entropy_ceiling(top_k: int, tail_aware: bool) -> float | None:
+    """The largest entropy (bits) ``top_k`` candidates can have, or None when nothing is measured.
+
+    ``log2(top_k)`` for the renormalised estimator (None for ``top_k=1``: a single candidate is
+    read as unknown, never as a measurement); ``log2(top_k + 1)`` with ``tail_aware`` (the missing
+    mass is one more outcome). An aggregate reaches it only when every token is perfectly flat,
+    so a threshold at or above it exits on every call.
+    """
+    if tail_aware:
+        return math.log2(top_k + 1)
+    return math.log2(top_k) if top_k > 1 else None
+
+
 @dataclass(frozen=True)
 class ExitPolicy:
     """The rule that turns a stream of token entropies into "stop now".
@@ -26,7 +40,11 @@ class ExitPolicy:
         threshold: exit when the aggregate entropy (bits) is below this; 0 never exits (monitor
             only, for recording traces and reports). There is no default:
             the right value differs per model; get it from ``calibrate`` and
-            ``ExitPolicy.from_calibration``. A hand-set value is reported as uncalibrated.
+            ``ExitPolicy.from_calibration``. A hand-set value is reported as uncalibrated. A
+            threshold at or above ``log2(top_k)`` (``log2(top_k + 1)`` with ``tail_aware``), the
+            largest entropy ``top_k`` candidates can have, exits on every call once
+            ``min_tokens`` are watched: it is accepted (tests use it) with an
+            ``EntropyExitWarning``.
         aggregation: ``"mean"`` over all watched tokens so far (the paper's sequence mean),
             ``"window"`` sliding mean of the last ``window`` tokens, or ``"ema"`` exponential moving
             average with span ``window``.
@@ -75,6 +93,17 @@ class ExitPolicy:
             raise PolicyError(f"top_k must be <= 20 (the OpenAI API maximum), got {self.top_k}")
         if self.expected_tokens is not None and not self.expected_tokens > 0:
             raise PolicyError(f"expected_tokens must be > 0, got {self.expected_tokens!r}")
+        ceiling = _entropy_ceiling(self.top_k, self.tail_aware)
+        if self.threshold > 0 and ceiling is not None and self.threshold >= ceiling:
+            bound = f"log2({self.top_k + 1}) with tail_aware" if self.tail_aware else f"log2({self.top_k})"
+            warnings.warn(
+                f"ExitPolicy(threshold={self.threshold:g}) is at or above {ceiling:.4g} bits ({bound}), the "
+                f"largest entropy {self.top_k} candidates can have: every call exits as soon as "
+                f"min_tokens={self.min_tokens} tokens are watched. Calibrate the threshold (calibrate, then "
+                "ExitPolicy.from_calibration) or set a lower one",
+                EntropyExitWarning,
+                stacklevel=3,  # __post_init__ <- the dataclass __init__ <- the caller
+            )
 
     @property
     def is_calibrated(self) -> bool:

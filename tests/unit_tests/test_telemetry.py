@@ -237,7 +237,7 @@ BLOCKED = textwrap.dedent(
     chunk = {"choices": [{"index": 0, "delta": {"content": "a"}, "logprobs": {"content": [entry]},
                           "finish_reason": None}]}
     for _ in range(2):
-        call = MonitoredCall(ExitPolicy(threshold=5.0, min_tokens=2), model="m", max_tokens=10)
+        call = MonitoredCall(ExitPolicy(threshold=4.0, min_tokens=2), model="m", max_tokens=10)
         for _ in range(3):
             call.feed(parse_chat_chunk(chunk))
             if call.should_stop:
