@@ -17,9 +17,11 @@ from .core import (
     calibrate,
     token_entropy,
 )
+from .core.audit import AuditRule, AuditSummary
 from .core.probes import ProbeRule
 from .engine import REPORT_KEY, ExitResult
 from .errors import (
+    AuditBoundExceeded,
     EntropyExit,
     EntropyExitError,
     EntropyExitWarning,
@@ -33,12 +35,16 @@ from .errors import (
 from .forcing import AnswerForcing
 from .options import ExitOptions
 from .providers.reasoning import ReasoningFormat, format_for_model, format_from_props
+from .traces import TraceSink
 
 __version__ = "0.1.0"
 
 __all__ = [
     "REPORT_KEY",
     "AnswerForcing",
+    "AuditBoundExceeded",
+    "AuditRule",
+    "AuditSummary",
     "Calibration",
     "Decision",
     "EntropyExit",
@@ -59,6 +65,7 @@ __all__ = [
     "SavingsReport",
     "ServerError",
     "StreamInterrupted",
+    "TraceSink",
     "TokenLogprob",
     "calibrate",
     "format_for_model",

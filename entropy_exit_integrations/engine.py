@@ -32,7 +32,7 @@ import asyncio
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
 from .core.monitor import Decision
@@ -55,9 +55,17 @@ from .providers.reasoning import resolve_format
 from .session import ExitSession, TextDelta
 from .telemetry import record_call
 from .tokencount import count_message_tokens, count_tokens
+from .traces import (
+    LABEL_ANSWER_CHANGED,
+    TRACE_SCHEMA,
+    TRACE_VERSION,
+    problem_id,
+    token_to_json,
+    write_quietly,
+)
 
 Api = Literal["chat", "completions"]
-Role = Literal["main", "forcing", "probe"]
+Role = Literal["main", "forcing", "probe", "audit"]
 
 ENTROPY_EXIT = "entropy_exit"
 """``finish_reason`` of a generation this package stopped."""
@@ -169,8 +177,8 @@ class Finish(NamedTuple):
 
 
 Action = Open | Read | Close | Finish
-_READ_MAIN, _READ_PROBE, _READ_FORCING = Read("main"), Read("probe"), Read("forcing")
-_READS: dict[str, Read] = {"main": _READ_MAIN, "probe": _READ_PROBE, "forcing": _READ_FORCING}
+_READ_MAIN = Read("main")
+_READS: dict[str, Read] = {role: Read(role) for role in ("main", "forcing", "probe", "audit")}
 _FINISH = Finish()
 
 
@@ -263,6 +271,9 @@ class MonitoredCall:
         self._probe_due = False
         self._probes_done: list[_Short] = []
         self._agreed: _Short | None = None  # the probe whose answer the others agreed with
+        self._audit: _Short | None = None  # the audit's forced answer, once a decision was audited
+        self._audit_at = -1  # tokens read when the audited decision came
+        self._audit_failed = False
         self._started = time.perf_counter()
         if logprob_fields is None:
             chat = api == "chat"
@@ -299,11 +310,14 @@ class MonitoredCall:
             if self._probe_due and self._ended is None:
                 self._next = Open(self.probe_spec())
             elif self.should_stop:
-                self._cutting = True
-                self._next = Close("main")
+                self._next = self._stop()
             return deltas
         if role == "probe":
             self.feed_probe(parts)
+            return []
+        if role == "audit":
+            assert self._audit is not None
+            self._audit.feed(parts)
             return []
         return self.feed_forced(parts)
 
@@ -329,6 +343,10 @@ class MonitoredCall:
             self._probe_done(failed=True)
             self._next = self._after_read()
             return
+        if role == "audit":  # a broken audit judges nothing; the stream goes on
+            self._audit_failed = True
+            self._next = _READ_MAIN
+            return
         if role == "main" and self.chunks_seen == 0:
             self._attempts += 1
             retry = self.refused(error) if self._attempts < ATTEMPTS else None
@@ -343,6 +361,11 @@ class MonitoredCall:
         if role == "probe":
             self._next = self._after_read()
             return []
+        if role == "audit":
+            assert self._audit is not None
+            self._audit.answer.finish()
+            self._next = _READ_MAIN
+            return []
         if role == "forcing":
             self._next = _FINISH
             return self.finish_forced()
@@ -351,10 +374,23 @@ class MonitoredCall:
         return deltas
 
     def _after_read(self) -> Action:
-        if self.should_stop:
-            self._cutting = True
-            return Close("main")
-        return _READ_MAIN
+        return self._stop() if self.should_stop else _READ_MAIN
+
+    def _stop(self) -> Action:
+        """The policy says stop: close the main stream, or, for a sampled audit, ask for the
+        answer the exit would give (``audit_spec``) and read on to the natural end."""
+        rule = self.options.audit
+        if rule is not None and rule.sample():
+            return Open(self.audit_spec())
+        self._cutting = True
+        return Close("main")
+
+    def audit_spec(self) -> RequestSpec:
+        """The audit's request: the forced answer from the prefix read so far (as a probe)."""
+        self._audit_at = self.session.monitor.tokens_seen
+        spec, answer = self._short_spec("audit", self.forcing.max_tokens)
+        self._audit = _Short(answer)
+        return spec
 
     # -- the request ----------------------------------------------------------------------
 
@@ -459,6 +495,8 @@ class MonitoredCall:
         """
         if self._ended is not None or self._structured or (self._tools and self._textless):
             return False
+        if self._audit is not None:
+            return False  # an audited call is read to its end
         if self.max_tokens is not None and self.session.monitor.tokens_seen >= self.max_tokens:
             return False  # the whole budget is generated: nothing left to save, read the finish
         if self._probes is not None:
@@ -624,9 +662,10 @@ class MonitoredCall:
         completion: Any = None
         if ended == "server_done" and server and server.get("completion_tokens") is not None:
             completion = int(server["completion_tokens"])
-        shorts = [*self._probes_done, *([self._forced] if self._forced is not None else [])]
+        shorts = [*self._probes_done, *(s for s in (self._forced, self._audit) if s is not None)]
         counted_here = any(short.server_tokens is None for short in shorts)
         from_server = completion is not None and not estimated and not counted_here
+        audit = self._audit
         report = SavingsReport.from_monitor(
             session.monitor,
             wall_time_s=time.perf_counter() - self._started,
@@ -637,11 +676,14 @@ class MonitoredCall:
             forced_answer_tokens=self._forced.tokens if self._forced is not None else 0,
             probe_tokens=sum(probe.tokens for probe in self._probes_done),
             probes=self._probes.probes if self._probes is not None else 0,
+            audit_tokens=audit.tokens if audit is not None else 0,
             usage_source="server" if from_server else "client",
             model=self.model,
             prompt_tokens=None if prompt is None else int(prompt),
             prompt_tokens_estimated=estimated and prompt is not None,
         )
+        if audit is not None:
+            report = self._audited(report, audit, completion)
         prompt_count = report.prompt_tokens or 0
         usage: dict[str, Any] = {
             "prompt_tokens": prompt_count,
@@ -668,10 +710,73 @@ class MonitoredCall:
             tokens=session.tokens,
             forced_answer=answer.continuation if answer is not None else None,
         )
+        if self.options.trace_sink is not None:
+            write_quietly(self.options.trace_sink, self._trace(result))
         if self.options.ledger is not None:
             self.options.ledger.record(report)
         record_call(self.api, result)  # OpenTelemetry span and counters (the otel extra), else nothing
         return result
+
+    def _trace(self, result: ExitResult) -> dict[str, Any]:
+        """This call as a trace line (``traces``): graded against its own full answer."""
+        report = result.report
+        question = next((m.get("content") for m in reversed(self.messages) if m.get("role") == "user"), "")
+        record: dict[str, Any] = {
+            "schema": TRACE_SCHEMA,
+            "version": TRACE_VERSION,
+            "problem_id": problem_id(self.messages, self.prompt),
+            "tokens": [token_to_json(token) for token in result.tokens],
+            "text": result.text,
+            "reasoning": result.reasoning,
+            "correct": True,
+            "reference": self.session.text,
+            "label": LABEL_ANSWER_CHANGED,
+            "question": question if isinstance(question, str) else self.prompt or "",
+            "messages": self.messages,
+            "finish_reason": report.finish_reason or result.finish_reason,
+            "ended": report.ended,
+            "wall_time_s": report.wall_time_s,
+            "model": self.model,
+            "k": self.policy.top_k,
+            "max_tokens": self.max_tokens,
+            "usage": result.usage,
+        }
+        forced = self._forced if self._forced is not None else self._audit
+        if forced is not None:
+            kept = self._audit_at if forced is self._audit else self.session.monitor.tokens_seen
+            cue = self.forcing.cue
+            record["forced"] = {
+                str(kept): {"answer": forced.answer.continuation, "tokens": forced.tokens, "cue": cue}
+            }
+        if report.audited:
+            record["audit"] = {
+                "decision_index": self._audit_at - 1,
+                "exit_answer": report.audit_exit_answer,
+                "answer": report.audit_answer,
+                "harmful": report.audit_harmful,
+                "would_save": report.audit_would_save,
+            }
+        return record
+
+    def _audited(self, report: SavingsReport, audit: _Short, completion: int | None) -> SavingsReport:
+        """The report of an audited call: the exit's forced answer and the full run's text,
+        whether the exit's was harmful (``rule.compare``), and what the exit would have saved
+        (the main stream's tokens after the decision, net of the forced answer it would have
+        asked for; negative when the exit would have cost more)."""
+        rule = self.options.audit
+        assert rule is not None
+        exit_answer = audit.answer.continuation  # what the exit would have answered
+        full = self.session.text
+        judged = not self._audit_failed and (audit.finish is not None or not self.terminal_required)
+        main = self.session.monitor.tokens_seen if completion is None else completion
+        return replace(
+            report,
+            audited=True,
+            audit_harmful=(not rule.compare(exit_answer, full)) if judged else None,
+            audit_exit_answer=exit_answer,
+            audit_answer=full,
+            audit_would_save=main - self._audit_at - audit.tokens,
+        )
 
 
 _GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")

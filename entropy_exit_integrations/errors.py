@@ -186,6 +186,17 @@ class StreamInterrupted(EntropyExitError):
         super().__init__(message)
 
 
+class AuditBoundExceeded(EntropyExitError):
+    """Sampled audits say exits may change answers more often than the ledger's ``risk``.
+
+    ``summary`` is the ``AuditSummary`` (audited, harmful, the upper bound) that passed it.
+    """
+
+    def __init__(self, message: str, summary: Any) -> None:
+        self.summary = summary
+        super().__init__(message)
+
+
 class NoTokenEventsError(EntropyExitError, RuntimeError):
     """A monitored LangChain run produced text without streaming it, so nothing was measured."""
 

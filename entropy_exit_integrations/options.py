@@ -14,10 +14,12 @@ arguments, and validates them when it is built, not at the first call::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .core.audit import AuditRule
 from .core.monitor import Decision
 from .core.policy import ExitPolicy
 from .core.probes import ProbeRule
@@ -25,6 +27,7 @@ from .core.savings import SavingsLedger
 from .core.tokens import TokenLogprob
 from .forcing import AnswerForcing
 from .providers.reasoning import ReasoningFormat, check_reasoning_format
+from .traces import TraceSinkLike, as_sink
 
 OnToken = Callable[[TokenLogprob, Decision], None]
 """Called with every token of the main stream and the monitor's decision after its chunk."""
@@ -52,6 +55,12 @@ class ExitOptions:
             Qwen3-Thinking open ``<think>`` in their template) from the model's name; name it
             (``"think_open"``, ``"think"``, ``"mistral"``, ``"harmony"``, ``"field"``,
             ``"none"``) when auto cannot know, e.g. from ``detect_reasoning_format(base_url)``.
+        audit: sampled audits of exits (``AuditRule(rate=...)``): on that fraction of the exit
+            decisions the stream is read to its end instead, and the answer the exit would have
+            given is compared with the full one (``SavingsLedger.audit()`` bounds the harm).
+        trace_sink: where each monitored call is written in the trace format (``traces``): a
+            path (a ``TraceSink``: appends, rotates by size, thread safe) or a callable given
+            each record; ``entropy-exit calibrate --traces`` recalibrates from it.
     """
 
     policy: ExitPolicy
@@ -61,6 +70,8 @@ class ExitOptions:
     ledger: SavingsLedger | None = None
     on_token: OnToken | None = None
     reasoning_format: ReasoningFormat = "auto"
+    audit: AuditRule | None = None
+    trace_sink: TraceSinkLike | str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
         _expect(
@@ -78,6 +89,9 @@ class ExitOptions:
         if self.on_token is not None and not callable(self.on_token):
             raise TypeError(f"ExitOptions: on_token must be callable, got {type(self.on_token).__name__}")
         check_reasoning_format(self.reasoning_format)  # ValueError listing the formats
+        if self.audit is not None:
+            _expect("audit", self.audit, AuditRule, "AuditRule(rate=...) or None")
+        object.__setattr__(self, "trace_sink", as_sink(self.trace_sink))  # a path: a TraceSink
 
     @classmethod
     def build(cls, options: ExitOptions | None = None, owner: str = "", **values: Any) -> ExitOptions:
@@ -118,6 +132,7 @@ class ExitOptions:
             "force_answer": self.force_answer,
             "probes": None if self.probes is None else self.probes.name,
             "reasoning_format": self.reasoning_format,
+            "audit_rate": None if self.audit is None else self.audit.rate,
         }
 
 

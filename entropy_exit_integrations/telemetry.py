@@ -21,13 +21,16 @@ Span attributes (omitted when unknown):
     ``entropy_exit.*``: ``exited``, ``exit_reason``, ``ended``, ``exit_token_index``,
     ``decision_token_index``, ``tokens_saved_vs_budget``, ``tokens_saved_vs_expected``,
     ``saved_fraction``, ``aggregate_entropy``, ``threshold``, ``calibrated``, ``k``,
-    ``estimator``, ``unknown_tokens``, ``reasoning_tokens``, ``forced_answer_tokens``, ``probes``, ``probe_tokens``,
-    ``usage_source``, ``prompt_tokens_estimated``.
+    ``estimator``, ``unknown_tokens``, ``reasoning_tokens``, ``forced_answer_tokens``, ``probes``,
+    ``probe_tokens``,
+    ``usage_source``, ``prompt_tokens_estimated``; with sampled audits ``audit.audited``,
+    ``audit.harmful``, ``audit.would_save``, ``audit.tokens``.
 
 Counters (attributes ``gen_ai.request.model`` when known and ``entropy_exit.exited``):
     ``entropy_exit.calls`` (one per call), ``entropy_exit.exits`` (one per exit),
     ``entropy_exit.tokens.generated`` and ``entropy_exit.tokens.saved`` (against the budget:
-    calls without ``max_tokens`` add nothing).
+    calls without ``max_tokens`` add nothing), ``entropy_exit.audit.calls`` and
+    ``entropy_exit.audit.harmful`` (audited exit decisions, and those whose answer changed).
 """
 
 from __future__ import annotations
@@ -79,6 +82,14 @@ class _Instruments:
             "entropy_exit.tokens.generated",
             unit="{token}",
             description="Completion tokens generated (answer forcing included)",
+        )
+        self.audits = meter.create_counter(
+            "entropy_exit.audit.calls", unit="{call}", description="Exit decisions audited (read to the end)"
+        )
+        self.harmful = meter.create_counter(
+            "entropy_exit.audit.harmful",
+            unit="{call}",
+            description="Audited exit decisions whose answer differed from the full run's",
         )
         self.saved = meter.create_counter(
             "entropy_exit.tokens.saved",
@@ -168,6 +179,10 @@ def span_attributes(api: str, result: Any) -> dict[str, Any]:
         "entropy_exit.forced_answer_tokens": report.forced_answer_tokens,
         "entropy_exit.probes": report.probes,
         "entropy_exit.probe_tokens": report.probe_tokens,
+        "entropy_exit.audit.audited": report.audited,
+        "entropy_exit.audit.harmful": report.audit_harmful,
+        "entropy_exit.audit.would_save": report.audit_would_save,
+        "entropy_exit.audit.tokens": report.audit_tokens if report.audited else None,
         "entropy_exit.usage_source": report.usage_source,
         "entropy_exit.prompt_tokens_estimated": report.prompt_tokens_estimated,
     }
@@ -195,6 +210,10 @@ def _emit(instruments: _Instruments, api: str, result: Any) -> None:
     instruments.calls.add(1, counted)
     if report.exited:
         instruments.exits.add(1, counted)
+    if report.audited:
+        instruments.audits.add(1, counted)
+        if report.audit_harmful:
+            instruments.harmful.add(1, counted)
     instruments.generated.add(report.tokens_generated, counted)
     if report.tokens_saved_vs_budget is not None:
         instruments.saved.add(report.tokens_saved_vs_budget, counted)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from ..errors import AuditBoundExceeded, EntropyExitWarning, PolicyError
+from .audit import AuditSummary, clopper_pearson_upper
 from .monitor import EntropyMonitor
 
 Ended = Literal["server_done", "we_closed", "broken"]
@@ -65,6 +68,11 @@ class SavingsReport:
     (cut streams get no usage block); ``prompt_tokens_estimated`` marks a client-side estimate.
     Entropies are top-k estimates (``k`` candidates per token, ``estimator`` says which): a
     truncated view of the model's distribution.
+
+    An audited call (``AuditRule``) is never an exit and saves nothing: ``audited`` is True,
+    ``audit_exit_answer`` is the answer the exit would have forced, ``audit_answer`` the full
+    run's text, ``audit_harmful`` whether they differ (None when the audit's request failed), and
+    ``audit_would_save`` the tokens the exit would have saved (net of its forced answer).
     """
 
     exited: bool
@@ -95,6 +103,12 @@ class SavingsReport:
     probe_tokens: int = 0
     usage_source: UsageSource = "client"
     decision_token_index: int | None = None
+    audited: bool = False
+    audit_harmful: bool | None = None
+    audit_exit_answer: str | None = None
+    audit_answer: str | None = None
+    audit_would_save: int | None = None
+    audit_tokens: int = 0
 
     @classmethod
     def from_monitor(
@@ -109,6 +123,7 @@ class SavingsReport:
         forced_answer_tokens: int = 0,
         probe_tokens: int = 0,
         probes: int = 0,
+        audit_tokens: int = 0,
         usage_source: UsageSource = "client",
         model: str | None = None,
         prompt_tokens: int | None = None,
@@ -121,14 +136,15 @@ class SavingsReport:
             finish_reason: the server's finish reason (``"stop"``, ``"length"``...), if any.
             completion_tokens: the server's count of the main stream, when it sent one;
                 otherwise the tokens the monitor saw.
-            forced_answer_tokens, probe_tokens: what the forcing request and the answer probes
-                generated; ``tokens_generated`` includes both, and savings are net of them.
+            forced_answer_tokens, probe_tokens, audit_tokens: what the forcing request, the
+                answer probes and an audit's forced answer generated; ``tokens_generated``
+                includes them, and savings are net of them.
         """
         policy = monitor.policy
         decision = monitor.decision
         exited = ended == "we_closed"
         main = monitor.tokens_seen if completion_tokens is None else completion_tokens
-        generated = main + forced_answer_tokens + probe_tokens
+        generated = main + forced_answer_tokens + probe_tokens + audit_tokens
         saved_budget: int | None = None
         saved_fraction: float | None = None
         if max_tokens is not None:
@@ -175,6 +191,7 @@ class SavingsReport:
             probe_tokens=probe_tokens,
             usage_source=usage_source,
             decision_token_index=decision.token_index if decision.should_exit else None,
+            audit_tokens=audit_tokens,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,16 +230,81 @@ class SavingsReport:
 
 @dataclass
 class SavingsLedger:
-    """Collects reports from many generations; safe to share across threads and asyncio tasks."""
+    """Collects reports from many generations; safe to share across threads and asyncio tasks.
+
+    Args:
+        reports: the recorded reports.
+        risk: with sampled audits (``AuditRule``), the highest harm rate you accept; when an
+            audited exit was harmful and the upper bound on the harm rate (``audit()``) passes
+            it, ``on_bound_exceeded`` acts. None: never checked.
+        confidence: the confidence of that bound.
+        on_bound_exceeded: ``"warn"`` (an ``EntropyExitWarning``), ``"raise"``
+            (``AuditBoundExceeded``, from the call that recorded the harmful audit), or a
+            callable given the ``AuditSummary`` (it may, say, swap the policy for a stricter one).
+    """
 
     reports: list[SavingsReport] = field(default_factory=list)
+    risk: float | None = None
+    confidence: float = 0.95
+    on_bound_exceeded: str | Callable[[AuditSummary], Any] = "warn"
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        if self.risk is not None and not 0.0 < self.risk < 1.0:
+            raise PolicyError(f"SavingsLedger: risk must be between 0 and 1, got {self.risk!r}")
+        if not (callable(self.on_bound_exceeded) or self.on_bound_exceeded in ("warn", "raise")):
+            raise PolicyError(
+                f"SavingsLedger: on_bound_exceeded must be 'warn', 'raise' or a callable, "
+                f"got {self.on_bound_exceeded!r}"
+            )
 
     def record(self, report: SavingsReport) -> None:
         with self._lock:
             self.reports.append(report)
+        if report.audit_harmful and self.risk is not None:
+            self._check_bound()
+
+    def audit(self, confidence: float | None = None) -> AuditSummary:
+        """The audited calls, the harmful ones, the observed rate and its exact upper bound,
+        with the savings measured on the exits that were not audited (``AuditSummary``)."""
+        confidence = self.confidence if confidence is None else confidence
+        reports = self.snapshot()
+        audits = [r for r in reports if r.audited]
+        judged = [r for r in audits if r.audit_harmful is not None]  # a failed audit says nothing
+        harmful = sum(bool(r.audit_harmful) for r in judged)
+        exits = [r for r in reports if r.exited]
+        saved = sum(r.tokens_saved_vs_budget or 0 for r in exits)
+        audit_tokens = sum(r.audit_tokens for r in audits)
+        budgets = [r.max_tokens for r in (*exits, *audits)]
+        budget = sum(b for b in budgets if b is not None) if all(b is not None for b in budgets) else 0
+        net = saved - audit_tokens
+        return AuditSummary(
+            audited=len(judged),
+            harmful=harmful,
+            harm_rate=harmful / len(judged) if judged else None,
+            harm_upper_bound=clopper_pearson_upper(harmful, len(judged), confidence),
+            confidence=confidence,
+            exits=len(exits),
+            tokens_saved=saved,
+            audit_tokens=audit_tokens,
+            audit_would_have_saved=sum(r.audit_would_save or 0 for r in audits),
+            net_tokens_saved=net,
+            net_saved_fraction=net / budget if budget else None,
+        )
+
+    def _check_bound(self) -> None:
+        summary = self.audit()
+        assert self.risk is not None
+        if summary.harm_upper_bound <= self.risk:
+            return
+        action = self.on_bound_exceeded
+        message = f"the harm rate of exits may exceed {self.risk:.1%}: {summary}"
+        if action == "raise":
+            raise AuditBoundExceeded(message, summary)
+        if action == "warn":
+            warnings.warn(message, EntropyExitWarning, stacklevel=4)
+        elif callable(action):
+            action(summary)
 
     def snapshot(self) -> list[SavingsReport]:
         with self._lock:
@@ -245,6 +327,9 @@ class SavingsLedger:
             "tokens_generated": sum(r.tokens_generated for r in reports),
             "forced_answer_tokens": sum(r.forced_answer_tokens for r in reports),
             "probes": sum(r.probes for r in reports),
+            "audited": sum(r.audited for r in reports),
+            "audit_harmful": sum(bool(r.audit_harmful) for r in reports),
+            "audit_tokens": sum(r.audit_tokens for r in reports),
             "probe_tokens": sum(r.probe_tokens for r in reports),
             "budget_tokens": budget_total,
             "tokens_saved_vs_budget": saved_budget,

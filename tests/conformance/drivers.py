@@ -3,11 +3,13 @@
 The integrations (the public API each one documents):
 
 * ``openai``: ``stream_chat`` / ``astream_chat`` over ``openai.OpenAI`` / ``openai.AsyncOpenAI``;
-* ``wrapper``: ``ChatEntropyExit(model=ChatDeepSeek(api_base=...))`` (reasoning fields kept), ``invoke`` / ``ainvoke``;
+* ``wrapper``: ``ChatEntropyExit(model=ChatDeepSeek(api_base=...))`` (reasoning fields kept),
+  ``invoke`` / ``ainvoke``;
 * ``handler``: ``EntropyExitCallbackHandler`` / ``AsyncEntropyExitCallbackHandler`` (``on_exit="raise"``)
   on ``ChatOpenAI(logprobs=True, top_logprobs=k, streaming=True)``, ``invoke`` / ``ainvoke``; its
   exit is an ``EntropyExit`` whose ``.partial`` is the result, its normal end ``handler.last_result``;
-* ``llamaindex``: ``EntropyExitLLM(llm=OpenAILike(..., http_client=..., async_http_client=...))``, ``chat`` / ``achat``.
+* ``llamaindex``: ``EntropyExitLLM(llm=OpenAILike(..., http_client=..., async_http_client=...))``,
+  ``chat`` / ``achat``.
 
 Every driver returns an ``Outcome``: text (the answer only), reasoning, the report as a dict, the
 finish reason, usage, and the error raised (``StreamInterrupted`` carries its ``partial``, which
@@ -45,6 +47,7 @@ class Call:
     tool_choice: Any = None  # e.g. "required": a call that must not be cut
     reasoning_format: str = "auto"
     n: int | None = None  # choices per request (refused above 1)
+    audit: Any = None  # an AuditRule
 
 
 @dataclass
@@ -122,6 +125,7 @@ def _openai(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
         "max_tokens": call.max_tokens,
         "force_answer": call.force_answer,
         "reasoning_format": call.reasoning_format,
+        "audit": call.audit,
         "probes": call.probes,
     }
     if call.tools:
@@ -194,6 +198,7 @@ def wrapper_model(base_url: str, call: Call) -> Any:
         force_answer=call.force_answer,
         probes=call.probes,
         reasoning_format=call.reasoning_format,
+        audit=call.audit,
     )
 
 
@@ -264,7 +269,9 @@ def _handler(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
         return arun
 
     def run() -> Outcome:
-        handler = EntropyExitCallbackHandler(call.policy, on_exit="raise", reasoning_format=call.reasoning_format)
+        handler = EntropyExitCallbackHandler(
+            call.policy, on_exit="raise", reasoning_format=call.reasoning_format
+        )
         try:
             message = llm.invoke(messages, config={"callbacks": [handler]})
         except EntropyExit as exit_:
@@ -320,6 +327,7 @@ def _llamaindex(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
         force_answer=call.force_answer,
         probes=call.probes,
         reasoning_format=call.reasoning_format,
+        audit=call.audit,
     )
     messages = [ChatMessage(role="user", content=call.prompt)]
     extra: dict[str, Any] = {"tools": call.tools} if call.tools else {}

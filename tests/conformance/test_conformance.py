@@ -80,7 +80,7 @@ import httpx
 import openai
 import pytest
 
-from entropy_exit_integrations import EntropyExitWarning, ExitPolicy, StreamInterrupted
+from entropy_exit_integrations import AuditRule, EntropyExitWarning, ExitPolicy, StreamInterrupted
 from entropy_exit_integrations.core.probes import ProbeRule
 from tests.conformance.drivers import BY_ID, DRIVERS, Call, Driver, K, Outcome, wrapper_stream_text
 from tests.conformance.fault_server import (
@@ -168,6 +168,7 @@ EXCLUDED: dict[tuple[str, str], str] = {
     ("10_event_loop_not_blocked", "sync"): _NO_EVENT_LOOP,
     ("12_probes", "handler"): "the callback handler only watches a run: it cannot send probe requests",
     ("14_think_open_forcing", "handler"): _CANNOT_FORCE,
+    ("15_audit", "handler"): "the callback handler only watches a run: it cannot send the audit's request",
 }
 
 DIFFERENT: dict[tuple[str, str], str] = {
@@ -1083,3 +1084,34 @@ def test_14_a_decision_on_the_last_budget_token_is_no_exit(driver: Driver, serve
     report = ok(outcome)
     assert not report["exited"] and report["finish_reason"] == "length"
     assert report["tokens_saved_vs_budget"] == 0
+
+
+# == 15. sampled audits of exits (issue 21) ======================================================
+
+
+@pytest.mark.parametrize("harmful", [False, True], ids=["harmless", "harmful"])
+@pytest.mark.parametrize("driver", matrix("15_audit"))
+def test_15_an_audited_exit_reads_to_the_end(driver: Driver, server: FaultServer, harmful: bool) -> None:
+    """At the decision the forced answer is asked on a second request while the stream goes on;
+    the stream is read to its natural end; nothing is claimed saved; the answers are compared."""
+    texts = [*words(12), " " + ANSWER]
+    server.push(script(chunks_of(texts)), script([token_chunk(" WRONG" if harmful else " " + ANSWER)]))
+    outcome = run(driver, server, Call(exit_policy(min_tokens=6), audit=AuditRule(rate=1.0)))
+    report = ok(outcome)
+    main, audit = server.served
+    assert main.completed and not main.disconnected  # read to the end
+    assert "tools" not in audit.body and audit.body["messages"][-1]["role"] == "assistant"
+    assert not report["exited"] and report["ended"] == "server_done" and report["tokens_saved_vs_budget"] == 0
+    assert report["audited"] is True and report["audit_harmful"] is harmful
+    assert report["audit_tokens"] == 1 and report["audit_would_save"] == len(texts) - 6 - 1
+    assert outcome.text == "".join(texts)  # the full answer, untouched by the audit
+
+
+@pytest.mark.parametrize("driver", matrix("15_audit"))
+def test_15_rate_zero_changes_nothing(driver: Driver, server: FaultServer) -> None:
+    server.push(script(chunks_of(words(CUT_TOKENS)), delay_s=CUT_DELAY), forcing_script())
+    outcome = run(
+        driver, server, Call(exit_policy(min_tokens=6), force_answer=True, audit=AuditRule(rate=0.0))
+    )
+    report = assert_exited(outcome, driver)
+    assert report["audited"] is False and len(server.served) == 2
