@@ -61,6 +61,11 @@ class ExitOptions:
         trace_sink: where each monitored call is written in the trace format (``traces``): a
             path (a ``TraceSink``: appends, rotates by size, thread safe) or a callable given
             each record; ``entropy-exit calibrate --traces`` recalibrates from it.
+        keep_tokens: keep every token with its top-k candidates on the result (openai's
+            ``ExitResult.tokens``, LlamaIndex's ``.logprobs``): about 1.5 KB a token at k=20.
+            None (default): kept by the openai helpers and the callback handler (their results
+            carry them), not by ``ChatEntropyExit``, the agent middleware or ``EntropyExitLLM``
+            (set True for ``.logprobs`` on its last response). A trace sink always keeps them.
     """
 
     policy: ExitPolicy
@@ -72,6 +77,7 @@ class ExitOptions:
     reasoning_format: ReasoningFormat = "auto"
     audit: AuditRule | None = None
     trace_sink: TraceSinkLike | str | os.PathLike[str] | None = None
+    keep_tokens: bool | None = None
 
     def __post_init__(self) -> None:
         _expect(
@@ -92,6 +98,8 @@ class ExitOptions:
         if self.audit is not None:
             _expect("audit", self.audit, AuditRule, "AuditRule(rate=...) or None")
         object.__setattr__(self, "trace_sink", as_sink(self.trace_sink))  # a path: a TraceSink
+        if self.keep_tokens not in (None, True, False):
+            raise TypeError(f"ExitOptions: keep_tokens must be None, True or False, got {self.keep_tokens!r}")
 
     @classmethod
     def build(cls, options: ExitOptions | None = None, owner: str = "", **values: Any) -> ExitOptions:

@@ -56,20 +56,22 @@ def tokens_from_llama_logprobs(logprobs: Any, phase: Phase = Phase.ANSWER) -> tu
 
 
 def to_llama_logprobs(tokens: list[TokenLogprob]) -> list[list[LogProb]]:
-    """Per-token top candidates in LlamaIndex's type (what non-streaming OpenAI calls return)."""
+    """Per-token top candidates in LlamaIndex's type (what non-streaming OpenAI calls return).
+
+    Built with pydantic's ``model_construct`` (the values are already typed: no validation per
+    candidate, which would cost more than the whole stream)."""
+    make = LogProb.model_construct
     result = []
     for token in tokens:
         if token.top_tokens:
             result.append(
                 [
-                    LogProb(token=text, logprob=value, bytes=list(text.encode("utf-8")))
+                    make(token=text, logprob=value, bytes=list(text.encode("utf-8")))
                     for text, value in zip(token.top_tokens, token.top_logprobs, strict=True)
                 ]
             )
         elif token.logprob is not None:
-            result.append(
-                [LogProb(token=token.token, logprob=token.logprob, bytes=list(token.token.encode()))]
-            )
+            result.append([make(token=token.token, logprob=token.logprob, bytes=list(token.token.encode()))])
     return result
 
 

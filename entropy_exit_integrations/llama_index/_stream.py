@@ -67,6 +67,7 @@ class Transport:
             reasoning_field=False,  # llama-index-llms-openai does not send reasoning_content back
             logprob_fields=None if self.openai_based else {},
             usage_fields=usage,
+            keep_tokens=False,  # .logprobs of the last response only with ExitOptions(keep_tokens=True)
         )
 
     def _request(self, spec: RequestSpec) -> tuple[Any, Mode, Any, dict[str, Any]]:
@@ -249,6 +250,6 @@ class Responses:
             result.text,
             "",
             raw=getattr(self.last, "raw", None),
-            logprobs=to_llama_logprobs(result.tokens),
+            logprobs=to_llama_logprobs(result.tokens) if result.tokens else None,
             additional_kwargs=extra,
         )
