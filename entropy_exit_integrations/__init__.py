@@ -5,6 +5,7 @@ once a calibrated threshold says the model is sure. Integrations live in subpack
 ``entropy_exit_integrations.openai``, ``.langchain``, ``.llama_index``.
 """
 
+from ._version import __version__
 from .core import (
     Calibration,
     Decision,
@@ -37,9 +38,8 @@ from .options import ExitOptions
 from .providers.reasoning import ReasoningFormat, format_for_model, format_from_props
 from .traces import TraceSink
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "REPORT_KEY",
     "AnswerForcing",
     "AuditBoundExceeded",

@@ -58,7 +58,7 @@ class _Instruments:
     def __init__(self, tracer_provider: Any, meter_provider: Any) -> None:
         from opentelemetry import metrics, trace
 
-        from . import __version__
+        from ._version import __version__
 
         self.tracer = (
             tracer_provider.get_tracer(SCOPE, __version__)
