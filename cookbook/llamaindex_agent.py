@@ -21,7 +21,12 @@ from llama_index.llms.openai_like import OpenAILike
 
 from entropy_exit_integrations import ExitPolicy, SavingsLedger
 from entropy_exit_integrations.lab.local import LocalServer
-from entropy_exit_integrations.llama_index import REPORT_KEY, EntropyExitEventHandler, EntropyExitLLM
+from entropy_exit_integrations.llama_index import (
+    REPORT_KEY,
+    EntropyExitEventHandler,
+    EntropyExitLLM,
+    http_clients,
+)
 
 
 def multiply(a: int, b: int) -> int:
@@ -30,7 +35,10 @@ def multiply(a: int, b: int) -> int:
 
 
 async def run(base_url: str, model: str) -> None:
+    sync_client, async_client = http_clients()  # an exit closes the HTTP response: the server stops
     inner = OpenAILike(
+        http_client=sync_client,
+        async_http_client=async_client,
         model=model,
         api_base=base_url,
         api_key="sk-no-key",

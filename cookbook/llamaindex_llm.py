@@ -14,11 +14,14 @@ from llama_index.llms.openai_like import OpenAILike
 
 from entropy_exit_integrations import ExitPolicy, SavingsLedger
 from entropy_exit_integrations.lab.local import LocalServer
-from entropy_exit_integrations.llama_index import REPORT_KEY, EntropyExitLLM
+from entropy_exit_integrations.llama_index import REPORT_KEY, EntropyExitLLM, http_clients
 
 
 def run(base_url: str, model: str) -> None:
+    sync_client, async_client = http_clients()  # an exit closes the HTTP response: the server stops
     inner = OpenAILike(
+        http_client=sync_client,
+        async_http_client=async_client,
         model=model,
         api_base=base_url,
         api_key="sk-no-key",
@@ -29,7 +32,11 @@ def run(base_url: str, model: str) -> None:
     ledger = SavingsLedger()
     # An uncalibrated, hand-set threshold for this demo: use calibrate() for a real one.
     llm = EntropyExitLLM(
-        llm=inner, policy=ExitPolicy(threshold=1.5, min_tokens=12), force_answer=True, ledger=ledger
+        llm=inner,
+        policy=ExitPolicy(threshold=1.5, min_tokens=12),
+        force_answer=True,
+        ledger=ledger,
+        keep_tokens=True,  # per-token logprobs on the last response (about 1.5 KB a token)
     )
     question = [ChatMessage(role="user", content="What is the capital of France? Explain why in detail.")]
     response = llm.chat(question)

@@ -48,7 +48,7 @@ def main() -> None:
     # Uncalibrated thresholds, to show both outcomes: 5 bits is above log2(20), so the first call
     # stops as soon as min_tokens allows; 0 never exits.
     policies = {
-        "exits": ExitPolicy(threshold=5.0, min_tokens=4),
+        "exits": ExitPolicy(threshold=4.0, min_tokens=4),
         "runs to the end": ExitPolicy(threshold=0.0),
     }
     reports = {}

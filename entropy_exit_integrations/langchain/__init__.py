@@ -6,11 +6,30 @@
   final answer is forced when needed, and the report rides on the last chunk.
 * ``EntropyExitMiddleware``: the same for every model call of a ``create_agent`` agent, with a
   ledger of the whole run in ``result["entropy_exit"]``.
+
+Each name is imported when first used (LangChain's chat-model and agent modules are heavy), so
+``import entropy_exit_integrations.langchain`` costs little more than the package itself.
 """
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
 from ..errors import NoTokenEventsError
-from .callbacks import AsyncEntropyExitCallbackHandler, EntropyExitCallbackHandler
-from .chat_models import ChatEntropyExit
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .callbacks import AsyncEntropyExitCallbackHandler, EntropyExitCallbackHandler
+    from .chat_models import ChatEntropyExit
+    from .middleware import EntropyExitMiddleware, EntropyExitState
+
+_WHERE = {
+    "AsyncEntropyExitCallbackHandler": ".callbacks",
+    "EntropyExitCallbackHandler": ".callbacks",
+    "ChatEntropyExit": ".chat_models",
+    "EntropyExitMiddleware": ".middleware",  # needs the `langchain` package (agents)
+    "EntropyExitState": ".middleware",
+}
 
 __all__ = [
     "AsyncEntropyExitCallbackHandler",
@@ -23,9 +42,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # The middleware needs the `langchain` package (agents); import it only when asked for.
-    if name in ("EntropyExitMiddleware", "EntropyExitState"):
-        from . import middleware
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(where, __name__), name)
+    globals()[name] = value
+    return value
 
-        return getattr(middleware, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

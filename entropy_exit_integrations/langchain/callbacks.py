@@ -44,7 +44,6 @@ from typing import Any, Literal
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
-from langchain_core.messages.utils import convert_to_openai_messages
 from langchain_core.outputs import LLMResult
 
 from ..core.policy import ExitPolicy
@@ -112,6 +111,8 @@ def openai_usage(usage: Any) -> dict[str, Any]:
 def openai_dicts(messages: list[Any]) -> list[dict[str, Any]]:
     """LangChain messages as OpenAI dicts (for the prompt-token estimate and forcing)."""
     try:
+        from langchain_core.messages.utils import convert_to_openai_messages  # 120 ms: when needed
+
         return list(convert_to_openai_messages(messages))
     except Exception:  # noqa: BLE001 - exotic content: a rough count is all that is needed
         return [{"role": "user", "content": getattr(m, "text", "")} for m in messages]

@@ -35,9 +35,10 @@ from ._translate import AsyncTransport, Chunks, Transport, monitored_call
 class ChatEntropyExit(BaseChatModel):
     """Wraps a chat model; stops its stream once the model is confident, and reports the savings.
 
-    Every call streams the inner model with logprobs requested (``logprobs=True,
-    top_logprobs=policy.top_k`` unless ``logprobs_kwargs`` says otherwise), feeds each chunk to
-    an ``ExitSession`` and, when the policy says "confident", closes the inner stream (the HTTP
+    Every call streams the inner model through its public ``stream``/``astream`` (so its rate
+    limiter, cache and callbacks run as for any call) with logprobs requested (``logprobs=True,
+    top_logprobs=policy.top_k`` unless ``logprobs_kwargs`` says otherwise); the engine reads
+    each chunk and, when the policy says "confident", the inner stream is closed (the HTTP
     response, so the server stops generating). When the exit cut the reasoning (or always, with
     ``force_answer=True``) a short second request asks for the final answer: for OpenAI-compatible
     inner models the cut text goes back as a trailing assistant message the server continues
@@ -45,10 +46,14 @@ class ChatEntropyExit(BaseChatModel):
     ``usage_metadata`` (counted from the logprob entries when the stream was cut) and
     ``response_metadata["entropy_exit"]``: the ``SavingsReport`` as plain data.
 
-    Tool calls are never cut in the middle; ``bind_tools``, ``with_structured_output``, ``stop``,
-    callbacks, tags and metadata pass through. Reasoning that vLLM/DeepSeek-style servers send in
-    ``delta.reasoning_content`` (dropped by ChatOpenAI) is kept in
-    ``additional_kwargs["reasoning_content"]``.
+    Tool calls are never cut in the middle, nor a required tool call or a structured answer at
+    all; ``bind_tools``, ``with_structured_output``, ``stop``, callbacks, tags and metadata pass
+    through. Reasoning goes to ``additional_kwargs["reasoning_content"]`` and the content is the
+    answer: reasoning inside ``<think>`` (or ``[THINK]``, harmony) markers, and reasoning fields
+    the inner model keeps. ChatOpenAI drops vLLM's and DeepSeek's ``reasoning_content`` /
+    ``reasoning`` deltas; the partner class ``ChatDeepSeek`` (``pip install langchain-deepseek``;
+    ``ChatDeepSeek(api_base=url, api_key=..., model=...)`` talks to any OpenAI-compatible
+    server) keeps them. Without either, text-less tokens are still monitored as reasoning.
 
     Setup:
         ``pip install "entropy-exit-integrations[langchain]"``; any chat model whose provider
@@ -58,10 +63,8 @@ class ChatEntropyExit(BaseChatModel):
         model: the inner ``BaseChatModel``, or a ``"provider:model"`` string for
             ``init_chat_model`` (extra keyword arguments such as ``temperature``, ``max_tokens``
             or ``base_url`` then go to it).
-        policy: the ``ExitPolicy``.
-        force_answer: None (after an exit in the reasoning), True (after any exit), False.
-        forcing: ``AnswerForcing`` (style, budget, cue of the forcing request).
-        ledger: a ``SavingsLedger`` that records every call's report.
+        options: ``ExitOptions``; or its fields: ``policy`` (required), ``force_answer``,
+            ``forcing``, ``probes``, ``ledger``, ``audit``, ``trace_sink``, ``reasoning_format``...
         logprobs_kwargs: call kwargs that ask the inner model for logprobs.
 
     Instantiate (the embedded server: ``entropy-exit serve`` prints its URL):

@@ -19,8 +19,8 @@ Example (the embedded server: ``entropy-exit serve`` prints its URL)::
 from __future__ import annotations
 
 import operator
-from dataclasses import replace
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Annotated, Any
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse

@@ -27,10 +27,9 @@ from llama_index.core.instrumentation.events import BaseEvent
 
 from ..core.policy import ExitPolicy
 from ..core.savings import SavingsLedger, SavingsReport
-from ..engine import MonitoredCall
+from ..engine import REPORT_KEY, MonitoredCall
 from ..errors import StreamInterrupted
 from ..providers.parts import ChunkParts
-from ..engine import REPORT_KEY
 from ._responses import parts_of, text_of, tokens_from_llama_logprobs
 from .closing import ACTIVE
 
