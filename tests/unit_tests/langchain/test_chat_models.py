@@ -6,10 +6,12 @@ import warnings
 from typing import Any
 
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel, GenericFakeChatModel
 from langchain_core.messages import AIMessageChunk
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk
+from langchain_core.rate_limiters import BaseRateLimiter
 from langchain_core.runnables import RunnableBinding
 from langchain_core.tools import tool
 from langchain_core.tracers.base import BaseTracer
@@ -272,3 +274,49 @@ def test_tool_call_is_never_cut_and_the_report_says_so() -> None:
     assert report["tokens_saved_vs_budget"] is None and "finish_reason" not in message.response_metadata
     (call,) = message.invalid_tool_calls  # the recorded text is not JSON: all of it arrived
     assert call["name"] == "add" and call["args"] == "17 + 25 = 32."
+
+
+class _CountingLimiter(BaseRateLimiter):
+    """A LangChain rate limiter that counts acquisitions."""
+
+    def __init__(self) -> None:
+        self.acquired = 0
+
+    def acquire(self, *, blocking: bool = True) -> bool:
+        self.acquired += 1
+        return True
+
+    async def aacquire(self, *, blocking: bool = True) -> bool:
+        self.acquired += 1
+        return True
+
+
+class _Events(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.starts = 0
+        self.tokens = 0
+
+    def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+        self.starts += 1
+
+    def on_llm_new_token(self, *args: Any, **kwargs: Any) -> None:
+        self.tokens += 1
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke", "stream"])
+async def test_the_inner_models_rate_limiter_and_callbacks_run(replay: Any, mode: str) -> None:
+    """The inner model is driven through its public stream: its rate limiter is acquired and
+    its own callbacks see the call, once per request (a forcing request is a second one)."""
+    limiter = _CountingLimiter()
+    events = _Events()
+    server = replay(TOP20, lambda body: forced_chunks(body["messages"][-1]["content"]))
+    inner = server.chat(rate_limiter=limiter, callbacks=[events])
+    llm = ChatEntropyExit(model=inner, policy=EAGER, force_answer=True)
+    if mode == "invoke":
+        llm.invoke("q")
+    elif mode == "ainvoke":
+        await llm.ainvoke("q")
+    else:
+        list(llm.stream("q"))
+    assert len(server.requests) == 2  # the main stream and the forcing request
+    assert limiter.acquired == 2 and events.starts == 2 and events.tokens > 0
