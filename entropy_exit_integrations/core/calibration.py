@@ -19,6 +19,14 @@ policy (its own aggregate, window, min_tokens and patience): exit points come fr
 monitor over recorded traces, and the answer at each candidate exit point (forced or already in
 the text) comes from ``resolve``.
 
+``calibrate_stream(..., label="answer_changed")`` calibrates on production traces (the trace
+sink's, ``entropy_exit_integrations.traces``), which have no gold answer: each is graded against
+its own full answer, so all are "correct" and a harmful exit is one whose forced answer differs
+from the full run's. The refusal of one-class examples (``calibrate``) exists for calibrating a
+correctness *signal*; it does not apply to this risk control of exits against the run's own
+answer. The label is conservative: an exit that turns a wrong answer into a right one, or rewords
+a right one, also counts as harmful, so the threshold errs toward exiting less.
+
 Methods for the sequence threshold (bits; "H <= tau" reads as "confident"):
 
 * ``mean``: mean entropy of the correct answers (the paper's default).
@@ -51,6 +59,7 @@ from .signals import (
     LEVEL,
     NO_SIGNAL,
     STRONG,
+    UNMEASURED,
     auroc,
     auroc_interval,
     format_power,
@@ -69,9 +78,21 @@ _UNKNOWN_RULE = (
     "a token trace counts each as the largest entropy a token can have (as live runs do), "
     "a list of token entropies leaves it out of the mean"
 )
+GRADED = "graded"
+"""The label of examples graded against a reference answer (right or wrong)."""
+ANSWER_CHANGED = "answer_changed"
+"""The label of production traces graded against their own full answer (all correct by
+construction): a harmful exit is one that changes the answer (``traces.LABEL_ANSWER_CHANGED``)."""
+LABELS = (GRADED, ANSWER_CHANGED)
+ANSWER_CHANGED_NOTE = (
+    "the label 'answer_changed' is conservative: an exit that turns a wrong answer into a right one, "
+    "or rewords a right one, also counts as harmful, so the threshold errs toward exiting less"
+)
 RISK_METHOD = "fixed-sequence testing (Learn then Test) with exact binomial (Clopper-Pearson) bounds"
 
 __all__ = [
+    "ANSWER_CHANGED",
+    "GRADED",
     "METHODS",
     "Calibration",
     "CalibrationExample",
@@ -248,6 +269,14 @@ class Calibration:
     unknown_tokens: int = 0
     """Watched tokens without usable logprobs (missing, or not finite such as NaN): see
     ``_UNKNOWN_RULE`` for how they count."""
+    label: str = GRADED
+    """``"graded"`` (against reference answers) or ``"answer_changed"`` (production traces graded
+    against their own full answer: one class by construction, the risk control is the evidence)."""
+
+    @property
+    def _one_class_refused(self) -> bool:
+        """One class, and not a risk control of exits against the runs' own answers."""
+        return self.one_class and not (self.label == ANSWER_CHANGED and self.risk is not None)
 
     @property
     def one_class(self) -> bool:
@@ -259,7 +288,7 @@ class Calibration:
         """False when the examples were all right or all wrong, when the verdict is "no signal"
         (and no risk-controlled threshold overrides it), or when a risk-controlled calibration
         found no threshold."""
-        if self.one_class:
+        if self._one_class_refused:
             return False
         if self.risk is not None:
             return self.risk.threshold is not None
@@ -316,12 +345,14 @@ class Calibration:
         (unless ``allow_weak``, which warns instead).
         """
         overrides = dict(overrides)
-        if self.one_class:
+        if self._one_class_refused:
             which = "correct" if self.incorrect.n == 0 else "wrong"
             raise PolicyError(
                 f"calibration for {self.model!r} has only {which} examples ({self.correct.n} correct, "
                 f"{self.incorrect.n} incorrect): its threshold was never tested against the other kind; "
-                "calibrate again on examples with both right and wrong answers"
+                "calibrate again on examples with both right and wrong answers (this refusal is for "
+                "a correctness signal; production traces graded against their own answer are "
+                "risk-calibrated with calibrate_stream(..., label='answer_changed'))"
             )
         shape = self.policy_shape()
         mismatched = {
@@ -465,7 +496,11 @@ def _check_both_classes(items: Sequence[CalibrationExample]) -> None:
         raise PolicyError(
             f"all {len(items)} calibration examples are {which}: no threshold (of any method, the "
             "risk-controlled one included) can be set or tested without both right and wrong answers; "
-            f"add examples the model gets {need}"
+            f"add examples the model gets {need}. (This refusal is for calibrating a correctness signal, "
+            "not for the risk that an exit changes the run's own answer: production traces from a trace "
+            "sink, labelled answer_changed and all correct by construction, are calibrated with "
+            "calibrate_stream(..., label='answer_changed') or `entropy-exit calibrate --traces FILE "
+            "--risk R`.)"
         )
 
 
@@ -899,6 +934,7 @@ def calibrate_stream(
     confidence: float = 0.9,
     model: str | None = None,
     max_candidates: int = 48,
+    label: str = GRADED,
 ) -> Calibration:
     """Calibrate a streaming policy's threshold on recorded traces, with a bounded harm rate.
 
@@ -913,8 +949,16 @@ def calibrate_stream(
     ``policy`` gives the shape (aggregation, window, min_tokens, patience, phase, top_k); its
     threshold is ignored. The result's ``kind`` is ``"stream"``: ``ExitPolicy.from_calibration``
     builds that shape and refuses another.
+
+    ``label="answer_changed"``: the examples are production traces graded against their own full
+    answer (every ``correct`` is True), and ``resolve`` says whether the answer at an exit is the
+    same as the full run's. No wrong answers are needed (the one-class refusal is for correctness
+    signals): the class statistics cover one class and the verdict is unmeasured; the bound is
+    on the rate of exits that change the answer, a conservative label (``ANSWER_CHANGED_NOTE``).
     """
     _check_risk(risk, confidence)
+    if label not in LABELS:
+        raise PolicyError(f"label must be one of {LABELS}, got {label!r}")
     items = [e if isinstance(e, StreamExample) else StreamExample(e[0], e[1]) for e in examples]
     for index, item in enumerate(items):
         if not _is_bool(item.correct):
@@ -925,7 +969,10 @@ def calibrate_stream(
         raise PolicyError("every trace needs its tokens (with top logprobs)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EntropyExitWarning)  # phase fallback warnings, once per trace
-        base = calibrate([(item.tokens, item.correct) for item in items], model=model, k=policy.top_k)
+        if label == ANSWER_CHANGED:
+            base = _answer_changed_base(items, model=model, k=policy.top_k)
+        else:
+            base = calibrate([(item.tokens, item.correct) for item in items], model=model, k=policy.top_k)
         replays = [_replay(item.tokens, policy) for item in items]
     grid = _candidates(replays, max_candidates)
     stops = np.stack([_stops(r, grid, policy.patience) for r in replays]) if grid.size else None
@@ -982,6 +1029,40 @@ def calibrate_stream(
         patience=policy.patience,
         phase=policy.phase,
         risk=control,
+        label=label,
+    )
+
+
+def _answer_changed_base(items: Sequence[StreamExample], *, model: str | None, k: int) -> Calibration:
+    """Class statistics of production traces (one class: each is right against its own answer)."""
+    wrong = [index for index, item in enumerate(items) if not item.correct]
+    if wrong:
+        raise ExampleError(
+            wrong[0],
+            "correct is False, but a trace labelled answer_changed is graded against its own answer "
+            "and is correct by construction",
+        )
+    examples, watched, unknown = _examples([(item.tokens, True) for item in items], k, 32)
+    h = np.array([e.entropy for e in examples])
+    used = np.array([e.tokens for e in examples], dtype=float)
+    return Calibration(
+        tau=0.0,
+        method="risk",
+        n=len(examples),
+        correct=ClassStats.of(h, used),
+        incorrect=ClassStats.of(h[:0], used[:0]),
+        auroc=None,
+        auroc_ci=None,
+        length_auroc=None,
+        verdict=UNMEASURED,
+        verdict_detail="production traces are graded against their own answer, so there is no wrong "
+        "answer to tell apart; the risk control bounds how often an exit changes the answer",
+        expected_tokens=float(used.mean()),
+        k=k,
+        model=model,
+        watched_tokens=watched,
+        unknown_tokens=unknown,
+        label=ANSWER_CHANGED,
     )
 
 
@@ -1034,6 +1115,11 @@ def format_calibration(cal: Calibration, *, power: bool = True) -> str:
         )
     about = "" if cal.kind == "sequence" else " (of the sequence mean entropy)"
     lines.append(f"  verdict{about}: {cal.verdict} - {cal.verdict_detail}")
+    if cal.label == ANSWER_CHANGED:
+        lines.append(
+            "  label: answer_changed (production traces graded against their own full answer; a "
+            "harmful exit is one whose forced answer differs from the full run's): " + ANSWER_CHANGED_NOTE
+        )
     if power and cal.correct.n and cal.incorrect.n:
         share = round(min(max(cal.correct.n / cal.n, 0.1), 0.9), 1)
         lines.append(format_power(share, power_table(share)))

@@ -311,7 +311,13 @@ def _add_calibrate_parser(subparsers: Subparsers) -> None:
         "'strong' at your sample size; save the profile as JSON. --risk picks a threshold whose rate of "
         "harmful exits is bounded instead. --aggregation calibrates a streaming policy (its own "
         "aggregate, window and min_tokens) on the traces, which needs one forced answer per candidate "
-        "exit point: from the trace file or the cache, else asked from --base-url.",
+        "exit point: from the trace file or the cache, else asked from --base-url. Production traces "
+        "(a trace sink's file, ExitOptions(trace_sink=...), with its rotated .1, .2 files if given; "
+        "label answer_changed) recalibrate a streaming policy at --risk (default 0.05): each call is "
+        "graded against its own full answer, so an exit is harmful when its forced answer differs; "
+        "calls an exit cut are skipped. That label is conservative (an exit that turns a wrong answer "
+        "into a right one, or rewords one, also counts as harmful), so the threshold errs toward "
+        "exiting less.",
     )
     _add_model_arguments(parser, n=16, n_min=MIN_CALIBRATION, dataset="arithmetic")
     parser.add_argument(
@@ -322,7 +328,12 @@ def _add_calibrate_parser(subparsers: Subparsers) -> None:
     )
     parser.add_argument("--out", default="profile.json", help="profile path (default: profile.json)")
     parser.add_argument(
-        "--traces", default=None, help="calibrate on this trace file (JSONL) instead of running the model"
+        "--traces",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="calibrate on these trace files (JSONL) instead of running the model: recorded ones, or a "
+        "trace sink's file and its rotated FILE.1, FILE.2",
     )
     parser.add_argument("--save-traces", default=None, help="also save the recorded traces (JSONL)")
     _add_risk_arguments(parser)
@@ -356,8 +367,11 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
     from .bench.commands import ExitAnswers, calibrate_traces, run_calibration
 
-    if args.traces:
-        _input_file("--traces", args.traces, _TRACES_FIX)
+    files: list[str] = list(args.traces or [])
+    if files:
+        for path in files:
+            _input_file("--traces", path, _TRACES_FIX)
+        args.traces = files[0]  # the shared helpers' single file: the forced cache goes beside it
     else:
         from .bench.datasets import load_dataset
 
@@ -369,6 +383,13 @@ def _run_calibrate(args: argparse.Namespace) -> int:
                 f"--dataset {args.dataset} has {available} questions; calibration needs at least "
                 f"{MIN_CALIBRATION}: use a larger dataset"
             )
+    loaded = _load_trace_files(files) if files else None
+    if loaded is not None and loaded.production and args.aggregation is None:
+        args.aggregation = "window"
+        print(
+            f"production traces calibrate a streaming policy: aggregation=window, window={args.window}, "
+            f"min_tokens={args.min_tokens} (pass --aggregation, --window, --min-tokens to choose)"
+        )
     shape = None
     if args.aggregation is not None:
         shape = ExitPolicy(
@@ -382,8 +403,12 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     cache = _forced_cache(args, args.out)
     started = time.perf_counter()
     with _maybe_connect(args) as (client, model):
-        if args.traces:
-            traces = _load_traces(args.traces)
+        if loaded is not None and loaded.production:
+            assert shape is not None
+            cal = _calibrate_production(args, loaded, shape, client, model, cache)
+            cal.save(args.out)
+        elif loaded is not None:
+            traces = loaded.traces
             config = _run_config(args, model) if client is not None else None
             answers = ExitAnswers(traces, client=client, config=config, cache=cache)
             cal = calibrate_traces(
@@ -414,6 +439,94 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     print(cal.summary())
     print(f"profile saved to {args.out} ({time.perf_counter() - started:.1f} s)")
     return 0
+
+
+def _load_trace_files(files: Sequence[str]) -> Any:
+    """``calibrate --traces``: the files read (``bench.traces.TraceFiles``), with what was skipped."""
+    from .bench.traces import read_trace_files
+
+    where = files[0] if len(files) == 1 else f"{files[0]} (and {len(files) - 1} more)"
+    try:
+        loaded = read_trace_files([Path(path).expanduser() for path in files])
+    except EntropyExitError as exc:
+        raise UsageError(
+            f"--traces {where}: {exc}; expected a trace file (JSON lines of schema entropy-exit-trace, "
+            "documented in entropy_exit_integrations/lab/bench/traces.py)"
+        ) from exc
+    skipped = loaded.describe_skipped()
+    if not loaded.traces:
+        because = f" ({skipped})" if skipped else ""
+        raise UsageError(f"--traces {where} holds no full generations{because}; {_TRACES_FIX}")
+    if len(files) == 1:
+        print(f"read {len(loaded.traces)} traces from {files[0]}")
+    else:
+        counts = ", ".join(f"{count} from {path}" for path, count in loaded.per_file.items())
+        print(f"read {len(loaded.traces)} traces ({counts})")
+    for path in files:  # a sink's rotated files hold older calls: say so when one was left out
+        rotated = Path(path).with_name(Path(path).name + ".1")
+        if rotated.exists() and str(rotated) not in files and not path.endswith((".1", ".2", ".3")):
+            print(f"note: {rotated} (a rotated file of the same sink) exists and was not given")
+    if loaded.production:
+        print(
+            f"production traces (label answer_changed): {len(loaded.traces)} full generations"
+            + (f"; skipped {skipped}" if skipped else "")
+        )
+        print(
+            "  harm label: an exit is harmful when its forced answer differs from the full run's own "
+            "answer (final number, else normalised text; there is no gold answer). This label is "
+            "conservative: an exit that turns a wrong answer into a right one, or rewords a right one, "
+            "also counts as harmful, so the recalibrated threshold errs toward exiting less. (The "
+            "refusal of all-correct calibration sets is for correctness signals; it does not apply "
+            "to this risk control.)"
+        )
+        if len(loaded.traces) < MIN_CALIBRATION:
+            raise UsageError(
+                f"--traces {where}: {len(loaded.traces)} full generations"
+                + (f" ({skipped} skipped)" if skipped else "")
+                + f"; calibration needs at least {MIN_CALIBRATION}: collect more calls with the trace sink"
+            )
+    return loaded
+
+
+def _calibrate_production(
+    args: argparse.Namespace, loaded: Any, shape: Any, client: Any, model: str | None, cache: Any
+) -> Any:
+    """Recalibrate a streaming policy on production traces against their own answers."""
+    from entropy_exit_integrations.core.calibration import (
+        ANSWER_CHANGED,
+        ExampleError,
+        StreamExample,
+        calibrate_stream,
+    )
+    from entropy_exit_integrations.errors import PolicyError
+
+    from .bench.traces import AnswerChangedAnswers
+
+    traces = loaded.traces
+    config = _run_config(args, model) if client is not None else None
+    answers = AnswerChangedAnswers(traces, client=client, config=config, cache=cache)
+    started = time.perf_counter()
+    try:
+        cal = calibrate_stream(
+            [StreamExample(t.tokens, t.correct) for t in traces],
+            shape,
+            answers,
+            risk=0.05 if args.risk is None else args.risk,
+            confidence=args.confidence,
+            model=args.model or next((t.model for t in traces if t.model), None),
+            label=ANSWER_CHANGED,
+        )
+    except ExampleError as error:
+        trace = traces[error.index]
+        raise PolicyError(f"trace {error.index + 1} ({trace.problem_id}): {error.reason}") from error
+    took = time.perf_counter() - started
+    print(f"answers at exit points: {answers.describe() or 'none needed'} ({took:.1f} s)")
+    if answers.counts["unknown"]:
+        print(
+            f"note: {answers.counts['unknown']} exit points had no forced answer (none in the trace files "
+            "or the cache, and no --base-url to ask): each counts as a harmful exit"
+        )
+    return cal
 
 
 def _add_bench_parser(subparsers: Subparsers) -> None:

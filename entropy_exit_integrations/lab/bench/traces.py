@@ -33,6 +33,11 @@ field                   required  meaning
 ``forced``              no        answers forced after an exit, keyed by tokens kept (exit index
                                   + 1) as a string: ``{"41": {"answer": " 42", "tokens": 3,
                                   "cue": "\\n\\nFinal answer:"}}``
+``label``               no        ``"answer_changed"``: a production trace written by a trace
+                                  sink (``ExitOptions(trace_sink=...)``), graded against its own
+                                  full answer (``correct`` true, ``reference`` the run's text)
+``ended``               no        how the call ended: ``"server_done"`` (a full generation),
+                                  ``"we_closed"`` (an exit cut it) or ``"broken"``
 ======================  ========  ===============================================================
 
 Fields not in this table are ignored (a newer writer's, or your own). A file may be
@@ -42,6 +47,20 @@ calibration reports how many there were and refuses a trace without any usable o
 
 Forced answers are also cached in a JSON file (``ForcedCache``), keyed by question, trace and
 tokens kept, so a rerun asks the model nothing it was asked before.
+
+Production traces
+-----------------
+A trace sink writes every monitored call with ``"label": "answer_changed"``: production has no
+gold answer, so each is graded against its own full answer (all "correct" by construction) and an
+exit is harmful when its forced answer differs from the full run's answer (the engine's audit
+comparison, ``core.audit.same_final_answer``: the final number, else normalised text).
+``read_trace_files`` reads such files (with their rotated ``.1``, ``.2`` files when given) and
+keeps only the full generations: calls an exit cut (``"ended"`` other than ``"server_done"``)
+are skipped and counted. ``AnswerChangedAnswers`` resolves the answer at each exit point: from
+the trace's ``forced`` field (an audit's forced answer), the cache, or the model.
+
+The label is conservative: an exit that turns a wrong answer into a right one, or rewords a right
+one, also counts as harmful, so a threshold recalibrated on it errs toward exiting less.
 
 Raw chunks
 ----------
@@ -57,10 +76,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from entropy_exit_integrations.core.audit import same_final_answer
+from entropy_exit_integrations.core.calibration import ANSWER_CHANGED, ExitAnswer
 from entropy_exit_integrations.core.tokens import Phase, TokenLogprob
 from entropy_exit_integrations.errors import EntropyExitError
 
@@ -68,8 +91,20 @@ from .datasets import Problem
 from .files import json_lines
 from .graders import grade
 from .replay import Trace
+from .runner import RunConfig, force_answer, forcing_for, run_all
 
-__all__ = ["ForcedCache", "convert_chunks", "problems_of", "read_chunk_streams"]
+__all__ = [
+    "AnswerChangedAnswers",
+    "ForcedCache",
+    "TraceFiles",
+    "convert_chunks",
+    "problems_of",
+    "read_chunk_streams",
+    "read_trace_files",
+]
+
+#: What the engine writes in ``"ended"`` for a generation the server finished.
+FULL_GENERATION = "server_done"
 
 _THINK = re.compile(r"<think>(.*?)(</think>|$)", re.DOTALL)
 
@@ -262,3 +297,157 @@ class ForcedCache:
             for key, entry in self.entries.items():
                 if key.startswith(prefix):
                     trace.forced[key.rsplit("|", 1)[1]] = {k: entry[k] for k in ("answer", "tokens", "cue")}
+
+
+@dataclass
+class TraceFiles:
+    """Traces read from one or more files (``read_trace_files``).
+
+    Attributes:
+        traces: the full generations, in file order.
+        label: ``"answer_changed"`` (production traces from a trace sink) or ``"graded"``.
+        skipped: production calls left out, by reason (``"ended we_closed"``: an exit cut the
+            call, so it is not a full generation; ``"no tokens"``: nothing was monitored).
+        per_file: traces read from each file.
+    """
+
+    traces: list[Trace]
+    label: str
+    skipped: Counter[str] = field(default_factory=Counter)
+    per_file: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def production(self) -> bool:
+        return self.label == ANSWER_CHANGED
+
+    def describe_skipped(self) -> str:
+        """``"3 cut calls (ended we_closed: not full generations)"``, or ``""``."""
+        parts = []
+        for reason, count in sorted(self.skipped.items()):
+            if reason.startswith("ended "):
+                parts.append(f"{count} cut calls ({reason}: not full generations)")
+            else:
+                parts.append(f"{count} calls with {reason}")
+        return ", ".join(parts)
+
+
+def read_trace_files(paths: Sequence[str | Path]) -> TraceFiles:
+    """Read trace files (plain or gzip): recorded ones, or a trace sink's with its rotated files.
+
+    Production rows (``"label": "answer_changed"``) whose call an exit cut (``"ended"`` other than
+    ``"server_done"``) or that carry no tokens are skipped and counted. A malformed line raises
+    ``EntropyExitError`` naming it; so do files that mix production and graded traces, or a label
+    this version does not know.
+    """
+    traces: list[Trace] = []
+    labels: set[str] = set()
+    skipped: Counter[str] = Counter()
+    per_file: dict[str, int] = {}
+    for path in paths:
+        before = len(traces)
+        for number, row in json_lines(path):
+            try:
+                if not isinstance(row, dict):
+                    raise ValueError("a trace must be a JSON object")
+                label = row.get("label", "graded")
+                if label not in ("graded", ANSWER_CHANGED):
+                    raise ValueError(
+                        f"unknown label {label!r}: this version reads 'answer_changed' (a trace sink's) "
+                        "or no label (graded against a reference answer)"
+                    )
+                labels.add(label)
+                if label == ANSWER_CHANGED:
+                    ended = row.get("ended", FULL_GENERATION)
+                    if ended != FULL_GENERATION:
+                        skipped[f"ended {ended}"] += 1
+                        continue
+                    if not row.get("tokens"):
+                        skipped["no tokens"] += 1
+                        continue
+                traces.append(Trace.from_json(row))
+            except (ValueError, TypeError, KeyError) as error:
+                raise EntropyExitError(f"{path}:{number}: {error}") from error
+        per_file[str(path)] = len(traces) - before
+    if len(labels) > 1:
+        raise EntropyExitError(
+            "the files mix production traces (label answer_changed, graded against their own answer) "
+            "with graded ones (no label): calibrate them separately"
+        )
+    return TraceFiles(traces, labels.pop() if labels else "graded", skipped, per_file)
+
+
+Compare = Callable[[str, str], bool]
+
+
+class AnswerChangedAnswers:
+    """The answer at an exit point of a production trace, judged against the run's own answer.
+
+    The ``calibrate_stream`` resolver for traces labelled ``answer_changed``: an exit is
+    harmless when ``compare(forced answer, full answer)`` holds (default ``same_final_answer``,
+    the engine's audit comparison), the full answer being the trace's ``reference``. The forced
+    answer comes from the trace's ``forced`` field (an audited call's, at its decision), the
+    cache, or ``client`` (one short request, cached); without any of them it is unknown (and
+    counts as harmful). An exit whose cut text already ends on the full run's final number keeps
+    it, with nothing forced (as ``ExitAnswers`` does for graded traces).
+    """
+
+    def __init__(
+        self,
+        traces: Sequence[Trace],
+        *,
+        client: Any = None,
+        config: RunConfig | None = None,
+        cache: ForcedCache | None = None,
+        compare: Compare = same_final_answer,
+    ) -> None:
+        self.traces = traces
+        self.client = client
+        self.config = config
+        self.cache = cache or ForcedCache()
+        self.compare = compare
+        self.counts = {"in text": 0, "in the traces": 0, "cached": 0, "forced": 0, "unknown": 0}
+
+    def _in_text(self, trace: Trace, index: int) -> bool:
+        answer = trace.split_prefix(index)[1]
+        return any(c.isdigit() for c in answer) and same_final_answer(answer, trace.reference)
+
+    def __call__(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], ExitAnswer]:
+        """Answers for (trace index, exit token index) pairs."""
+        found: dict[tuple[int, int], ExitAnswer] = {}
+        todo: list[tuple[int, int]] = []
+        for i, index in pairs:
+            trace = self.traces[i]
+            if self._in_text(trace, index):
+                found[(i, index)] = ExitAnswer(True, 0)
+                self.counts["in text"] += 1
+                continue
+            entry = self.cache.get(trace, index + 1, forcing_for(trace.kind).cue)
+            if entry is None:
+                todo.append((i, index))
+                continue
+            found[(i, index)] = ExitAnswer(self.compare(entry["answer"], trace.reference), entry["tokens"])
+            self.counts["in the traces" if str(index + 1) in trace.forced else "cached"] += 1
+        if todo and self.client is not None and self.config is not None:
+            client, config = self.client, self.config
+
+            def work(pair: tuple[int, int]) -> tuple[str, int]:
+                return force_answer(client, config, self.traces[pair[0]], pair[1])
+
+            try:
+                answers = run_all(todo, work, config, "forcing answers")
+            finally:
+                self.cache.save()
+            for (i, index), (answer, used) in zip(todo, answers):
+                trace = self.traces[i]
+                self.cache.put(trace, index + 1, answer=answer, tokens=used, cue=forcing_for(trace.kind).cue)
+                found[(i, index)] = ExitAnswer(self.compare(answer, trace.reference), used)
+                self.counts["forced"] += 1
+            self.cache.save()
+        elif todo:
+            self.counts["unknown"] += len(todo)
+            for pair in todo:
+                found[pair] = ExitAnswer(None)
+        return found
+
+    def describe(self) -> str:
+        return ", ".join(f"{value} {name}" for name, value in self.counts.items() if value)
