@@ -554,7 +554,83 @@ def _add_bench_parser(subparsers: Subparsers) -> None:
     )
     _add_policy_shape_arguments(parser, window=16, min_tokens=16)
     parser.add_argument("--no-live", action="store_true", help="replay only: no live confirmation runs")
+    table = parser.add_argument_group(
+        "the headline table (--table)",
+        "every row of the README's comparison on the same questions (probe rules, DeepConf, budget "
+        "and length caps, the paper's gate) and the headroom; resumable (see lab/bench/table.py)",
+    )
+    add = table.add_argument
+    add("--table", action="store_true", help="build the headline table instead of the sweep")
+    add("--train-traces", default=None, help="train traces (JSONL) for calibration and quantiles")
+    add("--train-n", type=_int_at_least(0), default=32, help="train questions to record (default: 32)")
+    add("--seq-profile", default=None, help="sequence profile: tau[mean] for the gate row")
+    add("--gate-extended", default=None, help="JSON of the gate's extended-step results")
+    add("--offline", action="store_true", help="ask nothing: every answer must be cached")
+    add("--risk", type=_open_unit, default=0.1, help="risk of the streaming calibration (default: 0.1)")
+    add("--budgets", default=None, help="budget cuts, e.g. 64,128 (default: 1/4, 1/2, 3/4 of the budget)")
+    add("--length-quantiles", default="0.5,0.9", help="length caps at train quantiles, or none")
+    add("--periods", default="32,64", help="periodic probes every N tokens (default: 32,64)")
     parser.set_defaults(func=_run_bench)
+
+
+def _numbers(option: str, text: str | None, kind: Callable[[str], Any]) -> tuple[Any, ...] | None:
+    if text is None:
+        return None
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{option} {text}: expected comma-separated numbers, e.g. 64,128, or none") from None
+
+
+def _run_bench_table(args: argparse.Namespace) -> int:
+    from .bench.table import graceful_stop, run_table
+
+    budgets = _numbers("--budgets", args.budgets, int)
+    quantiles = _numbers("--length-quantiles", args.length_quantiles, float)
+    periods = _numbers("--periods", args.periods, int)
+    fix = "write one with `entropy-exit calibrate --out PATH`"
+    profile = _load_profile(args.profile) if args.profile else None
+    seq = None
+    if args.seq_profile:
+        seq = _load_profile(str(_input_file("--seq-profile", args.seq_profile, fix)))
+    if args.gate_extended and args.offline:
+        _input_file("--gate-extended", args.gate_extended, "give the extended-step results of a live run")
+    if args.offline and not args.traces:
+        raise UsageError("--offline needs --traces (recorded traces): nothing can be recorded offline")
+    if not args.traces:
+        _check_dataset(args.dataset)
+        _check_model_file(args.model_file)
+    traces = _load_traces(args.traces) if args.traces else None
+    train = _load_traces(args.train_traces) if args.train_traces else None
+    connection = contextlib.nullcontext((None, args.model)) if args.offline else _maybe_connect(args)
+    with connection as (client, model), graceful_stop():
+        text = run_table(
+            out=args.out,
+            client=client,
+            config=_run_config(args, model) if client is not None else None,
+            traces=traces,
+            train_traces=train,
+            profile=profile,
+            seq_profile=seq,
+            gate_extended=args.gate_extended,
+            cache=_forced_cache(args, str(Path(args.out) / "x")),
+            dataset=args.dataset,
+            n=args.n,
+            train_n=args.train_n,
+            seed=args.seed,
+            risk=args.risk,
+            window=args.window,
+            min_tokens=args.min_tokens,
+            budgets=budgets,
+            length_quantiles=quantiles or (),
+            periods=periods or (32, 64),
+            concurrency=args.concurrency,
+        )
+    print(text, end="")
+    print(f"table: {args.out}/table.md, headroom: {args.out}/headroom.md, rows: {args.out}/results.json")
+    return 0
 
 
 def _load_profile(path: str) -> Any:
@@ -574,6 +650,8 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     from .bench.commands import BenchOptions, bench_traces, run_bench
 
+    if args.table:
+        return _run_bench_table(args)
     profile = _load_profile(args.profile) if args.profile else None
     if args.traces:
         _input_file("--traces", args.traces, _TRACES_FIX)

@@ -1,7 +1,7 @@
 """Issue 14's pipeline end to end on the embedded server, small: record, replay every row (probe
 rows with live answers), table, rerun from the cache.
 
-The full run (Qwen2.5-Coder-0.5B, 200 GSM8K questions) is ``benchmarks/qwen_probe_bench.py``; it
+The full run (Qwen2.5-Coder-0.5B, 200 GSM8K questions) is ``entropy-exit bench --table``; it
 is not a test. Here SmolLM2 answers 4 arithmetic questions with a 40-token budget (about 30 s
 on 2 otherwise idle cores).
 """

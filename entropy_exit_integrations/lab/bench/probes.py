@@ -41,8 +41,8 @@ from entropy_exit_integrations.forcing import AnswerForcing
 from .answers import ExitAnswers
 from .policies import BenchOptions, chosen_policy
 from .replay import Outcome, RuleSummary, Trace, answer_of, summarise
-from .report import wilson
-from .runner import RunConfig, force_answer, forcing_for, grade_forced, run_all
+from .report import truncation_notes, wilson
+from .runner import RunConfig, check_stop, force_answer, forcing_for, grade_forced, run_all
 from .traces import ForcedCache
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "ProbeOutcome",
     "headline_table",
     "headroom",
+    "headroom_bound",
     "probe_rows",
     "replay_probes",
     "wilson",
@@ -97,6 +98,7 @@ class ProbeAnswers:
                 return entry
         if self.client is None or self.config is None:
             raise LookupError(f"{trace.problem_id}: no cached probe after {kept} tokens and no client")
+        check_stop()
         started = time.perf_counter()
         answer, used = force_answer(self.client, self.config, trace, kept - 1, self._forcing(trace))
         took = time.perf_counter() - started
@@ -280,6 +282,9 @@ def headline_table(rows: Sequence[RuleSummary]) -> str:
             wall,
         )
         lines.append("| " + " | ".join(cells) + " |")
+    notes = truncation_notes(rows)
+    if notes:  # only when a row's gain is forced answers on truncated runs
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"
 
 
@@ -294,6 +299,7 @@ def bench_rows(
     periods: tuple[int, ...] = (32, 64),
     agrees: tuple[int, ...] = (2, 3),
     budgets: tuple[int, ...] = (64, 128, 192, 256),
+    length_quantiles: tuple[float, ...] = (),
     probe_tokens: int = 16,
     concurrency: int = 1,
     log: Any = print,
@@ -302,7 +308,9 @@ def bench_rows(
     streaming exit at each probe gate (forced), the entropy-gated probe rule
     (``gate_quantiles``: quantiles of the policy's aggregate over the tokens of ``train_traces``,
     with k), periodic probes (``periods`` x ``agrees``), DeepConf
-    online (forced), budget cuts (forced), fixed 0.15 bits (forced).
+    online (forced), budget cuts (forced), a length cap at each of ``length_quantiles`` of the
+    train traces' lengths (forced), fixed 0.15 bits (forced). ``profile`` may be None (no
+    calibration possible): the streaming row is left out and the window-16 shape is used.
 
     Every probe and forced answer goes through ``answers`` (cache first, then its client). Returns
     the rows and, per row, each question's outcome (id, correct, tokens, exit index).
@@ -372,12 +380,15 @@ def bench_rows(
 
     # the streaming policy: the risk-calibrated one when the profile has a threshold; the shape
     # (aggregation, window, min_tokens) comes from the profile either way
-    try:
-        policy: ExitPolicy | None = chosen_policy(profile, BenchOptions(), log)
-    except PolicyError as error:
-        log(f"the calibrated streaming policy is refused ({error}); its row is left out")
-        policy = None
-    if profile.kind == "stream":
+    policy: ExitPolicy | None = None
+    if profile is None:
+        log("no calibration profile: the calibrated streaming row is left out")
+    else:
+        try:
+            policy = chosen_policy(profile, BenchOptions(), log)
+        except PolicyError as error:
+            log(f"the calibrated streaming policy is refused ({error}); its row is left out")
+    if profile is not None and profile.kind == "stream":
         fields = {k: v for k, v in profile.policy_shape().items() if v is not None}
         shape = ExitPolicy(threshold=0.0, **fields)
     else:
@@ -432,7 +443,7 @@ def bench_rows(
         log(f"{name}: {r.accuracy:.1%} saved {r.saved_pct:.1f}% probes {r.extra['probes']}")
 
     for keep in (0.9, 0.1):
-        if profile.deepconf_threshold and keep == 0.9:
+        if profile is not None and profile.deepconf_threshold and keep == 0.9:
             threshold, window = profile.deepconf_threshold, int(profile.deepconf_window or 16)
         else:
             window = 16
@@ -448,6 +459,10 @@ def bench_rows(
         )
     for budget in budgets:
         forced(f"budget cut {budget}", "budget cut", BudgetCut(budget), float(budget))
+    lengths = [len(t.tokens) for t in (train_traces or traces)]
+    for q in length_quantiles:  # a cap no run of the train set would pass more than (1 - q) of the time
+        cap = max(1, int(np.quantile(lengths, q)))
+        forced(f"length cap {cap} (train q{q:g})", "length cap", BudgetCut(cap), float(cap))
     fixed = fixed_entropy_rule(0.15)
     forced("fixed 0.15 bits", "fixed threshold", fixed, 0.15)
     return rows, per_question
@@ -521,3 +536,59 @@ def gate_row(traces: list[Any], tau: float, extended: dict[str, Any]) -> Any:
     row.wall_time_s = wall
     row.extra["wall_measured"] = True
     return row, outcomes
+
+
+def headroom_bound(traces: Sequence[Trace], answers: ProbeAnswers) -> dict[str, Any]:
+    """The upper bound on what any stop could save without losing an answer, in hindsight.
+
+    For each question the full run gets right: the earliest prefix whose forced answer grades
+    right, over every prefix whose answer is known (asked by any row, the probe grid or the
+    forced rows; cached per question, trace and prefix) and no probe cost charged: the stop
+    itself is free. Unlike ``headroom`` (the probe grid, probe tokens charged) this is the bound
+    a perfect stop rule could reach on these prefixes; a finer grid can only lower the first
+    right prefix, so more prefixes can only raise it.
+    """
+    total = sum(len(t.tokens) for t in traces)
+    right = [t for t in traces if t.correct]
+    after = 0
+    fractions: list[float] = []
+    prefixes = 0
+    cache = answers.cache
+    for trace in right:
+        cue = answers._forcing(trace).cue
+        stem = cache.key(trace, 0).rsplit("|", 1)[0] + "|"
+        kept = {int(k) for k in trace.forced} | {
+            int(key.rsplit("|", 1)[1]) for key in cache.entries if key.startswith(stem)
+        }
+        first = len(trace.tokens)
+        for count in sorted(k for k in kept if 0 < k < len(trace.tokens)):
+            entry = cache.get(trace, count, cue)
+            if entry is None:
+                continue
+            prefixes += 1
+            if grade_forced(trace, count - 1, str(entry["answer"]), answers._forcing(trace)):
+                first = count
+                break
+        fractions.append(first / len(trace.tokens))
+        after += len(trace.tokens) - first
+    return {
+        "right": len(right),
+        "prefixes_examined": prefixes,
+        "first_right_prefix_median_pct": round(100 * float(np.median(fractions)), 1) if fractions else None,
+        "max_saving_on_right_pct": round(100 * after / max(total, 1), 1),
+    }
+
+
+def headroom_text(grid: dict[str, Any], bound: dict[str, Any]) -> str:
+    """The headroom section: the true upper bound and the probe-grid figure, each labelled."""
+    return (
+        "## Headroom (hindsight, on the questions the full run gets right)\n\n"
+        f"- upper bound, probe cost not charged: a perfect stop at the earliest prefix with a right "
+        f"forced answer saves at most {bound['max_saving_on_right_pct']}% of all tokens "
+        f"({bound['right']} right answers, {bound['prefixes_examined']} known prefixes examined, "
+        f"first right prefix at median {bound['first_right_prefix_median_pct']}% of the trace)\n"
+        f"- probe grid, probe cost charged: the earliest probe every {grid['every']} tokens that "
+        f"answers right saves at most {grid['max_saving_on_right_pct']}% of all tokens (first right "
+        f"probe at median {grid['first_right_probe_median_pct']}% of the trace; right answers use "
+        f"{grid['tokens_on_right_pct']}% of all tokens)\n"
+    )

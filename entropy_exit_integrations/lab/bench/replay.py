@@ -214,7 +214,22 @@ class RuleSummary:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def truncation_note(self) -> str | None:
+        """Set when the row's gain over no exit comes from forcing answers that the token budget
+        had truncated (the full run hit ``max_tokens`` before answering), not from the signal."""
+        truncated = int(self.extra.get("gained_from_truncated", 0))
+        net = self.answers_gained - self.answers_lost
+        if net <= 0 or truncated == 0 or 2 * truncated < self.answers_gained:
+            return None
+        return (
+            f"{truncated} of its {self.answers_gained} gained answers were forced on questions whose full "
+            "run the token budget truncated: the gain is the forced answer, not the exit signal"
+        )
+
+    @property
     def verdict(self) -> str:
+        if self.truncation_note is not None:
+            return "gains by forcing truncated answers"
         if self.answers_lost > self.answers_gained and self.saved_pct > 0:
             return f"saves {self.saved_pct:.0f}% by losing {self.answers_lost - self.answers_gained} answers"
         return "keeps accuracy" if self.accuracy >= self.baseline_accuracy else "loses accuracy"
@@ -240,6 +255,10 @@ def summarise(
     )
     exits = [o for o in outcomes if o.exited]
     n = max(len(outcomes), 1)
+    truncated = sum(
+        o.exit_index is not None and o.correct and not o.baseline_correct and t.finish_reason == "length"
+        for o, t in zip(outcomes, baseline)
+    )
     return RuleSummary(
         rule=rule,
         family=family,
@@ -260,4 +279,5 @@ def summarise(
         forced=forced,
         wall_time_s=wall_time_s,
         threshold=threshold,
+        extra={"gained_from_truncated": truncated} if truncated else {},
     )

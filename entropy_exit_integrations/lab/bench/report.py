@@ -89,13 +89,22 @@ def markdown_table(
             r.verdict,
         )
         lines.append("| " + " | ".join(cells) + " |")
+    notes = truncation_notes(rows)
+    if notes:
+        lines += ["", *notes]
     lines += ["", NOTES, ""]
     return "\n".join(lines)
+
+
+def truncation_notes(rows: Sequence[RuleSummary]) -> list[str]:
+    """One line per row whose gain over no exit comes from forcing answers the budget truncated."""
+    return [f"- note: *{r.rule}*: {r.truncation_note}" for r in rows if r.truncation_note]
 
 
 def summary_dict(row: RuleSummary) -> dict[str, Any]:
     data = asdict(row)
     data["verdict"] = row.verdict
+    data["truncation_note"] = row.truncation_note
     return data
 
 

@@ -7,6 +7,7 @@ server errors, under a rich progress bar when ``progress=True``. Greedy decoding
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,17 @@ T = TypeVar("T")
 R = TypeVar("R")
 RECORD_POLICY = ExitPolicy(threshold=0.0, min_tokens=0)
 """Threshold 0 never exits: a full trace is recorded."""
+STOP = threading.Event()
+"""Set (by ``bench.table.graceful_stop`` on SIGTERM / SIGINT) to stop a run cleanly: ``run_all``
+starts no new item, lets the ones in flight finish (their answers are saved) and then raises
+``KeyboardInterrupt``; ``check_stop`` raises it before a request is sent. Nothing already asked
+is lost, so a rerun asks nothing twice."""
+
+
+def check_stop() -> None:
+    """Raise ``KeyboardInterrupt`` when a stop was asked for (call before sending a request)."""
+    if STOP.is_set():
+        raise KeyboardInterrupt
 
 
 @dataclass(frozen=True)
@@ -77,19 +89,37 @@ def run_all(items: Sequence[T], work: Callable[[T], R], config: RunConfig, label
     results: list[Any] = [None] * len(items)
 
     def one(index: int) -> None:
+        if STOP.is_set():  # a stop was asked: start nothing new
+            return
         results[index] = with_retries(lambda: work(items[index]), config.retries)
 
     if not config.progress:
         with ThreadPoolExecutor(max(1, config.concurrency)) as pool:
             list(pool.map(one, range(len(items))))
+        check_stop()
         return results
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, transient=False) as bar, ThreadPoolExecutor(max(1, config.concurrency)) as pool:
         task = bar.add_task(label, total=len(items))
         for _ in pool.map(one, range(len(items))):
             bar.advance(task)
+    check_stop()
     return results
 
 
@@ -98,6 +128,7 @@ def record_traces(client: Any, problems: Sequence[Problem], config: RunConfig) -
     from entropy_exit_integrations.openai import stream_chat
 
     def work(problem: Problem) -> Trace:
+        check_stop()
         started = time.perf_counter()
         result = stream_chat(client, policy=RECORD_POLICY, **config.create_kwargs(problem))
         if not result.tokens:
@@ -189,6 +220,7 @@ def force_answer(
     The same request ``stream_chat`` makes after a live exit (``AnswerForcing.chat_request``), on
     the trace's own messages. Returns the answer text and the tokens it cost.
     """
+    check_stop()
     forcing = forcing or forcing_for(trace.kind)
     problem = Problem(trace.problem_id, trace.question, trace.reference, trace.kind)
     messages = trace.messages or messages_for(problem, config.system_prompt)
