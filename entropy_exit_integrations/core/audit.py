@@ -9,17 +9,17 @@ the two answers. The audited call saves nothing; its report says what the exit w
 and whether it would have changed the answer (``audit_harmful``).
 
 Over many calls, ``SavingsLedger.audit()`` gives the observed harm rate and an exact
-Clopper-Pearson upper bound on it (``harm_upper_bound``): with ``n`` audits and ``k`` harmful
-ones, the true rate of harmful exits is at most the bound with the stated confidence (one-sided),
-whatever the traffic, as long as the audited calls are a random sample of the exits (they are:
-the rule samples them independently of everything else).
+Clopper-Pearson upper bound on it (``harm_upper_bound``: the bound calibration uses,
+``calibration.clopper_pearson_upper``): with ``n`` audits and ``k`` harmful ones, the true rate
+of harmful exits is at most the bound with the stated confidence (one-sided), whatever the
+traffic, as long as the audited calls are a random sample of the exits (they are: the rule
+samples them independently of everything else).
 
 The cost: one forced answer per audited call, plus the tokens the audited calls did not save.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import threading
 from collections.abc import Callable
@@ -84,44 +84,6 @@ class AuditRule:
             return True
         with self._lock:
             return self._random.random() < self.rate
-
-
-def clopper_pearson_upper(harmful: int, audited: int, confidence: float = 0.95) -> float:
-    """The exact one-sided Clopper-Pearson upper bound on a rate, from ``harmful`` of ``audited``.
-
-    The largest ``p`` with ``P(X <= harmful | audited, p) >= 1 - confidence``: 1.0 with no
-    audit (nothing is known), and ``1 - (1 - confidence) ** (1 / n)`` with none harmful.
-
-    >>> round(clopper_pearson_upper(0, 10), 4), round(clopper_pearson_upper(1, 100), 4)
-    (0.2589, 0.0466)
-    """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be between 0 and 1, got {confidence!r}")
-    if audited < 0 or not 0 <= harmful <= audited:
-        raise ValueError(f"need 0 <= harmful <= audited, got {harmful} of {audited}")
-    if audited == 0 or harmful == audited:
-        return 1.0
-    alpha = 1.0 - confidence
-    if harmful == 0:
-        return 1.0 - alpha ** (1.0 / audited)
-    low, high = harmful / audited, 1.0
-    for _ in range(100):  # bisection on the binomial CDF, which falls as p rises
-        mid = (low + high) / 2
-        if _binomial_cdf(harmful, audited, mid) > alpha:
-            low = mid
-        else:
-            high = mid
-    return high
-
-
-def _binomial_cdf(k: int, n: int, p: float) -> float:
-    log_p, log_q = math.log(p), math.log1p(-p)
-    terms = [
-        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
-        for i in range(k + 1)
-    ]
-    top = max(terms)
-    return math.exp(top) * sum(math.exp(t - top) for t in terms)
 
 
 @dataclass(frozen=True)

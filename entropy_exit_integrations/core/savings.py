@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from ..errors import AuditBoundExceeded, EntropyExitWarning, PolicyError
-from .audit import AuditSummary, clopper_pearson_upper
+from .audit import AuditSummary
+from .calibration import clopper_pearson_upper
 from .monitor import EntropyMonitor
 
 Ended = Literal["server_done", "we_closed", "broken"]

@@ -27,7 +27,8 @@ from entropy_exit_integrations import (
     SavingsLedger,
     TraceSink,
 )
-from entropy_exit_integrations.core.audit import clopper_pearson_upper, same_final_answer
+from entropy_exit_integrations.core.audit import same_final_answer
+from entropy_exit_integrations.core.calibration import clopper_pearson_upper
 from entropy_exit_integrations.driver import adrive, drive
 from entropy_exit_integrations.engine import MonitoredCall, RequestSpec
 from entropy_exit_integrations.providers import parse_chat_chunk
@@ -167,7 +168,7 @@ def test_the_ledger_bounds_the_harm_and_counts_savings_on_exits_only() -> None:
 def test_clopper_pearson_is_the_beta_quantile(harmful: int, audited: int) -> None:
     expected = 1.0 if harmful == audited else beta.ppf(0.95, harmful + 1, audited - harmful)
     assert clopper_pearson_upper(harmful, audited, 0.95) == pytest.approx(expected, rel=1e-6)
-    assert clopper_pearson_upper(0, 0) == 1.0
+    assert clopper_pearson_upper(0, 0, 0.95) == 1.0
 
 
 def test_default_comparison_is_the_final_number_else_the_text() -> None:
