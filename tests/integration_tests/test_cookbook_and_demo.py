@@ -31,12 +31,13 @@ def test_every_recipe_is_covered() -> None:
         "llamaindex_agent.py",
         "calibrate_and_bench.py",
         "otel_console.py",
+        "production_audit.py",
     } <= set(SCRIPTS)
     assert (ROOT / "cookbook" / "vllm_gpu_server.md").exists()
 
 
 #: Options that keep a script's outputs in the test's temporary directory (pytest removes it).
-OUTPUTS = {"calibrate_and_bench.py": "--out"}
+OUTPUTS = {"calibrate_and_bench.py": "--out", "production_audit.py": "--out"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
