@@ -503,7 +503,7 @@ def _calibrate_production(
     from .bench.traces import AnswerChangedAnswers
 
     traces = loaded.traces
-    config = _run_config(args, model) if client is not None else None
+    config = _run_config(args, str(model)) if client is not None else None
     answers = AnswerChangedAnswers(traces, client=client, config=config, cache=cache)
     started = time.perf_counter()
     try:
