@@ -62,7 +62,11 @@ def test_probe_bench_end_to_end_and_cached_rerun(llama_server: Any, tmp_path: Pa
     assert any(r.extra["probes"] > 0 and r.extra["probe_tokens"] > 0 for r in periodic)
     assert answers.requests > 0 and cache_path.exists()
     table = headline_table(rows)
-    assert table.count("\n") == len(rows) + 2 and "[" in table
+    assert sum(line.startswith("|") for line in table.splitlines()) == len(rows) + 2 and "[" in table
+    # a row whose gain over no exit is forced answers on runs the 40-token budget truncated says so
+    noted = [r.rule for r in rows if r.truncation_note]
+    assert all(f"*{rule}*" in table for rule in noted)
+    assert all(r.answers_gained > r.answers_lost for r in rows if r.truncation_note)
     # a rerun over the saved cache asks the server nothing and gives the same rows
     again = ProbeAnswers(ForcedCache(cache_path), client=None, config=config)
     rows2, per_question2 = bench_rows(

@@ -6,6 +6,7 @@ import it from here rather than from each other.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,8 +65,16 @@ class ExitAnswers:
         if todo and self.client is not None and self.config is not None:
             client, config = self.client, self.config
 
+            lock = threading.Lock()
+
             def work(pair: tuple[int, int]) -> tuple[str, int]:
-                return force_answer(client, config, self.traces[pair[0]], pair[1])
+                trace = self.traces[pair[0]]
+                answer, used = force_answer(client, config, trace, pair[1])
+                with lock:  # cached as it arrives: a stopped run keeps every answer it was sent
+                    self.cache.put(
+                        trace, pair[1] + 1, answer=answer, tokens=used, cue=forcing_for(trace.kind).cue
+                    )
+                return answer, used
 
             try:
                 answers = run_all(todo, work, config, "forcing answers")
@@ -73,7 +82,6 @@ class ExitAnswers:
                 self.cache.save()
             for (i, index), (answer, used) in zip(todo, answers):
                 trace = self.traces[i]
-                self.cache.put(trace, index + 1, answer=answer, tokens=used, cue=forcing_for(trace.kind).cue)
                 known = grade_forced(trace, index, answer) if trace.reference else None
                 found[(i, index)] = ExitAnswer(known, used)
                 self.counts["forced"] += 1

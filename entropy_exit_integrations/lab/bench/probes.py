@@ -96,6 +96,12 @@ class ProbeAnswers:
             if entry is not None:
                 self.hits += 1
                 return entry
+            twin = self._twin(trace, kept, cue)
+            if twin is not None:  # the same request at another prefix length: asked once
+                entry = self.cache.put(trace, kept, answer=twin["answer"], tokens=twin["tokens"], cue=cue)
+                entry.update(wall_s=twin.get("wall_s", 0.0), same_request_as=twin.get("kept"))
+                self.hits += 1
+                return entry
         if self.client is None or self.config is None:
             raise LookupError(f"{trace.problem_id}: no cached probe after {kept} tokens and no client")
         check_stop()
@@ -111,6 +117,24 @@ class ProbeAnswers:
                 self.cache.save()
                 self._unsaved = 0
         return entry
+
+    def _twin(self, trace: Trace, kept: int, cue: str) -> dict[str, Any] | None:
+        """A cached answer to the identical request at a neighbouring prefix length: prefixes that
+        differ only by trailing whitespace send the same request (the forcing request strips it)."""
+
+        def request(count: int) -> tuple[str, str]:
+            reasoning, text = trace.split_prefix(count - 1)
+            return reasoning, text.rstrip()
+
+        want = request(kept)
+        for step in (-1, 1):
+            count = kept + step
+            while 0 < count <= len(trace.tokens) and request(count) == want:
+                entry = self.cache.get(trace, count, cue)
+                if entry is not None:
+                    return entry
+                count += step
+        return None
 
     def save(self) -> None:
         with self._lock:

@@ -87,16 +87,22 @@ def with_retries(call: Callable[[], R], retries: int) -> R:
 def run_all(items: Sequence[T], work: Callable[[T], R], config: RunConfig, label: str) -> list[R]:
     """``work`` over every item with ``config.concurrency`` threads, in input order."""
     results: list[Any] = [None] * len(items)
+    skipped: list[int] = []
 
     def one(index: int) -> None:
         if STOP.is_set():  # a stop was asked: start nothing new
+            skipped.append(index)
             return
         results[index] = with_retries(lambda: work(items[index]), config.retries)
+
+    def check_skipped() -> None:  # every item done: the results stand, even after a stop
+        if skipped:
+            raise KeyboardInterrupt
 
     if not config.progress:
         with ThreadPoolExecutor(max(1, config.concurrency)) as pool:
             list(pool.map(one, range(len(items))))
-        check_stop()
+        check_skipped()
         return results
     from rich.progress import (
         BarColumn,
@@ -119,7 +125,7 @@ def run_all(items: Sequence[T], work: Callable[[T], R], config: RunConfig, label
         task = bar.add_task(label, total=len(items))
         for _ in pool.map(one, range(len(items))):
             bar.advance(task)
-    check_stop()
+    check_skipped()
     return results
 
 

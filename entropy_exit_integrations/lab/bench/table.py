@@ -323,7 +323,7 @@ def run_table(
         ids = [t.problem_id for t in traces]
         if not all([q["id"] for q in v] == ids for v in per_question.values()):
             raise EntropyExitError("internal error: rows on different questions")
-        grid = headroom(traces, answers)
+        grid = headroom(traces, answers, every=periods[0] if periods else 32)
         bound = headroom_bound(traces, answers)
     except LookupError as error:
         raise EntropyExitError(
