@@ -584,8 +584,17 @@ def _numbers(option: str, text: str | None, kind: Callable[[str], Any]) -> tuple
         raise UsageError(f"{option} {text}: expected comma-separated numbers, e.g. 64,128, or none") from None
 
 
+@contextlib.contextmanager
+def _usage_error(kind: type[Exception]) -> Iterator[None]:
+    """``kind`` raised inside becomes a ``UsageError`` (one line, exit code 2)."""
+    try:
+        yield
+    except kind as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def _run_bench_table(args: argparse.Namespace) -> int:
-    from .bench.table import graceful_stop, run_table
+    from .bench.table import MissingAnswers, graceful_stop, run_table
 
     budgets = _numbers("--budgets", args.budgets, int)
     quantiles = _numbers("--length-quantiles", args.length_quantiles, float)
@@ -605,7 +614,7 @@ def _run_bench_table(args: argparse.Namespace) -> int:
     traces = _load_traces(args.traces) if args.traces else None
     train = _load_traces(args.train_traces) if args.train_traces else None
     connection = contextlib.nullcontext((None, args.model)) if args.offline else _maybe_connect(args)
-    with connection as (client, model), graceful_stop():
+    with connection as (client, model), graceful_stop(), _usage_error(MissingAnswers):
         text = run_table(
             out=args.out,
             client=client,

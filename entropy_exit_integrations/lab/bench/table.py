@@ -41,7 +41,13 @@ from .replay import Trace, load_traces
 from .runner import STOP, RunConfig, record_traces, run_all
 from .traces import ForcedCache
 
-__all__ = ["CountingClient", "graceful_stop", "order_traces", "run_table"]
+__all__ = ["CountingClient", "MissingAnswers", "graceful_stop", "order_traces", "run_table"]
+
+
+class MissingAnswers(EntropyExitError):
+    """A probe or forced answer the rows need is in neither the traces nor the cache, and there is
+    no server to ask (``--offline`` or ``--traces`` without ``--base-url``)."""
+
 
 Log = Any
 
@@ -326,7 +332,7 @@ def run_table(
         grid = headroom(traces, answers, every=periods[0] if periods else 32)
         bound = headroom_bound(traces, answers)
     except LookupError as error:
-        raise EntropyExitError(
+        raise MissingAnswers(
             f"{error}: the answer is in neither the traces nor --forced-cache; give --base-url (and drop "
             "--offline) to ask it"
         ) from error
