@@ -36,7 +36,6 @@ def run(base_url: str, model: str) -> None:
         policy=ExitPolicy(threshold=1.5, min_tokens=12),
         force_answer=True,
         ledger=ledger,
-        keep_tokens=True,  # per-token logprobs on the last response (about 1.5 KB a token)
     )
     question = [ChatMessage(role="user", content="What is the capital of France? Explain why in detail.")]
     response = llm.chat(question)

@@ -211,8 +211,6 @@ class MonitoredCall:
             OpenAI-compatible server; False for framework models that never send one).
         reasoning_field: the client can send a ``reasoning_content`` field on an assistant
             message; if not, cut reasoning goes back inline in ``<think>`` tags.
-        keep_tokens: keep every token on the result, where the integration shows them
-            (``options.keep_tokens`` wins when set; a trace sink always keeps them).
         logprobs_hint: how to ask for logprobs in the caller's framework, for the error raised
             when a stream carries text without them.
         logprob_fields: the fields that ask for the candidates (default: the OpenAI ones for
@@ -234,7 +232,6 @@ class MonitoredCall:
         base_url: str = "",
         terminal_required: bool = True,
         reasoning_field: bool = True,
-        keep_tokens: bool = True,
         logprobs_hint: str = "",
         logprob_fields: Mapping[str, Any] | None = None,
         usage_fields: Mapping[str, Any] | None = None,
@@ -260,9 +257,7 @@ class MonitoredCall:
         self.on_token: OnToken | None = options.on_token
         self.logprobs_hint = logprobs_hint
         fmt = resolve_format(options.reasoning_format, model=model)
-        if options.keep_tokens is not None:
-            keep_tokens = options.keep_tokens
-        keep_tokens = keep_tokens or options.trace_sink is not None
+        keep_tokens = options.keep_tokens or options.trace_sink is not None
         self.session = ExitSession(policy, reasoning_format=fmt, keep_tokens=keep_tokens)
         self.chunks_seen = 0
         self._ended: Ended | None = None

@@ -61,11 +61,11 @@ class ExitOptions:
         trace_sink: where each monitored call is written in the trace format (``traces``): a
             path (a ``TraceSink``: appends, rotates by size, thread safe) or a callable given
             each record; ``entropy-exit calibrate --traces`` recalibrates from it.
-        keep_tokens: keep every token with its top-k candidates on the result (openai's
-            ``ExitResult.tokens``, LlamaIndex's ``.logprobs``): about 1.5 KB a token at k=20.
-            None (default): kept by the openai helpers and the callback handler (their results
-            carry them), not by ``ChatEntropyExit``, the agent middleware or ``EntropyExitLLM``
-            (set True for ``.logprobs`` on its last response). A trace sink always keeps them.
+        keep_tokens: keep every token with its top-k candidates on the result and on the
+            partial result of a broken stream (``ExitResult.tokens``; LlamaIndex's ``.logprobs``
+            on the last response): about 1.5 KB a token at k=20 (LlamaIndex's ``LogProb``
+            objects about 12 KB). False keeps memory flat for long streams: the report, the
+            text and the entropy summary are still complete. A trace sink always keeps them.
     """
 
     policy: ExitPolicy
@@ -77,7 +77,7 @@ class ExitOptions:
     reasoning_format: ReasoningFormat = "auto"
     audit: AuditRule | None = None
     trace_sink: TraceSinkLike | str | os.PathLike[str] | None = None
-    keep_tokens: bool | None = None
+    keep_tokens: bool = True
 
     def __post_init__(self) -> None:
         _expect(
@@ -98,8 +98,8 @@ class ExitOptions:
         if self.audit is not None:
             _expect("audit", self.audit, AuditRule, "AuditRule(rate=...) or None")
         object.__setattr__(self, "trace_sink", as_sink(self.trace_sink))  # a path: a TraceSink
-        if self.keep_tokens not in (None, True, False):
-            raise TypeError(f"ExitOptions: keep_tokens must be None, True or False, got {self.keep_tokens!r}")
+        if self.keep_tokens not in (True, False):
+            raise TypeError(f"ExitOptions: keep_tokens must be True or False, got {self.keep_tokens!r}")
 
     @classmethod
     def build(cls, options: ExitOptions | None = None, owner: str = "", **values: Any) -> ExitOptions:

@@ -77,7 +77,6 @@ def monitored_call(
         logprobs_hint=WRAPPER_HINT,
         logprob_fields=logprobs_kwargs,
         usage_fields={"stream_usage": True} if openai_like else None,
-        keep_tokens=False,  # nothing shows them (ExitOptions(keep_tokens=True) or a sink keeps them)
     )
 
 

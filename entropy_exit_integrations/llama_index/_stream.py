@@ -67,7 +67,6 @@ class Transport:
             reasoning_field=False,  # llama-index-llms-openai does not send reasoning_content back
             logprob_fields=None if self.openai_based else {},
             usage_fields=usage,
-            keep_tokens=False,  # .logprobs of the last response only with ExitOptions(keep_tokens=True)
         )
 
     def _request(self, spec: RequestSpec) -> tuple[Any, Mode, Any, dict[str, Any]]:

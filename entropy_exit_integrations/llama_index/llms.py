@@ -17,8 +17,8 @@ On exit the inner generator is closed and, for openai-SDK based LLMs (``OpenAI``
 and their relatives), the HTTP response too, so the server stops generating. Logprobs are
 requested through the inner LLM's own fields (``logprobs=True``, ``top_logprobs=policy.top_k``,
 on a shallow copy: the original is not changed). The final response carries the per-token
-logprobs in ``.logprobs`` (LlamaIndex's type; with ``keep_tokens=True``: kept, they cost about
-1.5 KB a token) and the report in
+logprobs in ``.logprobs`` (LlamaIndex's type; ``keep_tokens=False`` leaves them out and keeps
+memory flat on long streams) and the report in
 ``additional_kwargs["entropy_exit"]`` (a dict; ``SavingsReport.from_dict`` rebuilds it), and
 the same report goes to LlamaIndex instrumentation as an ``EntropyExitReportEvent`` on the call's
 span (also for a stream that broke: its partial report).

@@ -1,12 +1,14 @@
 """One driver per public integration x sync/async, each turning a call into the same ``Outcome``.
 
 * ``openai``: ``stream_chat`` / ``astream_chat`` over ``openai.OpenAI`` / ``openai.AsyncOpenAI``;
-* ``wrapper``: ``ChatEntropyExit(model=ChatDeepSeek(api_base=...))`` (keeps reasoning deltas), ``invoke`` / ``ainvoke``;
+* ``wrapper``: ``ChatEntropyExit(model=ChatDeepSeek(api_base=...))`` (keeps reasoning deltas),
+  ``invoke`` / ``ainvoke``;
 * ``handler``: ``EntropyExitCallbackHandler`` / ``AsyncEntropyExitCallbackHandler`` (``on_exit="raise"``)
   on ``ChatOpenAI(streaming=True, logprobs=True, top_logprobs=k, stream_usage=True)``: its exit is
   an ``EntropyExit`` whose ``partial`` is the result, a normal end is ``handler.last_result``;
   it never forces an answer;
-* ``llamaindex``: ``EntropyExitLLM(llm=OpenAILike(..., http_client=..., async_http_client=...))``, ``chat`` / ``achat``.
+* ``llamaindex``: ``EntropyExitLLM(llm=OpenAILike(..., http_client=..., async_http_client=...))``,
+  ``chat`` / ``achat``.
 
 The tests expect the same report fields from all of them (``assert_no_exit``, ``assert_exited``).
 """

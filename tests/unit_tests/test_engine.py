@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import math
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from entropy_exit_integrations import ExitPolicy, StreamInterrupted
+from entropy_exit_integrations import ExitOptions, ExitPolicy, StreamInterrupted
 from entropy_exit_integrations.core.probes import ProbeRule
-from entropy_exit_integrations import ExitOptions
 from entropy_exit_integrations.driver import drive as run_driver
 from entropy_exit_integrations.engine import ENTROPY_EXIT, MonitoredCall, RequestSpec, check_policy
 from entropy_exit_integrations.providers import ChunkParts, parse_chat_chunk

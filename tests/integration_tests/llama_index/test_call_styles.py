@@ -50,7 +50,7 @@ async def call(llm: Any, style: str) -> tuple[str, str, Any]:
 async def test_style_exits_early_and_matches_plain_at_zero(style: str, make_inner: Any) -> None:
     plain_text, plain_deltas, _ = await call(make_inner(), style)
 
-    monitor = EntropyExitLLM(llm=make_inner(), policy=ExitPolicy(threshold=0), keep_tokens=True)
+    monitor = EntropyExitLLM(llm=make_inner(), policy=ExitPolicy(threshold=0))
     text, deltas, response = await call(monitor, style)
     assert text == plain_text and deltas == plain_deltas
     report = SavingsReport.from_dict(response.additional_kwargs[REPORT_KEY])

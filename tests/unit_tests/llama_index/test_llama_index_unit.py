@@ -132,17 +132,17 @@ def test_logprobs_round_trip_in_llama_index_type() -> None:
 def test_exits_early_and_stops_pulling() -> None:
     inner = ScriptedLLM()
     ledger = SavingsLedger()
-    llm = EntropyExitLLM(
-        llm=inner, policy=ExitPolicy(threshold=0.5, min_tokens=5), ledger=ledger, keep_tokens=True
-    )
+    llm = EntropyExitLLM(llm=inner, policy=ExitPolicy(threshold=0.5, min_tokens=5), ledger=ledger)
     response = llm.complete("go")
     report = SavingsReport.from_dict(response.additional_kwargs[REPORT_KEY])
     assert report.exited and report.tokens_generated == 5
     assert inner.pulled == 5
     assert response.text == " w" * 5
     assert len(response.logprobs) == 5
-    lean = EntropyExitLLM(llm=ScriptedLLM(), policy=ExitPolicy(threshold=0.5, min_tokens=5)).complete("go")
-    assert lean.logprobs is None  # tokens are kept only when asked (ExitOptions(keep_tokens=True))
+    lean = EntropyExitLLM(
+        llm=ScriptedLLM(), policy=ExitPolicy(threshold=0.5, min_tokens=5), keep_tokens=False
+    )
+    assert lean.complete("go").logprobs is None  # keep_tokens=False: memory stays flat
     assert llm.last_report == ledger.reports[-1]
 
 
