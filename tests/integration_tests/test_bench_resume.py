@@ -106,7 +106,10 @@ def test_bench_table_killed_and_resumed_asks_nothing_twice(llama_server: Any, tm
     table = (out / "table.md").read_text()
     assert table.startswith("| rule |") and "Dynasor probes every 8, k=2" in table
     headroom = (out / "headroom.md").read_text()
-    assert "upper bound, probe cost not charged" in headroom and "probe grid, probe cost charged" in headroom
+    labelled = (
+        "upper bound, probe cost not charged" in headroom and "probe grid, probe cost charged" in headroom
+    )
+    assert labelled or "none to measure" in headroom  # (the labels are checked on Qwen's table too)
 
     third = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0, third.stdout + third.stderr

@@ -605,6 +605,11 @@ def headroom_bound(traces: Sequence[Trace], answers: ProbeAnswers) -> dict[str, 
 
 def headroom_text(grid: dict[str, Any], bound: dict[str, Any]) -> str:
     """The headroom section: the true upper bound and the probe-grid figure, each labelled."""
+    if not bound["right"]:
+        return (
+            "## Headroom (hindsight, on the questions the full run gets right)\n\n"
+            "- none to measure: the full run gets no question right\n"
+        )
     return (
         "## Headroom (hindsight, on the questions the full run gets right)\n\n"
         f"- upper bound, probe cost not charged: a perfect stop at the earliest prefix with a right "

@@ -167,13 +167,13 @@ def record_resumable(
     return [done[p.id] for p in problems]
 
 
-def _calibrated(path: Path, make: Any, log: Log) -> Calibration | None:
+def _calibrated(path: Path, make: Any, log: Log, what: str) -> Calibration | None:
     if path.exists():
         return Calibration.load(path)
     try:
         cal = make()
     except PolicyError as error:
-        log(f"calibration refused ({error})")
+        log(f"{what} refused ({error})")
         return None
     cal.save(path)
     log(f"profile saved to {path} (tau {cal.tau:.4f}, verdict {cal.verdict})")
@@ -254,6 +254,14 @@ def run_table(
     from .report import write_results
 
     started = time.perf_counter()
+    left_out: list[str] = []
+    say = log
+
+    def log(message: str) -> None:  # rows left out are also said after the table
+        say(message)
+        if any(word in message for word in ("left out", "skipped", "refused")):
+            left_out.append(message)
+
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     journal = out_dir / "requests.jsonl"
@@ -287,12 +295,16 @@ def run_table(
                 out_dir / "profile_window.json",
                 lambda: calibrate_traces(train, shape=shape, risk=risk, answers=resolver, log=log),
                 log,
+                "the streaming calibration (the risk-controlled row)",
             )
         if seq_profile is None and train:
             from .commands import calibrate_traces
 
             seq_profile = _calibrated(
-                out_dir / "profile_seq.json", lambda: calibrate_traces(train, log=log), log
+                out_dir / "profile_seq.json",
+                lambda: calibrate_traces(train, log=log),
+                log,
+                "the sequence calibration (the paper's gate row)",
             )
         log(
             f"{len(traces)} test traces, {len(train or [])} train traces, {len(cache.entries)} cached answers"
@@ -356,6 +368,8 @@ def run_table(
     write_results(out_dir, rows, meta=meta, extra={"per_question": per_question})
     (out_dir / "table.md").write_text(table)
     (out_dir / "headroom.md").write_text(room)
+    if left_out:
+        room += "\n## Rows left out\n\n" + "".join(f"- {m}\n" for m in left_out)
     savings_vs_accuracy_ci(rows, out_dir / "savings_vs_accuracy.png", title=title)
     return table + "\n" + room
 
