@@ -30,7 +30,12 @@ def parse_chat_chunk(chunk: Any, *, choice_index: int = 0) -> ChunkParts:
     a bad value becomes NaN, which the monitor reads as an unknown token (with one warning), so
     broken data can only delay an exit.
     """
-    # JSON dicts all the way down, or SDK objects all the way down: pick the accessor once.
+    if not isinstance(chunk, dict):
+        try:
+            return _parse_sdk_chunk(chunk, choice_index)
+        except (AttributeError, TypeError):
+            pass  # not an openai SDK object after all: read it field by field
+    # JSON dicts all the way down, or objects read field by field: pick the accessor once.
     get = dict.get if isinstance(chunk, dict) else field
     usage = get(chunk, "usage")
     choices = get(chunk, "choices")
@@ -60,6 +65,46 @@ def parse_chat_chunk(chunk: Any, *, choice_index: int = 0) -> ChunkParts:
         tokens,
         logprobs is not None,
         get(choice, "finish_reason"),
+        None if usage is None else _as_dict(usage),
+        tool_call,
+    )
+
+
+def _parse_sdk_chunk(chunk: Any, choice_index: int) -> ChunkParts:
+    """``parse_chat_chunk`` for openai SDK objects (pydantic models whose declared fields are
+    typed): plain attribute reads, and the undeclared reasoning fields from ``model_extra``."""
+    usage = chunk.usage
+    choices = chunk.choices
+    choice = None
+    if choices:
+        choice = choices[0] if len(choices) == 1 and (choices[0].index or 0) == choice_index else None
+        if choice is None and len(choices) > 1:
+            choice = _choice(choices, choice_index)
+    if choice is None:
+        return EMPTY if usage is None else ChunkParts(usage=_as_dict(usage))
+    delta = choice.delta
+    content = reasoning = ""
+    tool_call = False
+    if delta is not None:
+        content = delta.content or ""
+        extra = delta.model_extra
+        if extra:
+            reasoning = extra.get("reasoning_content") or extra.get("reasoning") or extra.get("thinking") or ""
+        tool_call = bool(delta.tool_calls)
+    phase = Phase.REASONING if reasoning and not content else Phase.ANSWER
+    logprobs = choice.logprobs
+    tokens: tuple[TokenLogprob, ...] = ()
+    if logprobs is not None:
+        entries = logprobs.content
+        if entries is None:
+            entries = logprobs.refusal or []
+        tokens = tokens_from_content_entries(entries, phase)
+    return ChunkParts(
+        content if content.__class__ is str else str(content),
+        reasoning if reasoning.__class__ is str else str(reasoning),
+        tokens,
+        logprobs is not None,
+        choice.finish_reason,
         None if usage is None else _as_dict(usage),
         tool_call,
     )
