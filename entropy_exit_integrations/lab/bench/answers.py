@@ -16,7 +16,28 @@ from .replay import Outcome, Trace, answer_of
 from .runner import RunConfig, force_answer, forced_outcome, forcing_for, grade_forced, run_all
 from .traces import ForcedCache
 
-__all__ = ["ExitAnswers"]
+__all__ = ["ExitAnswers", "request_key", "same_request"]
+
+
+def request_key(trace: Trace, kept: int) -> tuple[str, str]:
+    """What the forcing request after ``kept`` tokens sends of the generation: the reasoning and
+    the text without trailing whitespace (``AnswerForcing.chat_request`` strips it)."""
+    reasoning, text = trace.split_prefix(kept - 1)
+    return reasoning, text.rstrip()
+
+
+def same_request(cache: ForcedCache, trace: Trace, kept: int, cue: str) -> dict[str, Any] | None:
+    """A cached answer to the identical request at a neighbouring prefix length (prefixes that
+    differ only by trailing whitespace send the same request): asked once, not twice."""
+    want = request_key(trace, kept)
+    for step in (-1, 1):
+        count = kept + step
+        while 0 < count <= len(trace.tokens) and request_key(trace, count) == want:
+            entry = cache.get(trace, count, cue)
+            if entry is not None:
+                return entry
+            count += step
+    return None
 
 
 class ExitAnswers:
@@ -56,7 +77,8 @@ class ExitAnswers:
                 found[(i, index)] = ExitAnswer(trace.correct, 0)
                 self.counts["in text"] += 1
                 continue
-            entry = self.cache.get(trace, index + 1, forcing_for(trace.kind).cue)
+            cue = forcing_for(trace.kind).cue
+            entry = self.cache.get(trace, index + 1, cue) or same_request(self.cache, trace, index + 1, cue)
             if entry is not None and trace.reference:
                 found[(i, index)] = ExitAnswer(grade_forced(trace, index, entry["answer"]), entry["tokens"])
                 self.counts["cached"] += 1
@@ -76,15 +98,20 @@ class ExitAnswers:
                     )
                 return answer, used
 
+            first: dict[tuple[int, str, str], tuple[int, int]] = {}
+            for i, index in todo:  # identical requests in one batch: ask the first only
+                first.setdefault((i, *request_key(self.traces[i], index + 1)), (i, index))
+            unique = list(dict.fromkeys(first.values()))
             try:
-                answers = run_all(todo, work, config, "forcing answers")
+                asked = dict(zip(unique, run_all(unique, work, config, "forcing answers")))
             finally:
                 self.cache.save()
-            for (i, index), (answer, used) in zip(todo, answers):
+            for i, index in todo:
                 trace = self.traces[i]
+                answer, used = asked[first[(i, *request_key(trace, index + 1))]]
                 known = grade_forced(trace, index, answer) if trace.reference else None
                 found[(i, index)] = ExitAnswer(known, used)
-                self.counts["forced"] += 1
+                self.counts["forced" if (i, index) in asked else "cached"] += 1
             self.cache.save()
         elif todo:
             self.counts["unknown"] += len(todo)

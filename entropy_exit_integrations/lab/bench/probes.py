@@ -38,7 +38,7 @@ from entropy_exit_integrations.core.probes import ProbeRule, ProbeState
 from entropy_exit_integrations.errors import PolicyError
 from entropy_exit_integrations.forcing import AnswerForcing
 
-from .answers import ExitAnswers
+from .answers import ExitAnswers, same_request
 from .policies import BenchOptions, chosen_policy
 from .replay import Outcome, RuleSummary, Trace, answer_of, summarise
 from .report import truncation_notes, wilson
@@ -119,22 +119,7 @@ class ProbeAnswers:
         return entry
 
     def _twin(self, trace: Trace, kept: int, cue: str) -> dict[str, Any] | None:
-        """A cached answer to the identical request at a neighbouring prefix length: prefixes that
-        differ only by trailing whitespace send the same request (the forcing request strips it)."""
-
-        def request(count: int) -> tuple[str, str]:
-            reasoning, text = trace.split_prefix(count - 1)
-            return reasoning, text.rstrip()
-
-        want = request(kept)
-        for step in (-1, 1):
-            count = kept + step
-            while 0 < count <= len(trace.tokens) and request(count) == want:
-                entry = self.cache.get(trace, count, cue)
-                if entry is not None:
-                    return entry
-                count += step
-        return None
+        return same_request(self.cache, trace, kept, cue)
 
     def save(self) -> None:
         with self._lock:
