@@ -174,7 +174,9 @@ class SavingsReport:
             expected_tokens=expected,
             tokens_saved_vs_expected=saved_expected,
             saved_fraction=saved_fraction,
-            aggregate_entropy=decision.entropy,
+            # unknown tokens read as the most uncertain to the policy; with none measured (no
+            # logprobs, a pass-through call) there is no entropy to report
+            aggregate_entropy=decision.entropy if monitor.tokens_seen > monitor.unknown_tokens else None,
             threshold=policy.threshold,
             calibrated=policy.is_calibrated,
             k=monitor.max_k,

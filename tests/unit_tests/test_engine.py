@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from entropy_exit_integrations import ExitOptions, ExitPolicy, StreamInterrupted
+from entropy_exit_integrations import EntropyExitWarning, ExitOptions, ExitPolicy, StreamInterrupted
 from entropy_exit_integrations.core.probes import ProbeRule
 from entropy_exit_integrations.driver import drive as run_driver
 from entropy_exit_integrations.engine import ENTROPY_EXIT, MonitoredCall, RequestSpec, check_policy
@@ -295,3 +295,17 @@ def test_a_probe_stream_that_breaks_is_no_answer_and_the_call_goes_on() -> None:
     result = result_of(call, transport)
     assert result.report.exited and result.report.probes == 3 and result.forced_answer == "42"
     assert [spec.role for spec in transport.specs] == ["main", "probe", "probe", "probe"]
+
+
+def test_a_pass_through_report_shows_no_entropy() -> None:
+    """Without logprobs (on_missing="pass_through") nothing was measured: no entropy is reported."""
+    call = MonitoredCall(ExitPolicy(threshold=1.0, on_missing="pass_through"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EntropyExitWarning)
+        for text in "abc":
+            call.feed(ChunkParts(content=text))
+    call.feed(ChunkParts(finish_reason="stop"))
+    call.end_main(cut=False)
+    report = call.finish(estimate_prompt=False).report
+    assert report.unknown_tokens == 3 and report.aggregate_entropy is None and report.entropy.mean is None
+    assert "entropy n/a" in str(report)
