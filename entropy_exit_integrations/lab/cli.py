@@ -570,6 +570,13 @@ def _add_bench_parser(subparsers: Subparsers) -> None:
     add("--budgets", default=None, help="budget cuts, e.g. 64,128 (default: 1/4, 1/2, 3/4 of the budget)")
     add("--length-quantiles", default="0.5,0.9", help="length caps at train quantiles, or none")
     add("--periods", default="32,64", help="periodic probes every N tokens (default: 32,64)")
+    add(
+        "--headroom-every",
+        type=_int_at_least(0),
+        default=0,
+        help="ask forced answers every N tokens on right answers for the headroom's upper bound "
+        "(1: every prefix, the exact bound; default 0: the prefixes the rows asked)",
+    )
     parser.set_defaults(func=_run_bench)
 
 
@@ -636,6 +643,7 @@ def _run_bench_table(args: argparse.Namespace) -> int:
             length_quantiles=quantiles or (),
             periods=periods or (32, 64),
             concurrency=args.concurrency,
+            headroom_every=args.headroom_every,
         )
     print(text, end="")
     print(f"table: {args.out}/table.md, headroom: {args.out}/headroom.md, rows: {args.out}/results.json")

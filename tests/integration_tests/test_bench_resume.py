@@ -61,6 +61,8 @@ def test_bench_table_killed_and_resumed_asks_nothing_twice(llama_server: Any, tm
         "32",
         "--periods",
         "8,16",
+        "--headroom-every",
+        "4",
         "--concurrency",
         "2",
         "--no-progress",

@@ -73,3 +73,58 @@ def test_truncation_note_only_for_gains_on_truncated_runs() -> None:
     json.dumps(row.extra)
     plain = summarise("no exit", "baseline", [gained[1]], traces[1:])
     assert plain.truncation_note is None and truncation_notes([plain]) == []
+
+
+class _Answer:
+    def __init__(self, content: str) -> None:
+        from types import SimpleNamespace
+
+        self.choices = [SimpleNamespace(message=SimpleNamespace(content=content))]
+        self.usage = SimpleNamespace(completion_tokens=3)
+
+
+class _Client:
+    """Answers every forcing request with the question's reference answer, and counts them."""
+
+    base_url = "http://stub/v1"
+
+    def __init__(self, references: dict[str, str]) -> None:
+        from types import SimpleNamespace
+
+        self.references = references
+        self.asked = 0
+        self.chat = SimpleNamespace(completions=SimpleNamespace(create=self.create))
+
+    def create(self, **kwargs: object) -> _Answer:
+        self.asked += 1
+        question = next(m["content"] for m in kwargs["messages"] if m["role"] == "user")  # type: ignore[index,union-attr]
+        return _Answer(f" {self.references[question]}")
+
+
+def test_headroom_upper_bound_is_labelled_and_not_below_the_grid(tmp_path: Path) -> None:
+    from entropy_exit_integrations.lab.bench.probes import (
+        ProbeAnswers,
+        headroom,
+        headroom_bound,
+        headroom_text,
+    )
+    from entropy_exit_integrations.lab.bench.runner import RunConfig
+    from entropy_exit_integrations.lab.bench.table import _ask_headroom
+    from entropy_exit_integrations.lab.bench.traces import ForcedCache
+
+    traces = [t for t in load_traces(RECORDED) if len(t.tokens) > 12][:4]
+    for t in traces:
+        t.correct = True
+    client = _Client({t.question: t.reference for t in traces})
+    config = RunConfig(model="stub", concurrency=1, progress=False)
+    answers = ProbeAnswers(ForcedCache(tmp_path / "c.json"), client=client, config=config)
+    grid = headroom(traces, answers, every=8)
+    _ask_headroom(traces, answers, 2, config, lambda _: None)
+    bound = headroom_bound(traces, answers)
+    assert client.asked > 0 and bound["right"] == len(traces)
+    assert bound["max_saving_on_right_pct"] >= grid["max_saving_on_right_pct"] > 0
+    text = headroom_text(grid, bound)
+    assert "upper bound, probe cost not charged" in text and "probe grid, probe cost charged" in text
+    asked = client.asked
+    _ask_headroom(traces, answers, 2, config, lambda _: None)  # all cached: nothing asked again
+    assert client.asked == asked

@@ -236,6 +236,7 @@ def run_table(
     length_quantiles: tuple[float, ...] = (0.5, 0.9),
     periods: tuple[int, ...] = (32, 64),
     concurrency: int = 1,
+    headroom_every: int = 0,
     title: str = "",
     log: Log = print,
 ) -> str:
@@ -342,6 +343,8 @@ def run_table(
         if not all([q["id"] for q in v] == ids for v in per_question.values()):
             raise EntropyExitError("internal error: rows on different questions")
         grid = headroom(traces, answers, every=periods[0] if periods else 32)
+        if headroom_every and counting is not None:
+            _ask_headroom(traces, answers, headroom_every, config, log)
         bound = headroom_bound(traces, answers)
     except LookupError as error:
         raise MissingAnswers(
@@ -372,6 +375,27 @@ def run_table(
         room += "\n## Rows left out\n\n" + "".join(f"- {m}\n" for m in left_out)
     savings_vs_accuracy_ci(rows, out_dir / "savings_vs_accuracy.png", title=title)
     return table + "\n" + room
+
+
+def _ask_headroom(traces: Sequence[Trace], answers: Any, every: int, config: Any, log: Log) -> None:
+    """For the upper bound: on each question the full run gets right, ask forced answers every
+    ``every`` tokens (never inside a number) from the start until one grades right (cached)."""
+    from entropy_exit_integrations.core.guards import stop_indices
+
+    from .runner import grade_forced
+
+    def one(trace: Trace) -> None:
+        stops = stop_indices(trace.tokens)
+        for index in range(every - 1, len(trace.tokens) - 1, every):
+            if stops[index] != index:
+                continue
+            entry = answers.get(trace, index + 1)
+            if grade_forced(trace, index, str(entry["answer"]), answers._forcing(trace)):
+                return
+
+    right = [t for t in traces if t.correct]
+    log(f"headroom: forced answers every {every} tokens on {len(right)} right answers")
+    run_all(right, one, config, "headroom")
 
 
 def _quarters(max_tokens: int) -> tuple[int, ...]:
