@@ -17,7 +17,7 @@ what the driver yields into its framework's types::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from .engine import Close, ExitResult, MonitoredCall, Open, Read, RequestSpec
@@ -67,7 +67,7 @@ class Output(NamedTuple):
     result: ExitResult | None = None
 
 
-def drive(call: MonitoredCall, transport: Transport[C]) -> Iterator[Output]:
+def drive(call: MonitoredCall, transport: Transport[C]) -> Generator[Output, None, None]:
     """Run ``call`` over ``transport`` to its result (the last item). Closing this generator
     early closes every open stream."""
     streams: dict[str, Any] = {}
@@ -113,7 +113,7 @@ def drive(call: MonitoredCall, transport: Transport[C]) -> Iterator[Output]:
             _close_quietly(transport, stream)
 
 
-async def adrive(call: MonitoredCall, transport: AsyncTransport[C]) -> AsyncIterator[Output]:
+async def adrive(call: MonitoredCall, transport: AsyncTransport[C]) -> AsyncGenerator[Output, None]:
     """Async twin of ``drive``."""
     streams: dict[str, Any] = {}
     try:

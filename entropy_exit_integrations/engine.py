@@ -33,7 +33,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 from .core.monitor import Decision
 from .core.policy import ExitPolicy
@@ -59,6 +59,7 @@ from .traces import (
     LABEL_ANSWER_CHANGED,
     TRACE_SCHEMA,
     TRACE_VERSION,
+    TraceSinkLike,
     problem_id,
     token_to_json,
     write_quietly,
@@ -709,8 +710,9 @@ class MonitoredCall:
             tokens=session.tokens,
             forced_answer=answer.continuation if answer is not None else None,
         )
-        if self.options.trace_sink is not None:
-            write_quietly(self.options.trace_sink, self._trace(result))
+        sink = self.options.trace_sink
+        if sink is not None:
+            write_quietly(cast(TraceSinkLike, sink), self._trace(result))  # (a path became a sink)
         if self.options.ledger is not None:
             self.options.ledger.record(report)
         record_call(self.api, result)  # OpenTelemetry span and counters (the otel extra), else nothing

@@ -24,7 +24,7 @@ On exit the HTTP response is closed (``Stream.close()``), so the server stops ge
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -41,8 +41,8 @@ from .session import TextDelta
 _REQUEST_ONLY = ("messages", "prompt", "stream")
 
 
-class _Transport:
-    """The openai SDK as the driver's transport: ``create(stream=True)``, ``Stream.close()``."""
+class _Request:
+    """What the sync and async transports share: the request of a ``RequestSpec``."""
 
     def __init__(self, client: Any, api: Api, create_kwargs: dict[str, Any]) -> None:
         self.create = client.chat.completions.create if api == "chat" else client.completions.create
@@ -59,6 +59,10 @@ class _Transport:
             request["prompt"] = self.prompt if spec.prompt is None else spec.prompt
         return request
 
+
+class _Transport(_Request):
+    """The openai SDK as the driver's transport: ``create(stream=True)``, ``Stream.close()``."""
+
     def open(self, spec: RequestSpec) -> Any:
         return self.create(**self.request(spec))
 
@@ -66,11 +70,13 @@ class _Transport:
         stream.close()
 
 
-class _AsyncTransport(_Transport):
-    async def open(self, spec: RequestSpec) -> Any:  # type: ignore[override]
+class _AsyncTransport(_Request):
+    """Async twin of ``_Transport`` (``AsyncStream.close()`` is awaited)."""
+
+    async def open(self, spec: RequestSpec) -> Any:
         return await self.create(**self.request(spec))
 
-    async def close(self, stream: Any) -> None:  # type: ignore[override]
+    async def close(self, stream: Any) -> None:
         await stream.close()
 
 
@@ -149,7 +155,7 @@ class ExitStream(_MonitoredStream):
 class AsyncExitStream(_MonitoredStream):
     """Async twin of ExitStream: ``async for delta in stream``, then ``stream.result``."""
 
-    def _run(self, client: Any, api: Api, create_kwargs: dict[str, Any]) -> AsyncIterator[Output]:
+    def _run(self, client: Any, api: Api, create_kwargs: dict[str, Any]) -> AsyncGenerator[Output, None]:
         return adrive(self._call, _AsyncTransport(client, api, create_kwargs))
 
     async def __aenter__(self) -> AsyncExitStream:
@@ -160,7 +166,7 @@ class AsyncExitStream(_MonitoredStream):
 
     async def aclose(self) -> None:
         """Close the HTTP response (the server stops generating)."""
-        await self._steps.aclose()  # type: ignore[attr-defined]
+        await self._steps.aclose()
 
     async def __aiter__(self) -> AsyncIterator[TextDelta]:
         async for out in self._steps:

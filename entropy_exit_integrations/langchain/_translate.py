@@ -80,8 +80,8 @@ def monitored_call(
     )
 
 
-class Transport:
-    """The inner model's public ``stream`` as the driver's transport (sync)."""
+class _Request:
+    """What the sync and async transports share: the inner model's input for a ``RequestSpec``."""
 
     def __init__(
         self, inner: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig | None
@@ -103,6 +103,10 @@ class Transport:
                 history.append(AIMessage(item["content"], additional_kwargs=thought))
         return history, dict(spec.fields)
 
+
+class Transport(_Request):
+    """The inner model's public ``stream`` as the driver's transport (sync)."""
+
     def open(self, spec: RequestSpec) -> Iterator[Any]:
         history, kwargs = self.request(spec)
         return self.inner.stream(history, self.config, **kwargs)
@@ -111,14 +115,14 @@ class Transport:
         stream.close()  # closes the inner generator and its HTTP response: the server stops
 
 
-class AsyncTransport(Transport):
+class AsyncTransport(_Request):
     """Async twin of ``Transport`` (the inner model's public ``astream``)."""
 
-    async def open(self, spec: RequestSpec) -> AsyncIterator[Any]:  # type: ignore[override]
+    async def open(self, spec: RequestSpec) -> AsyncIterator[Any]:
         history, kwargs = self.request(spec)
         return self.inner.astream(history, self.config, **kwargs)
 
-    async def close(self, stream: Any) -> None:  # type: ignore[override]
+    async def close(self, stream: Any) -> None:
         await stream.aclose()
 
 

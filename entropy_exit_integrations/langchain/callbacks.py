@@ -140,7 +140,7 @@ class _Monitors:
             raise ValueError(f"on_exit must be 'raise' or 'record', got {on_exit!r}")
         self.options = options
         self.policy = options.policy
-        self.on_exit = on_exit
+        self.on_exit: OnExit = on_exit
         self.ledger = options.ledger
         self.results: dict[UUID, ExitResult] = {}
         self.last_result: ExitResult | None = None
@@ -258,7 +258,7 @@ class _Common:
 
     @property
     def on_exit(self) -> OnExit:
-        return self._monitors.on_exit  # type: ignore[return-value]
+        return self._monitors.on_exit
 
     @property
     def ledger(self) -> SavingsLedger | None:

@@ -278,7 +278,7 @@ class ChatEntropyExit(BaseChatModel):
         llm = self.bind(**first.kwargs)
         if len(steps) == 1:
             return llm
-        parser = steps[1] if len(steps) == 2 else RunnableSequence(*steps[1:])
+        parser: Runnable[Any, Any] = steps[1] if len(steps) == 2 else RunnableSequence(*steps[1:])
         if not include_raw:
             return llm | parser
         parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)

@@ -31,7 +31,8 @@ def _openai_messages(value: LanguageModelInput) -> list[dict[str, Any]]:
         value = value.to_messages()
     if isinstance(value, BaseMessage):
         value = [value]
-    return list(convert_to_openai_messages(list(value)))  # type: ignore[arg-type]
+    messages: list[Any] = list(value)
+    return list(convert_to_openai_messages(messages))
 
 
 def gate_metadata(result: GateResult) -> dict[str, Any]:

@@ -33,8 +33,9 @@ def is_openai_based(llm: Any) -> bool:
     return "logprobs" in fields and "top_logprobs" in fields and "api_base" in fields
 
 
-class Transport:
-    """The inner LLM as the driver's transport (sync); also the call's facts for the engine."""
+class _Request:
+    """What the sync and async transports share: the call's facts for the engine, and the inner
+    LLM's request for a ``RequestSpec``."""
 
     def __init__(self, owner: Any, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool) -> None:
         inner = owner.llm
@@ -93,6 +94,10 @@ class Transport:
         extra = [ChatMessage(role=MessageRole(m["role"]), content=m["content"]) for m in spec.messages]
         return self.messages + extra
 
+
+class Transport(_Request):
+    """The inner LLM's public ``stream_chat``/``stream_complete`` as the driver's transport."""
+
     def open(self, spec: RequestSpec) -> Iterator[Any]:
         llm, mode, payload, kwargs = self._request(spec)
         formatted = self.formatted or spec.prompt is not None
@@ -106,10 +111,10 @@ class Transport:
         stream.close()
 
 
-class AsyncTransport(Transport):
+class AsyncTransport(_Request):
     """Async twin of ``Transport``."""
 
-    async def open(self, spec: RequestSpec) -> AsyncIterator[Any]:  # type: ignore[override]
+    async def open(self, spec: RequestSpec) -> AsyncIterator[Any]:
         llm, mode, payload, kwargs = self._request(spec)
         formatted = self.formatted or spec.prompt is not None
         if mode == "chat":
@@ -183,7 +188,7 @@ def _check_captured(capture: ResponseCapture) -> None:
 class Responses:
     """What one call streams out: responses whose text is the engine's answer, then the last one."""
 
-    def __init__(self, owner: Any, transport: Transport) -> None:
+    def __init__(self, owner: Any, transport: _Request) -> None:
         self.owner = owner
         self.mode = transport.mode
         self.last: Any = None

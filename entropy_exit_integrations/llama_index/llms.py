@@ -50,7 +50,7 @@ from pydantic import InstanceOf
 from ..core.savings import SavingsReport
 from ..driver import adrive, drive
 from ..options import OPTION_NAMES, ExitOptions
-from ._stream import AsyncTransport, Responses, Transport
+from ._stream import AsyncTransport, Mode, Responses, Transport
 from .events import areported, reported
 
 
@@ -105,11 +105,11 @@ class EntropyExitLLM(FunctionCallingLLM):
 
     # -- chat -------------------------------------------------------------------------------
 
-    def _run(self, mode: str, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
+    def _run(self, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
         """The call's responses; its report goes out as an ``EntropyExitReportEvent`` on this span."""
         return reported(self._steps(Transport(self, mode, payload, kwargs, formatted)), active_span_id.get())
 
-    def _arun(self, mode: str, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
+    def _arun(self, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
         transport = AsyncTransport(self, mode, payload, kwargs, formatted)
         return areported(self._asteps(transport), active_span_id.get())
 

@@ -89,7 +89,9 @@ def _parse_sdk_chunk(chunk: Any, choice_index: int) -> ChunkParts:
         content = delta.content or ""
         extra = delta.model_extra
         if extra:
-            reasoning = extra.get("reasoning_content") or extra.get("reasoning") or extra.get("thinking") or ""
+            reasoning = (
+                extra.get("reasoning_content") or extra.get("reasoning") or extra.get("thinking") or ""
+            )
         tool_call = bool(delta.tool_calls)
     phase = Phase.REASONING if reasoning and not content else Phase.ANSWER
     logprobs = choice.logprobs

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 from ..core.tokens import Phase
 
@@ -93,7 +93,7 @@ def check_reasoning_format(value: Any) -> ReasoningFormat:
     """``value`` when it names a reasoning format, else a ValueError listing them."""
     if value not in REASONING_FORMATS:
         raise ValueError(f"reasoning_format must be one of {', '.join(REASONING_FORMATS)}; got {value!r}")
-    return value  # type: ignore[no-any-return]
+    return cast(ReasoningFormat, value)
 
 
 class ReasoningSplitter:
