@@ -9,8 +9,9 @@ process, alternating, best of ``--repeat``:
 * LlamaIndex: ``OpenAILike(...).stream_chat`` iterated  vs  ``EntropyExitLLM(...).stream_chat``
   (sync) and the same with ``astream_chat`` (async).
 
-The policy never exits (threshold 0), so both sides read the whole stream. Printed per pair:
-microseconds per token (bare, monitored, ratio), the ratio of the last 5,000 tokens' time to the
+The policy never exits (threshold 0), so both sides read the whole stream. ``keep_tokens=False``
+rows leave out the per-token candidates a result otherwise keeps (``ExitOptions.keep_tokens``).
+Printed per pair: microseconds per token (bare, monitored, ratio), the ratio of the last 5,000 tokens' time to the
 first 5,000's (flat is 1.0), and memory kept per token (tracemalloc peak over the run, divided by
 the tokens; a separate pass, since tracing slows everything).
 
@@ -116,8 +117,8 @@ def pairs(url: str, n: int) -> dict[str, tuple[Callable, Callable]]:
         for _ in client.chat.completions.create(stream=True, **kwargs):
             tick()
 
-    def ours_openai(tick: Callable[[], None]) -> None:
-        with iter_chat(client, policy=never, **kwargs) as stream:
+    def ours_openai(tick: Callable[[], None], keep: bool = True) -> None:
+        with iter_chat(client, policy=never, keep_tokens=keep, **kwargs) as stream:
             for _ in stream:
                 tick()
 
@@ -145,14 +146,15 @@ def pairs(url: str, n: int) -> dict[str, tuple[Callable, Callable]]:
         async_http_client=async_client,
     )
     llm = EntropyExitLLM(llm=inner, policy=never)
+    lean = EntropyExitLLM(llm=inner, policy=never, keep_tokens=False)
     li_messages = [ChatMessage(role="user", content="go")]
 
     def bare_li(tick: Callable[[], None]) -> None:
         for _ in inner.stream_chat(li_messages):
             tick()
 
-    def ours_li(tick: Callable[[], None]) -> None:
-        for _ in llm.stream_chat(li_messages):
+    def ours_li(tick: Callable[[], None], monitored: Any = llm) -> None:
+        for _ in monitored.stream_chat(li_messages):
             tick()
 
     def abare_li(tick: Callable[[], None]) -> None:
@@ -171,8 +173,13 @@ def pairs(url: str, n: int) -> dict[str, tuple[Callable, Callable]]:
 
     return {
         "openai SDK (stream_chat)": (bare_openai, ours_openai),
+        "openai SDK (stream_chat, keep_tokens=False)": (bare_openai, lambda tick: ours_openai(tick, False)),
         "LangChain ChatOpenAI.stream (ChatEntropyExit)": (bare_lc, ours_lc),
         "LlamaIndex stream_chat (EntropyExitLLM)": (bare_li, ours_li),
+        "LlamaIndex stream_chat (EntropyExitLLM, keep_tokens=False)": (
+            bare_li,
+            lambda tick: ours_li(tick, lean),
+        ),
         "LlamaIndex astream_chat (EntropyExitLLM)": (abare_li, aours_li),
     }
 
@@ -193,8 +200,10 @@ def main() -> None:
     n = args.tokens
     url = serve(sse_body(n))
     print(f"{n} tokens per stream, best of {args.repeat}, recorded llama.cpp top-20 chunks")
-    header = "| integration | bare us/token | monitored us/token | ratio | flat (last/first 5k) bare, ours | KB/token bare, ours |"
-    print(header)
+    print(
+        "| integration | bare us/token | monitored us/token | ratio "
+        "| flat (last/first 5k) bare, ours | KB/token bare, ours |"
+    )
     print("|---|---|---|---|---|---|")
     for name, (bare, ours) in pairs(url, n).items():
         best_bare = best_ours = (float("inf"), 0.0)
@@ -204,7 +213,8 @@ def main() -> None:
         kb = (kept_per_token(bare, n), kept_per_token(ours, n))
         print(
             f"| {name} | {best_bare[0] / n * 1e6:.1f} | {best_ours[0] / n * 1e6:.1f} | "
-            f"{best_ours[0] / best_bare[0]:.3f} | {best_bare[1]:.2f}, {best_ours[1]:.2f} | {kb[0]:.2f}, {kb[1]:.2f} |",
+            f"{best_ours[0] / best_bare[0]:.3f} | {best_bare[1]:.2f}, {best_ours[1]:.2f} | "
+            f"{kb[0]:.2f}, {kb[1]:.2f} |",
             flush=True,
         )
 
