@@ -12,8 +12,8 @@ process, alternating, best of ``--repeat``:
 The policy never exits (threshold 0), so both sides read the whole stream. ``keep_tokens=False``
 rows leave out the per-token candidates a result otherwise keeps (``ExitOptions.keep_tokens``).
 Printed per pair: microseconds per token (bare, monitored, ratio), the ratio of the last 5,000
-tokens' time to the first 5,000's (flat is 1.0), and memory kept per token (tracemalloc peak over the run, divided by
-the tokens; a separate pass, since tracing slows everything).
+tokens' time to the first 5,000's (flat is 1.0), and memory kept per token (tracemalloc peak
+over the run, divided by the tokens; a separate pass, since tracing slows everything).
 
     python benchmarks/integration_overhead.py [--tokens 20000] [--repeat 3]
 """
