@@ -169,6 +169,8 @@ class Chunks:
     def last_chunk(self, result: ExitResult) -> ChatGenerationChunk:
         """The last chunk: usage, the report (plain data, once), the exit's finish reason."""
         metadata: dict[str, Any] = {REPORT_KEY: result.report.to_dict()}
+        if result.usage.get("estimated"):  # usage_metadata has no such flag: say it beside it
+            metadata["prompt_tokens_estimated"] = True
         if result.finish_reason == ENTROPY_EXIT:
             metadata["finish_reason"] = ENTROPY_EXIT  # a cut stream sent none of its own
         if not self.saw_model_name and self.call.model:

@@ -246,7 +246,8 @@ class Responses:
         extra = dict(getattr(self.last, "additional_kwargs", None) or {})
         extra.pop("thinking_delta", None)
         extra.update(result.usage)
-        extra.pop("estimated", None)
+        if extra.pop("estimated", False):  # the prompt count is an estimate: say so beside it
+            extra["prompt_tokens_estimated"] = True
         extra[REPORT_KEY] = result.report.to_dict()
         if result.reasoning:
             extra["reasoning_content"] = result.reasoning
