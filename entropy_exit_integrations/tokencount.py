@@ -5,9 +5,9 @@ Elsewhere: for a model tiktoken knows (OpenAI's), tiktoken's exact count; for an
 an estimate of 4 characters per token. tiktoken's encodings are another model's tokenizer
 there, no better an estimate than that for the prompt (the chat template the server adds
 dominates the error), and loading one holds the GIL for 0.2-0.7 s, which would stall an
-event loop at the first exit. tiktoken downloads its BPE files on first use (or reads the
-directory ``TIKTOKEN_CACHE_DIR`` names, the user's setting, never changed here); offline
-without that cache the count is the estimate.
+event loop at the first exit. tiktoken downloads its BPE files on first use, or reads them from
+the cache directory its own environment setting names (the user's; this package never changes
+the environment); offline without that cache the count is the estimate.
 """
 
 from __future__ import annotations
