@@ -714,7 +714,46 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _add_convert_parser(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
+    def options(parser: argparse.ArgumentParser, what: str) -> None:
+        parser.add_argument("file", metavar="FILE", help=f"{what} (JSONL; .gz is fine)")
+        parser.add_argument("--out", required=True, help="trace file to write (JSONL; .gz compresses)")
+        parser.add_argument(
+            "--dataset",
+            default=None,
+            help="arithmetic, gsm8k, math500, aime24 or a JSONL path, paired in order with rows "
+            "that do not name their question",
+        )
+        parser.add_argument("--split", default="test", help="dataset split (default: test)")
+        parser.add_argument(
+            "--offset", type=_int_at_least(0), default=0, help="first dataset row (default: 0)"
+        )
+        parser.add_argument("--seed", type=int, default=0, help="dataset seed (arithmetic; default: 0)")
+        parser.set_defaults(func=_run_convert)
+
+    convert = subparsers.add_parser(
+        "convert",
+        help="turn recorded generations (stream chunks, top-k lists, OpenAI/vLLM responses) into traces",
+        description="Read recorded generations in one of three shapes and write a trace file (schema "
+        "entropy-exit-trace, version 1) for calibrate/bench --traces. chunks: chat.completion.chunk "
+        'objects, one per line (see convert-chunks). topk: one generation per line, {"problem_id", '
+        '"question", "reference", "correct": true|false, "text", "tokens": [{"token", "logprob", '
+        '"top_logprobs": [{"token", "logprob"}, ...]}, ...]} (a token may be [text, logprob, [top '
+        "tokens], [top logprobs]]). openai: non-streaming chat.completion responses requested with "
+        "logprobs and top_logprobs (choices[0].logprobs.content, message.content, reasoning_content), "
+        'one per line or one JSON document, optionally wrapped as {"response": ..., "problem_id", '
+        '"question", "reference", "correct"}. correct must be a JSON boolean; without it the text is '
+        "graded against the reference. Tokens with NaN or infinite logprobs are kept as unknown and "
+        "counted. Full format: the docstring of entropy_exit_integrations.lab.bench.traces.",
+    )
+    convert.add_argument(
+        "--from",
+        dest="shape",
+        choices=("auto", "chunks", "topk", "openai"),
+        default="auto",
+        help="the input's shape (default: auto, told from the first row)",
+    )
+    options(convert, "recorded generations")
+    chunks = subparsers.add_parser(
         "convert-chunks",
         help="turn raw OpenAI-format stream chunks (JSON lines) into a trace file",
         description="Read chat.completion.chunk objects saved one per line by any client (streams are "
@@ -722,38 +761,33 @@ def _add_convert_parser(subparsers: Subparsers) -> None:
         '"question": ..., "reference": ..., "kind": ..., "messages": [...]}), pair the streams '
         "in order with the questions of --dataset (a built-in set or a JSONL of questions) when the "
         "lines do not name them, grade them and write a trace file (schema entropy-exit-trace, "
-        "version 1) for calibrate/bench --traces.",
+        "version 1) for calibrate/bench --traces. Other shapes: `entropy-exit convert`.",
     )
-    parser.add_argument("chunks", help="JSONL file of raw stream chunks")
-    parser.add_argument("--out", required=True, help="trace file to write (JSONL)")
-    parser.add_argument(
-        "--dataset", default=None, help="arithmetic, gsm8k, math500, aime24 or a JSONL path, in stream order"
-    )
-    parser.add_argument("--split", default="test", help="dataset split (default: test)")
-    parser.add_argument("--offset", type=_int_at_least(0), default=0, help="first dataset row (default: 0)")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (arithmetic; default: 0)")
-    parser.set_defaults(func=_run_convert)
+    options(chunks, "JSONL file of raw stream chunks")
+    chunks.set_defaults(shape="chunks")
+
+
+_CONVERT_FIX = {
+    "chunks": "give the JSONL file of chat.completion.chunk objects (one per line, as streamed; .gz is fine)",
+    "auto": "give the file of recorded generations: stream chunks, top-k token lists or chat.completion "
+    "responses (.gz is fine)",
+}
 
 
 def _run_convert(args: argparse.Namespace) -> int:
     from .bench.datasets import load_dataset
     from .bench.replay import save_traces
-    from .bench.traces import convert_chunks
+    from .bench.traces import convert_file
 
-    chunks = _input_file(
-        "chunks file",
-        args.chunks,
-        "give the JSONL file of chat.completion.chunk objects (one per line, as streamed; .gz is fine)",
-    )
+    label = "chunks file" if args.shape == "chunks" else "input file"
+    path = _input_file(label, args.file, _CONVERT_FIX.get(args.shape, _CONVERT_FIX["auto"]))
     problems = None
     if args.dataset:
         _check_dataset(args.dataset)
         problems = load_dataset(args.dataset, split=args.split, seed=args.seed, offset=args.offset)
-    traces = convert_chunks(chunks, problems)
-    save_traces(traces, args.out)
-    right = sum(t.correct for t in traces)
-    tokens = sum(len(t.tokens) for t in traces)
-    print(f"{len(traces)} traces ({tokens} tokens, {right} correct) written to {args.out}")
+    converted = convert_file(path, args.shape, problems)
+    save_traces(converted.traces, args.out)
+    print(f"{converted.describe()}; written to {args.out}")
     return 0
 
 

@@ -59,6 +59,10 @@ def test_demo_prints_the_savings_table_and_writes_the_plot(llama_server, tmp_pat
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "verdict:" in done.stdout
-    assert "entropy exit vs baseline" in done.stdout and "tokens: baseline" in done.stdout
+    assert "entropy exit vs baseline" in done.stdout
+    assert "starting the embedded" not in done.stdout  # a --base-url run starts nothing
+    last = done.stdout.strip().splitlines()[-1]  # the verdict: n, intervals, where savings came from
+    assert last.startswith("n=3: accuracy no exit ") and "(95% CI " in last
+    assert "on answers the no-exit run got right" in last and "on answers already wrong" in last
     assert (tmp_path / "entropy_trajectories.png").stat().st_size > 10_000
     assert (tmp_path / "profile.json").exists()
