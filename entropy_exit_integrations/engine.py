@@ -178,8 +178,8 @@ class Finish(NamedTuple):
 
 
 Action = Open | Read | Close | Finish
-_READ_MAIN = Read("main")
 _READS: dict[str, Read] = {role: Read(role) for role in ("main", "forcing", "probe", "audit")}
+_READ_MAIN = _READS["main"]
 _FINISH = Finish()
 
 
@@ -335,7 +335,7 @@ class MonitoredCall:
         * main after its first chunk, and the forcing request: ``StreamInterrupted`` with the
           partial result (``__cause__`` is ``error``).
         * a probe: any error is a broken probe, whose answer counts as none; the main stream
-          goes on. (One rule in every integration.)
+          goes on. (One rule in every integration.) An audit likewise: it judges nothing.
 
         Call it from the ``except`` block that caught ``error``.
         """
@@ -393,10 +393,6 @@ class MonitoredCall:
         return spec
 
     # -- the request ----------------------------------------------------------------------
-
-    def logprob_params(self) -> dict[str, Any]:
-        """The request fields that ask for the candidates."""
-        return dict(self._logprob_fields)
 
     def refused(self, error: BaseException) -> dict[str, Any] | None:
         """The main request's fields to send after ``error`` refused it, or None: not a refusal.
