@@ -23,7 +23,7 @@ from pathlib import Path
 
 from openai.types.chat import ChatCompletionChunk
 
-from entropy_exit_integrations import EntropyMonitor, ExitPolicy
+from entropy_exit_integrations import EntropyMonitor, ExitOptions, ExitPolicy
 from entropy_exit_integrations.engine import MonitoredCall
 from entropy_exit_integrations.providers import parse_chat_chunk
 
@@ -62,7 +62,7 @@ def main() -> None:
             loads(payload)
 
     def full_path() -> None:
-        session = MonitoredCall(policy, keep_tokens=False)
+        session = MonitoredCall(ExitOptions(policy=policy, keep_tokens=False))
         feed = session.feed
         for payload in payloads:
             feed(parse_chat_chunk(loads(payload)))
@@ -71,7 +71,7 @@ def main() -> None:
     sdk_chunks = [ChatCompletionChunk.model_validate(loads(p)) for p in payloads[: len(payloads) // 10]]
 
     def sdk_full_path() -> None:
-        session = MonitoredCall(policy, keep_tokens=False)
+        session = MonitoredCall(ExitOptions(policy=policy, keep_tokens=False))
         feed = session.feed
         for chunk in sdk_chunks:
             feed(parse_chat_chunk(chunk))
