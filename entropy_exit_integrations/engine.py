@@ -183,16 +183,6 @@ _READ_MAIN = _READS["main"]
 _FINISH = Finish()
 
 
-def check_policy(policy: Any, owner: str) -> ExitPolicy:
-    """``policy`` itself, or ``TypeError`` naming what was given instead (at construction)."""
-    if not isinstance(policy, ExitPolicy):
-        raise TypeError(
-            f"{owner} needs policy=ExitPolicy(...), got {type(policy).__name__} ({policy!r}); "
-            "build one with ExitPolicy(threshold=...) or ExitPolicy.from_calibration(...)"
-        )
-    return policy
-
-
 class MonitoredCall:
     """One monitored call: what to request, chunks in, decisions, forcing, probes, the result.
 
@@ -238,7 +228,7 @@ class MonitoredCall:
         usage_fields: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(options, ExitOptions):
-            options = ExitOptions(policy=check_policy(options, "MonitoredCall"))
+            options = ExitOptions(policy=options)  # TypeError naming what was given instead
         self.options = options
         self.policy = policy = options.policy
         self.api = api

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from entropy_exit_integrations import EntropyExitWarning, ExitOptions, ExitPolicy, StreamInterrupted
 from entropy_exit_integrations.core.probes import ProbeRule
 from entropy_exit_integrations.driver import drive as run_driver
-from entropy_exit_integrations.engine import ENTROPY_EXIT, MonitoredCall, RequestSpec, check_policy
+from entropy_exit_integrations.engine import ENTROPY_EXIT, MonitoredCall, RequestSpec
 from entropy_exit_integrations.providers import ChunkParts, parse_chat_chunk
 
 
@@ -187,9 +187,9 @@ def test_forcing_after_a_reasoning_cut_sends_the_reasoning_inline_when_the_clien
     assert result.text == "42" and result.forced_answer == "42" and result.reasoning == "thinking"
 
 
-def test_check_policy_names_what_it_got() -> None:
+def test_a_bad_policy_is_a_type_error_naming_what_it_got() -> None:
     with pytest.raises(TypeError, match="dict"):
-        check_policy({"threshold": 1.0}, "X")
+        ExitOptions(policy={"threshold": 1.0})  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="NoneType"):
         MonitoredCall(None)  # type: ignore[arg-type]
 

@@ -251,7 +251,7 @@ def test_port_in_use_is_checked_first() -> None:
         sock.listen()
         port = sock.getsockname()[1]
         with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is already in use"):
-            LocalServer(port=port, build_if_missing=False).start()
+            LocalServer(port=port).start()
 
 
 def test_missing_binary_argument(tmp_path: Path) -> None:

@@ -83,7 +83,6 @@ class LocalServer:
         model_path: str | os.PathLike[str] | None = None,
         model_sha256: str | None = None,
         binary: str | os.PathLike[str] | None = None,
-        build_if_missing: bool = False,
         startup_timeout: float = 60.0,
         stop_timeout: float = 5.0,
         base_url: str | None = None,
@@ -106,11 +105,9 @@ class LocalServer:
             extra_args: more ``llama-server`` arguments, appended as given.
             model_path: a GGUF file instead of the default SmolLM2 (used as given).
             model_sha256: expected sha256 of ``model_path`` (checked when given).
-            binary: a ``llama-server`` executable instead of ``ensure_server_binary()``.
-            build_if_missing: when the server binary or the default model is missing, build and
-                install them (about 9 minutes) instead of failing at once with a message that
-                names ``entropy-exit setup``. Off by default: nothing is installed or compiled
-                unless asked.
+            binary: a ``llama-server`` executable instead of ``ensure_server_binary()``. Without
+                ``entropy-exit setup`` having built it (and installed the model), ``start()``
+                fails at once naming that command: a server never installs or compiles anything.
             startup_timeout: seconds to wait for ``/health`` to say ok.
             stop_timeout: seconds to wait after SIGTERM before SIGKILL.
             base_url: use this running OpenAI-compatible server instead of starting one.
@@ -130,7 +127,6 @@ class LocalServer:
         self.model_path = Path(model_path) if model_path is not None else None
         self.model_sha256 = model_sha256
         self.binary = Path(binary) if binary is not None else None
-        self.build_if_missing = build_if_missing
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         external = base_url or os.environ.get(ENV_BASE_URL) or None
@@ -166,12 +162,10 @@ class LocalServer:
             raise ServerError(
                 f"port {self.port} on {self.host} is already in use; pick another or pass port=None"
             )
-        binary = self.binary or ensure_server_binary(build_if_missing=self.build_if_missing)
+        binary = self.binary or ensure_server_binary()
         if not Path(binary).is_file():
             raise ServerError(f"llama-server binary {str(binary)!r} does not exist")
-        model = ensure_model(
-            self.model_path, sha256=self.model_sha256, install_if_missing=self.build_if_missing
-        )
+        model = ensure_model(self.model_path, sha256=self.model_sha256)
         for attempt in range(3 if auto_port else 1):
             port = _free_port(self.host) if auto_port else self.port
             try:

@@ -13,7 +13,7 @@ from entropy_exit_integrations.openai import stream_chat
 
 
 def test_server_death_mid_stream_keeps_every_token() -> None:
-    server = LocalServer(parallel=1, build_if_missing=False)
+    server = LocalServer(parallel=1)
     server.start()
     try:
         client = openai.OpenAI(base_url=server.base_url, api_key="sk-no-key", max_retries=0)
