@@ -48,6 +48,7 @@ class Call:
     reasoning_format: str = "auto"
     n: int | None = None  # choices per request (refused above 1)
     audit: Any = None  # an AuditRule
+    ledger: Any = None  # a SavingsLedger shared by calls
 
 
 @dataclass
@@ -126,6 +127,7 @@ def _openai(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
         "force_answer": call.force_answer,
         "reasoning_format": call.reasoning_format,
         "audit": call.audit,
+        "ledger": call.ledger,
         "probes": call.probes,
     }
     if call.tools:
@@ -199,6 +201,7 @@ def wrapper_model(base_url: str, call: Call) -> Any:
         probes=call.probes,
         reasoning_format=call.reasoning_format,
         audit=call.audit,
+        ledger=call.ledger,
     )
 
 
@@ -328,6 +331,7 @@ def _llamaindex(base_url: str, call: Call, is_async: bool) -> Callable[[], Any]:
         probes=call.probes,
         reasoning_format=call.reasoning_format,
         audit=call.audit,
+        ledger=call.ledger,
     )
     messages = [ChatMessage(role="user", content=call.prompt)]
     extra: dict[str, Any] = {"tools": call.tools} if call.tools else {}

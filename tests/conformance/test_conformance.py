@@ -80,7 +80,14 @@ import httpx
 import openai
 import pytest
 
-from entropy_exit_integrations import AuditRule, EntropyExitWarning, ExitPolicy, StreamInterrupted
+from entropy_exit_integrations import (
+    AuditRule,
+    EntropyExitWarning,
+    ExitPolicy,
+    SavingsLedger,
+    StreamInterrupted,
+)
+from entropy_exit_integrations.core.calibration import clopper_pearson_upper
 from entropy_exit_integrations.core.probes import ProbeRule
 from tests.conformance.drivers import BY_ID, DRIVERS, Call, Driver, K, Outcome, wrapper_stream_text
 from tests.conformance.fault_server import (
@@ -1122,3 +1129,21 @@ def test_15_rate_zero_changes_nothing(driver: Driver, server: FaultServer) -> No
     )
     report = assert_exited(outcome, driver)
     assert report["audited"] is False and len(server.served) == 2
+
+
+@pytest.mark.parametrize("driver", matrix("15_audit"))
+def test_15_the_ledger_bounds_the_harm_of_audited_exits(driver: Driver, server: FaultServer) -> None:
+    """Four audited calls through the integration, one harmful: the ledger counts them exactly and
+    gives the exact one-sided Clopper-Pearson bound."""
+    texts = [*words(12), " " + ANSWER]
+    answers = [" WRONG", " " + ANSWER, " " + ANSWER, " " + ANSWER]
+    for answer in answers:
+        server.push(script(chunks_of(texts)), script([token_chunk(answer)]))
+    ledger = SavingsLedger()
+    call = Call(exit_policy(min_tokens=6), audit=AuditRule(rate=1.0), ledger=ledger)
+    outcomes = driver.run_many(server.base_url, call, len(answers))
+    assert all(o.error is None for o in outcomes), [o.error for o in outcomes]
+    summary = ledger.audit(confidence=0.95)
+    assert summary.audited == 4 and summary.harmful == 1 and summary.exits == 0
+    assert summary.harm_upper_bound == pytest.approx(clopper_pearson_upper(1, 4, 0.95))
+    assert summary.audit_tokens == 4 and summary.tokens_saved == 0
