@@ -500,7 +500,7 @@ def _calibrate_production(
     )
     from entropy_exit_integrations.errors import PolicyError
 
-    from .bench.traces import AnswerChangedAnswers
+    from .bench.answers import AnswerChangedAnswers
 
     traces = loaded.traces
     config = _run_config(args, str(model)) if client is not None else None

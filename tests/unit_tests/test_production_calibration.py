@@ -27,7 +27,8 @@ from entropy_exit_integrations.core.calibration import (
 from entropy_exit_integrations.driver import drive
 from entropy_exit_integrations.engine import MonitoredCall, RequestSpec
 from entropy_exit_integrations.lab import cli
-from entropy_exit_integrations.lab.bench.traces import AnswerChangedAnswers, read_trace_files
+from entropy_exit_integrations.lab.bench.answers import AnswerChangedAnswers
+from entropy_exit_integrations.lab.bench.traces import read_trace_files
 from entropy_exit_integrations.providers import parse_chat_chunk
 
 SHAPE = {"aggregation": "window", "window": 4, "min_tokens": 3}

@@ -7,16 +7,19 @@ import it from here rather than from each other.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from entropy_exit_integrations.core.audit import same_final_answer
 from entropy_exit_integrations.core.calibration import ExitAnswer
 
 from .replay import Outcome, Trace, answer_of
 from .runner import RunConfig, force_answer, forced_outcome, forcing_for, grade_forced, run_all
 from .traces import ForcedCache
 
-__all__ = ["ExitAnswers", "request_key", "same_request"]
+__all__ = ["AnswerChangedAnswers", "ExitAnswers", "request_key", "same_request"]
+
+Compare = Callable[[str, str], bool]
 
 
 def request_key(trace: Trace, kept: int) -> tuple[str, str]:
@@ -64,8 +67,17 @@ class ExitAnswers:
         self.counts = {"in text": 0, "cached": 0, "forced": 0, "unknown": 0}
 
     def _complete(self, trace: Trace, index: int) -> bool:
+        """The cut text already holds the full run's final answer: nothing to force."""
         final = answer_of(trace.kind, trace.text)
         return final is not None and answer_of(trace.kind, trace.split_prefix(index)[1]) == final
+
+    def _judge(self, trace: Trace, index: int, answer: str) -> bool | None:
+        """Whether the exit's forced ``answer`` is right (graded against the reference)."""
+        return grade_forced(trace, index, answer)
+
+    def _source(self, trace: Trace, index: int) -> str:
+        """Where a known answer came from, for ``counts``."""
+        return "cached"
 
     def __call__(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], ExitAnswer]:
         """Answers for (trace index, exit token index) pairs (the ``calibrate_stream`` resolver)."""
@@ -80,8 +92,8 @@ class ExitAnswers:
             cue = forcing_for(trace.kind).cue
             entry = self.cache.get(trace, index + 1, cue) or same_request(self.cache, trace, index + 1, cue)
             if entry is not None and trace.reference:
-                found[(i, index)] = ExitAnswer(grade_forced(trace, index, entry["answer"]), entry["tokens"])
-                self.counts["cached"] += 1
+                found[(i, index)] = ExitAnswer(self._judge(trace, index, entry["answer"]), entry["tokens"])
+                self.counts[self._source(trace, index)] += 1
             else:
                 todo.append((i, index))
         if todo and self.client is not None and self.config is not None:
@@ -109,7 +121,7 @@ class ExitAnswers:
             for i, index in todo:
                 trace = self.traces[i]
                 answer, used = asked[first[(i, *request_key(trace, index + 1))]]
-                known = grade_forced(trace, index, answer) if trace.reference else None
+                known = self._judge(trace, index, answer) if trace.reference else None
                 found[(i, index)] = ExitAnswer(known, used)
                 self.counts["forced" if (i, index) in asked else "cached"] += 1
             self.cache.save()
@@ -132,3 +144,39 @@ class ExitAnswers:
 
     def describe(self) -> str:
         return ", ".join(f"{value} {name}" for name, value in self.counts.items() if value)
+
+
+class AnswerChangedAnswers(ExitAnswers):
+    """The answer at an exit point of a production trace, judged against the run's own answer.
+
+    The ``calibrate_stream`` resolver for traces labelled ``answer_changed``: an exit is
+    harmless when ``compare(forced answer, full answer)`` holds (default ``same_final_answer``,
+    the engine's audit comparison), the full answer being the trace's ``reference``. The forced
+    answer comes from the trace's ``forced`` field (an audited call's, at its decision), the
+    cache, or ``client`` (one short request, cached); without any of them it is unknown (and
+    counts as harmful). An exit whose cut text already ends on the full run's final number keeps
+    it, with nothing forced (as ``ExitAnswers`` does for graded traces).
+    """
+
+    def __init__(
+        self,
+        traces: Sequence[Trace],
+        *,
+        client: Any = None,
+        config: RunConfig | None = None,
+        cache: ForcedCache | None = None,
+        compare: Compare = same_final_answer,
+    ) -> None:
+        super().__init__(traces, client=client, config=config, cache=cache)
+        self.compare = compare
+        self.counts = {"in text": 0, "in the traces": 0, "cached": 0, "forced": 0, "unknown": 0}
+
+    def _complete(self, trace: Trace, index: int) -> bool:
+        answer = trace.split_prefix(index)[1]
+        return any(c.isdigit() for c in answer) and same_final_answer(answer, trace.reference)
+
+    def _judge(self, trace: Trace, index: int, answer: str) -> bool | None:
+        return self.compare(answer, trace.reference)
+
+    def _source(self, trace: Trace, index: int) -> str:
+        return "in the traces" if str(index + 1) in trace.forced else "cached"

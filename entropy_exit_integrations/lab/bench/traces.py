@@ -57,7 +57,7 @@ exit is harmful when its forced answer differs from the full run's answer (the e
 comparison, ``core.audit.same_final_answer``: the final number, else normalised text).
 ``read_trace_files`` reads such files (with their rotated ``.1``, ``.2`` files when given) and
 keeps only the full generations: calls an exit cut (``"ended"`` other than ``"server_done"``)
-are skipped and counted. ``AnswerChangedAnswers`` resolves the answer at each exit point: from
+are skipped and counted. ``answers.AnswerChangedAnswers`` resolves the answer at each exit point: from
 the trace's ``forced`` field (an audit's forced answer), the cache, or the model.
 
 The label is conservative: an exit that turns a wrong answer into a right one, or rewords a right
@@ -114,13 +114,12 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entropy_exit_integrations.core.audit import same_final_answer
-from entropy_exit_integrations.core.calibration import ANSWER_CHANGED, ExitAnswer
+from entropy_exit_integrations.core.calibration import ANSWER_CHANGED
 from entropy_exit_integrations.core.tokens import Phase, TokenLogprob, normalised_token
 from entropy_exit_integrations.errors import EntropyExitError
 
@@ -128,11 +127,9 @@ from .datasets import Problem
 from .files import json_lines, open_text
 from .graders import grade
 from .replay import Trace
-from .runner import RunConfig, force_answer, forcing_for, run_all
 
 __all__ = [
     "SHAPES",
-    "AnswerChangedAnswers",
     "Converted",
     "ForcedCache",
     "TraceFiles",
@@ -416,83 +413,6 @@ def read_trace_files(paths: Sequence[str | Path]) -> TraceFiles:
             "with graded ones (no label): calibrate them separately"
         )
     return TraceFiles(traces, labels.pop() if labels else "graded", skipped, per_file)
-
-
-Compare = Callable[[str, str], bool]
-
-
-class AnswerChangedAnswers:
-    """The answer at an exit point of a production trace, judged against the run's own answer.
-
-    The ``calibrate_stream`` resolver for traces labelled ``answer_changed``: an exit is
-    harmless when ``compare(forced answer, full answer)`` holds (default ``same_final_answer``,
-    the engine's audit comparison), the full answer being the trace's ``reference``. The forced
-    answer comes from the trace's ``forced`` field (an audited call's, at its decision), the
-    cache, or ``client`` (one short request, cached); without any of them it is unknown (and
-    counts as harmful). An exit whose cut text already ends on the full run's final number keeps
-    it, with nothing forced (as ``ExitAnswers`` does for graded traces).
-    """
-
-    def __init__(
-        self,
-        traces: Sequence[Trace],
-        *,
-        client: Any = None,
-        config: RunConfig | None = None,
-        cache: ForcedCache | None = None,
-        compare: Compare = same_final_answer,
-    ) -> None:
-        self.traces = traces
-        self.client = client
-        self.config = config
-        self.cache = cache or ForcedCache()
-        self.compare = compare
-        self.counts = {"in text": 0, "in the traces": 0, "cached": 0, "forced": 0, "unknown": 0}
-
-    def _in_text(self, trace: Trace, index: int) -> bool:
-        answer = trace.split_prefix(index)[1]
-        return any(c.isdigit() for c in answer) and same_final_answer(answer, trace.reference)
-
-    def __call__(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], ExitAnswer]:
-        """Answers for (trace index, exit token index) pairs."""
-        found: dict[tuple[int, int], ExitAnswer] = {}
-        todo: list[tuple[int, int]] = []
-        for i, index in pairs:
-            trace = self.traces[i]
-            if self._in_text(trace, index):
-                found[(i, index)] = ExitAnswer(True, 0)
-                self.counts["in text"] += 1
-                continue
-            entry = self.cache.get(trace, index + 1, forcing_for(trace.kind).cue)
-            if entry is None:
-                todo.append((i, index))
-                continue
-            found[(i, index)] = ExitAnswer(self.compare(entry["answer"], trace.reference), entry["tokens"])
-            self.counts["in the traces" if str(index + 1) in trace.forced else "cached"] += 1
-        if todo and self.client is not None and self.config is not None:
-            client, config = self.client, self.config
-
-            def work(pair: tuple[int, int]) -> tuple[str, int]:
-                return force_answer(client, config, self.traces[pair[0]], pair[1])
-
-            try:
-                answers = run_all(todo, work, config, "forcing answers")
-            finally:
-                self.cache.save()
-            for (i, index), (answer, used) in zip(todo, answers):
-                trace = self.traces[i]
-                self.cache.put(trace, index + 1, answer=answer, tokens=used, cue=forcing_for(trace.kind).cue)
-                found[(i, index)] = ExitAnswer(self.compare(answer, trace.reference), used)
-                self.counts["forced"] += 1
-            self.cache.save()
-        elif todo:
-            self.counts["unknown"] += len(todo)
-            for pair in todo:
-                found[pair] = ExitAnswer(None)
-        return found
-
-    def describe(self) -> str:
-        return ", ".join(f"{value} {name}" for name, value in self.counts.items() if value)
 
 
 # -- other shapes: per-token top-k lists, OpenAI/vLLM responses ----------------------------------
