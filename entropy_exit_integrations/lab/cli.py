@@ -176,6 +176,23 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+SERVER_MAX_TOKENS = 4096
+"""The default budget on a user's server (``--base-url``): reasoning models think for thousands."""
+EMBEDDED_MAX_TOKENS = 64
+"""The default budget on the embedded SmolLM2-135M (a demo model that rambles)."""
+
+
+def _resolve_model_defaults(args: argparse.Namespace) -> None:
+    """Budget and dataset defaults that suit the server: a reasoning model on ``--base-url`` gets
+    thousands of tokens and MATH-500; the embedded model 64 tokens and its demo set."""
+    if not hasattr(args, "embedded_dataset"):
+        return  # a command without the model options
+    if args.max_tokens is None:
+        args.max_tokens = SERVER_MAX_TOKENS if args.base_url else EMBEDDED_MAX_TOKENS
+    if args.dataset is None:
+        args.dataset = "math500" if args.base_url else args.embedded_dataset
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser, *, n: int, n_min: int, dataset: str) -> None:
     """Options shared by ``calibrate`` and ``bench``: endpoint, model, questions, request settings."""
     parser.add_argument(
@@ -185,16 +202,21 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, n: int, n_min: int,
     parser.add_argument("--api-key", default="sk-no-key", help="API key for the endpoint")
     parser.add_argument(
         "--dataset",
-        default=dataset,
-        help="arithmetic, gsm8k, math500, aime24 or a JSONL path "
-        f"(default: {dataset}; SmolLM2-135M solves no GSM8K, arithmetic is its demo set)",
+        default=None,
+        help="arithmetic, gsm8k, math500, aime24 or a JSONL path (default: math500 on your server, "
+        f"--base-url; {dataset} on the embedded SmolLM2-135M, which solves no GSM8K)",
     )
     parser.add_argument(
         "--n", type=_int_at_least(n_min), default=n, help=f"questions, at least {n_min} (default: {n})"
     )
     parser.add_argument(
-        "--max-tokens", type=_int_at_least(1), default=64, help="generation budget per question (default: 64)"
+        "--max-tokens",
+        type=_int_at_least(1),
+        default=None,
+        help=f"generation budget per question (default: {SERVER_MAX_TOKENS} on your server, --base-url, "
+        f"for a reasoning model; {EMBEDDED_MAX_TOKENS} on the embedded model)",
     )
+    parser.set_defaults(embedded_dataset=dataset)
     parser.add_argument("--system-prompt", default=None, help="override the dataset's system prompt")
     parser.add_argument(
         "--concurrency", type=_int_at_least(1), default=2, help="requests in flight (default: 2)"
@@ -886,6 +908,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with _log_to_stderr(logging.DEBUG if args.debug else logging.INFO):
+            _resolve_model_defaults(args)
             return int(args.func(args))
     except KeyboardInterrupt:
         return 130
