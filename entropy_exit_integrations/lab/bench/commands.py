@@ -8,6 +8,7 @@ called unless a client is given for the answers that must be forced at exit poin
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -61,9 +62,9 @@ def connect(
 ) -> Iterator[tuple[Any, str]]:
     """An openai client and model id; starts the embedded server when no base URL is given.
 
-    ``model_file`` (a GGUF path, or ``"qwen2.5-coder-0.5b"`` for the opt-in benchmark model
-    fetched by ``entropy-exit setup --model qwen2.5-coder-0.5b``) replaces the embedded SmolLM2
-    model. Nothing is downloaded or built here.
+    ``model_file`` (a GGUF path, or an opt-in benchmark model's name, ``"qwen2.5-coder-0.5b"`` or
+    ``"qwen2.5-coder-1.5b"``, fetched by ``entropy-exit setup --model NAME``; the 1.5B is served
+    with every core) replaces the embedded SmolLM2 model. Nothing is downloaded or built here.
     """
     import openai
 
@@ -72,12 +73,16 @@ def connect(
             from ..local import LocalServer
 
             settings: dict[str, Any] = {}
-            if model_file == "qwen2.5-coder-0.5b":
-                from ..local.pins import cache_dir
-                from .models import QWEN_CODER_05B_SHA256, qwen_coder_05b_path
+            from .models import OPT_IN_MODELS, model_path
 
-                path = qwen_coder_05b_path(cache_dir() / "models")
-                settings = {"model_path": path, "alias": path.stem, "model_sha256": QWEN_CODER_05B_SHA256}
+            if model_file in OPT_IN_MODELS:
+                from ..local.pins import cache_dir
+
+                spec = OPT_IN_MODELS[model_file]
+                path = model_path(model_file, cache_dir() / "models")
+                settings = {"model_path": path, "alias": path.stem, "model_sha256": spec.sha256}
+                if spec.all_cores:
+                    settings["threads"] = os.cpu_count() or 1
             elif model_file:
                 path = Path(model_file)
                 settings = {"model_path": path, "alias": path.stem}

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..bench.models import OPT_IN_MODELS, fetch_model
 from .binary import ensure_server_binary
 from .model import install_model
 from .pins import cache_dir
@@ -23,7 +24,7 @@ from .pins import cache_dir
 logger = logging.getLogger("entropy_exit_integrations.lab.local")
 
 #: Opt-in models ``setup(extra_models=...)`` can fetch, by name.
-EXTRA_MODELS = ("qwen2.5-coder-0.5b",)
+EXTRA_MODELS = tuple(OPT_IN_MODELS)
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,11 @@ class SetupResult:
 
 def fetch_extra_model(name: str) -> Path:
     """Fetch and verify an opt-in model by name (see ``EXTRA_MODELS``) into ``<cache>/models``."""
-    if name != "qwen2.5-coder-0.5b":
+    if name not in OPT_IN_MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(EXTRA_MODELS)}")
-    from ..bench.models import fetch_qwen_coder_05b
-
-    logger.info("fetching %s (about 491 MB, sha256-checked) into %s", name, cache_dir() / "models")
-    return fetch_qwen_coder_05b(cache_dir() / "models")
+    about = OPT_IN_MODELS[name].about
+    logger.info("fetching %s (about %s, sha256-checked) into %s", name, about, cache_dir() / "models")
+    return fetch_model(name, cache_dir() / "models")
 
 
 def setup(*, jobs: int | None = None, extra_models: tuple[str, ...] = (), check: bool = False) -> SetupResult:
@@ -108,7 +108,8 @@ def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         choices=EXTRA_MODELS,
-        help="also fetch this opt-in model for --model-file (qwen2.5-coder-0.5b: 491 MB); repeatable",
+        help="also fetch this opt-in model for --model-file (qwen2.5-coder-0.5b: 491 MB, "
+        "qwen2.5-coder-1.5b: 1.1 GB); repeatable",
     )
     parser.add_argument(
         "--check", action="store_true", help="then start the server once, wait until healthy, stop it"
