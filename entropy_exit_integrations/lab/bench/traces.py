@@ -646,23 +646,9 @@ def _topk_trace(row: Any, problem: Problem | None, index: int) -> tuple[Trace, i
     meta = _meta(row, problem, f"row{index + 1}")
     correct, graded = _correct(row, text, meta)
     model = row.get("model")
-    trace = Trace(
-        meta["problem_id"],
-        meta["question"],
-        meta["reference"],
-        meta["kind"],
-        text,
-        _text(row.get("finish_reason", "stop"), "finish_reason"),
-        tokens,
-        correct,
-        meta["wall_time_s"],
-        reasoning,
-        model=_text(model, "model") if model is not None else None,
-        k=max(t.k for t in tokens) or None,
-        max_tokens=meta["max_tokens"],
-        messages=meta["messages"],
-    )
-    return trace, bad, graded
+    finish = _text(row.get("finish_reason", "stop"), "finish_reason")
+    model_id = _text(model, "model") if model is not None else None
+    return _trace(meta, text, finish, tokens, correct, reasoning, model_id), bad, graded
 
 
 def _response_trace(row: Any, problem: Problem | None, index: int) -> tuple[Trace, int, bool]:
@@ -700,23 +686,36 @@ def _response_trace(row: Any, problem: Problem | None, index: int) -> tuple[Trac
     meta = _meta(outer, problem, str(response.get("id") or f"row{index + 1}"))
     correct, graded = _correct(outer, text, meta)
     model = response.get("model")
-    trace = Trace(
+    finish = str(choice.get("finish_reason") or "stop")
+    return _trace(meta, text, finish, tokens, correct, reasoning, str(model) if model else None), bad, graded
+
+
+def _trace(
+    meta: dict[str, Any],
+    text: str,
+    finish: str,
+    tokens: list[TokenLogprob],
+    correct: bool,
+    reasoning: str,
+    model: str | None,
+) -> Trace:
+    """A converted generation as a ``Trace`` (its question's fields from ``_meta``)."""
+    return Trace(
         meta["problem_id"],
         meta["question"],
         meta["reference"],
         meta["kind"],
         text,
-        str(choice.get("finish_reason") or "stop"),
+        finish,
         tokens,
         correct,
         meta["wall_time_s"],
         reasoning,
-        model=str(model) if model else None,
+        model=model,
         k=max(t.k for t in tokens) or None,
         max_tokens=meta["max_tokens"],
         messages=meta["messages"],
     )
-    return trace, bad, graded
 
 
 def _rows(path: str | Path) -> list[tuple[str, Any]]:
