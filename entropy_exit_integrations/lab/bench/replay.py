@@ -19,18 +19,12 @@ from typing import Any
 from entropy_exit_integrations.core.calibration import sequence_entropy
 from entropy_exit_integrations.core.tokens import Phase, TokenLogprob
 from entropy_exit_integrations.errors import EntropyExitError
+from entropy_exit_integrations.traces import TRACE_SCHEMA, TRACE_VERSION, token_to_json
 
 from .files import json_lines, open_for_writing
 from .graders import extract_math_answer, grade, last_number
 from .rules import Rule
 
-TRACE_SCHEMA = "entropy-exit-trace"
-TRACE_VERSION = 1
-"""Version of the trace JSONL schema (documented in ``bench.traces``) that ``save_traces`` writes."""
-
-
-def token_to_json(token: TokenLogprob) -> list[Any]:
-    return [token.token, token.logprob, list(token.top_tokens), list(token.top_logprobs), token.phase.value]
 
 
 def token_from_json(row: Sequence[Any]) -> TokenLogprob:
@@ -49,6 +43,10 @@ class Trace:
 
     ``forced`` holds answers forced after an exit, keyed by the number of tokens kept (the
     exit's token index + 1): ``{"answer": text, "tokens": n, "cue": cue}``.
+
+    ``server_tokens`` is the server's own count of the tokens it generated (its usage block),
+    None when it sent none. It can exceed ``len(tokens)``: llama.cpp streams no logprobs for a
+    token that ends inside a UTF-8 character (its text arrives with the next token's).
     """
 
     problem_id: str
@@ -66,6 +64,7 @@ class Trace:
     max_tokens: int | None = None
     messages: list[dict[str, Any]] | None = None
     forced: dict[str, dict[str, Any]] = field(default_factory=dict)
+    server_tokens: int | None = None
 
     @functools.cached_property
     def entropy(self) -> float | None:

@@ -140,6 +140,7 @@ def record_traces(client: Any, problems: Sequence[Problem], config: RunConfig) -
         if not result.tokens:
             raise EntropyExitError(f"{problem.id}: the server returned no tokens with logprobs")
         tokens = list(result.tokens)
+        from_server = result.report.usage_source == "server"
         return Trace(
             problem.id,
             problem.question,
@@ -155,6 +156,7 @@ def record_traces(client: Any, problems: Sequence[Problem], config: RunConfig) -
             k=RECORD_POLICY.top_k,
             max_tokens=config.max_tokens,
             messages=messages_for(problem, config.system_prompt),
+            server_tokens=result.usage["completion_tokens"] if from_server else None,
         )
 
     return run_all(problems, work, config, "recording traces")
