@@ -16,7 +16,7 @@ lets the requests in flight finish and saves their answers. Every request sent i
 (``requests.jsonl``: kind and a digest of the request) so the claim can be checked.
 
 Offline (``--traces``, ``--offline``) it rebuilds the table from recorded files and asks nothing;
-``benchmarks/reproduce_qwen_table.sh`` rebuilds the README's Qwen table this way.
+``benchmarks/reproduce_table.sh`` rebuilds the README's Qwen table this way.
 """
 
 from __future__ import annotations
