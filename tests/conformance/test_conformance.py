@@ -1147,3 +1147,66 @@ def test_15_the_ledger_bounds_the_harm_of_audited_exits(driver: Driver, server: 
     assert summary.audited == 4 and summary.harmful == 1 and summary.exits == 0
     assert summary.harm_upper_bound == pytest.approx(clopper_pearson_upper(1, 4, 0.95))
     assert summary.audit_tokens == 4 and summary.tokens_saved == 0
+
+
+# == 16. exact usage after a cut: continuous_usage_stats (issue 19) ===========================
+
+ASKS_CONTINUOUS_USAGE = ("openai", "llamaindex")
+"""The integrations that ask for usage in every chunk (``engine.STREAM_USAGE``). Through
+LangChain it is not sent: ChatOpenAI replaces ``stream_options`` with its own ``include_usage``,
+so a cut stream's prompt count there is an estimate, flagged as one."""
+
+CONTINUOUS = "continuous_usage_stats"
+
+
+def _asked_continuous(body: dict[str, Any]) -> bool:
+    return bool((body.get("stream_options") or {}).get(CONTINUOUS))
+
+
+@pytest.mark.parametrize("driver", matrix("16_continuous_usage"))
+def test_16_a_cut_stream_reports_the_servers_exact_counts(driver: Driver, server: FaultServer) -> None:
+    """vLLM streams prompt and completion counts in every chunk when asked: a cut stream's report
+    has the server's exact prompt tokens and its count of what was generated (usage_source
+    "server"); where it is not asked for, the estimate is flagged, never shown as exact."""
+    server.push(script(chunks_of(words(CUT_TOKENS)), delay_s=CUT_DELAY, continuous_usage=True))
+    outcome = run(driver, server, Call(exit_policy(min_tokens=8), force_answer=False))
+    report = assert_exited(outcome, driver)
+    assert_cut(server)
+    asks = driver.integration in ASKS_CONTINUOUS_USAGE
+    assert _asked_continuous(server.served[0].body) is asks
+    if asks:
+        assert report["prompt_tokens"] == SERVER_PROMPT_TOKENS
+        assert report["prompt_tokens_estimated"] is False
+        assert report["usage_source"] == "server"
+        assert report["tokens_generated"] == report["exit_token_index"] + 1  # what the server counted
+        assert outcome.usage is not None and outcome.usage["prompt_tokens"] == SERVER_PROMPT_TOKENS
+        assert "estimated" not in outcome.usage
+    else:
+        assert report["prompt_tokens_estimated"] is True and report["usage_source"] == "client"
+
+
+@pytest.mark.parametrize("driver", matrix("16_continuous_usage"))
+def test_16_a_server_that_rejects_continuous_usage_gets_one_retry_without_it(
+    driver: Driver, server: FaultServer
+) -> None:
+    """A server that does not know the field (the OpenAI API's schema has no
+    ``continuous_usage_stats``) answers 400 naming it: one retry without it, and the forcing
+    request does not send it again."""
+    field = f"stream_options.{CONTINUOUS}"
+    main = script(chunks_of(words(CUT_TOKENS)), delay_s=CUT_DELAY, reject_field=field)
+    forcing = forcing_script()
+    forcing.reject_field = field
+    server.push(main, forcing)
+    outcome = run(driver, server, Call(exit_policy(min_tokens=8), force_answer=True))
+    assert_exited(outcome, driver)
+    asks = driver.integration in ASKS_CONTINUOUS_USAGE
+    rejected = [s for s in server.served if s.rejected]
+    assert len(rejected) == (1 if asks else 0)
+    if asks:
+        assert server.served[0].rejected and _asked_continuous(server.served[0].body)
+    sent = [s for s in server.served if not s.rejected]
+    assert not any(_asked_continuous(s.body) for s in sent)
+    assert_cut(server, server.served.index(sent[0]))
+    if driver.integration != "handler":  # (it neither sets the request nor forces: _CANNOT_FORCE)
+        assert sent[0].body["stream_options"]["include_usage"] is True
+        assert len(sent) == 2 and outcome.text.rstrip().endswith(ANSWER)
