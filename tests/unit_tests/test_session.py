@@ -147,6 +147,18 @@ def test_no_kind_of_number_is_cut(pieces: list[str]) -> None:
     assert session.should_stop and session.text == "x =" + "".join(pieces) + " done"
 
 
+def test_a_newline_ends_a_number() -> None:
+    """A line break after "11." (recorded from vLLM: "7 plus 5 is 11.\n") ends the number:
+    the guard reads the text's real end, not the point before a final newline (regex ``$``)."""
+    session = ExitSession(ExitPolicy(threshold=0.5, min_tokens=1))
+    feed_all(session, [chunk("is 11")])
+    assert not session.should_stop
+    feed_all(session, [chunk(".")])
+    assert not session.should_stop
+    feed_all(session, [chunk("\n")])
+    assert session.should_stop
+
+
 def test_the_number_guard_gives_up_after_its_bound() -> None:
     from entropy_exit_integrations.core.guards import MAX_NUMBER_DEFERRAL
 
