@@ -30,7 +30,8 @@ Server behaviours a script can take on:
   ``stream_options.continuous_usage_stats``): a request that has it gets HTTP 400 naming it, in
   the OpenAI API's error shape, and the script stays queued for the next request.
 * ``continuous_usage=True``: vLLM's ``continuous_usage_stats``: when the request asks for it,
-  every chunk carries ``usage`` with the prompt tokens and the completion tokens so far.
+  every chunk carries ``usage`` with the prompt tokens and the completion tokens so far (a
+  recorded chunk keeps its own); when it does not, chunks with choices carry none.
 
 The builders (``token_chunk``, ``finish_chunk``, ``usage_chunk``, ``tool_call_chunk``,
 ``role_chunk``) write chunks in llama.cpp's shape: one token per chunk, ``bytes`` null, the
@@ -410,7 +411,9 @@ class _Handler(BaseHTTPRequestHandler):
                     self._stall(served, s.stall_s)
                 if continuous:
                     generated += completion_tokens_of([chunk])
-                    chunk = {**chunk, "usage": _usage(s.prompt_tokens, generated)}
+                    chunk = {"usage": _usage(s.prompt_tokens, generated), **chunk}  # (a recording's own wins)
+                elif s.continuous_usage and chunk.get("choices"):
+                    chunk = {k: v for k, v in chunk.items() if k != "usage"}  # not asked: vLLM sends none
                 self._event(served, json.dumps(chunk))
                 served.chunks_sent += 1
                 served.sent_at.append(time.monotonic())
