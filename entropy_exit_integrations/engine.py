@@ -46,6 +46,7 @@ from .errors import (
     LogprobsUnavailableError,
     StreamInterrupted,
     is_logprobs_refusal,
+    names_field,
     provider_message,
 )
 from .forcing import ForcedAnswer
@@ -75,9 +76,19 @@ REPORT_KEY = "entropy_exit"
 """Where every integration puts the report as plain data: LangChain ``response_metadata`` and
 agent state, LlamaIndex ``additional_kwargs``, handler run metadata."""
 
-ATTEMPTS = 3
-"""Requests a call makes at most to open its stream: the first, a retry with ``n_probs``
+ATTEMPTS = 4
+"""Requests a call makes at most to open its stream: the first, a retry without
+``continuous_usage_stats`` (a server that rejects the field), a retry with ``n_probs``
 (llama.cpp with tools), one without logprobs (``on_missing="pass_through"``)."""
+
+CONTINUOUS_USAGE = "continuous_usage_stats"
+STREAM_USAGE: dict[str, Any] = {"stream_options": {"include_usage": True, CONTINUOUS_USAGE: True}}
+"""The ``usage_fields`` of the openai helpers and LlamaIndex: usage at the end of the stream
+(OpenAI's ``include_usage``) and, where the server knows ``continuous_usage_stats`` (vLLM), the
+exact prompt and completion counts in every chunk, so a cut stream's report has the server's
+counts too. llama.cpp ignores the field; a server that rejects it by name (HTTP 400/422: the
+OpenAI API's schema has no such field) gets one retry without it (``MonitoredCall.refused``).
+Not sent through LangChain: ChatOpenAI replaces ``stream_options`` with its own."""
 
 LOGPROB_FIELDS = ("logprobs", "top_logprobs")
 """The OpenAI request fields a retry after a refusal drops."""
@@ -276,6 +287,10 @@ class MonitoredCall:
             main.setdefault(key, value)
         self._main_fields = main
         self._usage_fields = dict(usage_fields or {})
+        # continuous_usage_stats this call added (not the caller's): retried without it once
+        self._continuous_usage = "stream_options" not in self.fields and CONTINUOUS_USAGE in (
+            self._usage_fields.get("stream_options") or {}
+        )
         self._structured = requires_structure(self.fields)
         self._tools = bool(self.fields.get("tools") or self.fields.get("functions"))
         self._textless = False
@@ -391,11 +406,19 @@ class MonitoredCall:
           tools + stream") but serves its native ``n_probs``: the retry asks for that, and the
           call stays monitored. Recognised by that message, so no extra request is made to
           find out which server this is.
+        * A 400/422 that names ``continuous_usage_stats``, which this call added
+          (``STREAM_USAGE``): the retry drops that field, here and in the short requests.
         * Any other refusal (OpenAI's reasoning models; vLLM over ``--max-logprobs``, even as an
           error event in an HTTP 200 stream) raises ``LogprobsUnavailableError`` with the
           provider's message, or, under ``ExitPolicy(on_missing="pass_through")``, warns and
           retries without logprobs: the call then runs unmonitored (never an exit).
         """
+        if self._continuous_usage and names_field(error, CONTINUOUS_USAGE):
+            self._continuous_usage = False
+            options = {k: v for k, v in self._usage_fields["stream_options"].items() if k != CONTINUOUS_USAGE}
+            self._usage_fields["stream_options"] = options
+            self._main_fields = {**self._main_fields, "stream_options": options}
+            return dict(self._main_fields)
         if not is_logprobs_refusal(error):
             return None
         message = provider_message(error)
@@ -646,7 +669,9 @@ class MonitoredCall:
         if estimated:
             prompt = self._prompt_estimate
         completion: Any = None
-        if ended == "server_done" and server and server.get("completion_tokens") is not None:
+        if server and server.get("completion_tokens") is not None:
+            # the server's last count: the whole stream's, or, cut or broken with usage in every
+            # chunk (continuous_usage_stats), its count up to the last chunk read
             completion = int(server["completion_tokens"])
         shorts = [*self._probes_done, *(s for s in (self._forced, self._audit) if s is not None)]
         counted_here = any(short.server_tokens is None for short in shorts)

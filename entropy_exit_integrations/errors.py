@@ -146,6 +146,21 @@ def is_logprobs_refusal(error: BaseException) -> bool:
     return status in (400, 403, 422, None) and "logprob" in text
 
 
+def names_field(error: BaseException, name: str) -> bool:
+    """The provider rejected the request (HTTP 400/422) naming the request field ``name``.
+
+    >>> class BadRequest(Exception):
+    ...     status_code = 400
+    >>> names_field(BadRequest("Unknown parameter: 'stream_options.continuous_usage_stats'."),
+    ...             "continuous_usage_stats")
+    True
+    """
+    status = getattr(error, "status_code", None) or getattr(
+        getattr(error, "response", None), "status_code", None
+    )
+    return status in (400, 422) and name in str(error)
+
+
 def provider_message(error: BaseException) -> str:
     return str(getattr(error, "message", "") or error)
 

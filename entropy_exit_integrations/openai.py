@@ -31,7 +31,7 @@ import httpx
 import openai
 
 from .driver import Output, adrive, drive
-from .engine import ENTROPY_EXIT, Api, ExitResult, MonitoredCall, RequestSpec
+from .engine import ENTROPY_EXIT, STREAM_USAGE, Api, ExitResult, MonitoredCall, RequestSpec
 from .options import OPTION_NAMES, ExitOptions
 from .providers.completions import parse_completion_chunk
 from .providers.openai_chat import parse_chat_chunk
@@ -94,7 +94,7 @@ class _MonitoredStream:
             prompt=str(create_kwargs.get("prompt") or ""),
             model=create_kwargs.get("model"),
             base_url=str(getattr(client, "base_url", "") or ""),
-            usage_fields={"stream_options": {"include_usage": True}},
+            usage_fields=STREAM_USAGE,
         )
         self._chunks: list[Any] | None = [] if keep_chunks else None
         self._result: ExitResult | None = None

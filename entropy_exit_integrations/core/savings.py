@@ -66,7 +66,8 @@ class SavingsReport:
     calibration and is the better estimate when known. Both are net of the tokens spent forcing
     the final answer, and both are 0 when no exit happened. ``usage_source`` says whether the
     token counts are the server's (its usage block) or counted here from the logprob entries
-    (cut streams get no usage block); ``prompt_tokens_estimated`` marks a client-side estimate.
+    (a cut stream gets no usage block unless the server streams one in every chunk, as vLLM
+    does with ``continuous_usage_stats``); ``prompt_tokens_estimated`` marks a client-side estimate.
     Entropies are top-k estimates (``k`` candidates per token, ``estimator`` says which): a
     truncated view of the model's distribution.
 

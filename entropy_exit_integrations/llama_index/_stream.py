@@ -17,7 +17,7 @@ from llama_index.core.base.llms.types import ChatMessage, ChatResponse, Completi
 
 from ..core.tokens import Phase
 from ..driver import Output
-from ..engine import REPORT_KEY, ExitResult, MonitoredCall, RequestSpec
+from ..engine import REPORT_KEY, STREAM_USAGE, ExitResult, MonitoredCall, RequestSpec
 from ..errors import EntropyExitWarning
 from ..session import TextDelta
 from ._responses import parts_of, text_of, to_llama_logprobs, with_text
@@ -55,7 +55,7 @@ class _Request:
             if inner.max_tokens is not None:
                 fields.setdefault("max_tokens", inner.max_tokens)
             if not any("stream_options" in d for d in (kwargs, inner.additional_kwargs)):
-                usage = {"stream_options": {"include_usage": True}}
+                usage = STREAM_USAGE
         self.call = MonitoredCall(
             owner.options,
             api="chat" if chat else "completions",

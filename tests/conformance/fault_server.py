@@ -24,6 +24,15 @@ Faults (indices are positions in ``Script.chunks``, checked before that chunk is
 * ``stall_at=N``: N chunks, then silence for ``stall_s`` seconds (ended early when the client
   goes away), then the rest.
 
+Server behaviours a script can take on:
+
+* ``reject_field="a.b"``: a server that does not know request field ``a.b`` (the OpenAI API with
+  ``stream_options.continuous_usage_stats``): a request that has it gets HTTP 400 naming it, in
+  the OpenAI API's error shape, and the script stays queued for the next request.
+* ``continuous_usage=True``: vLLM's ``continuous_usage_stats``: when the request asks for it,
+  every chunk carries ``usage`` with the prompt tokens and the completion tokens so far (a
+  recorded chunk keeps its own); when it does not, chunks with choices carry none.
+
 The builders (``token_chunk``, ``finish_chunk``, ``usage_chunk``, ``tool_call_chunk``,
 ``role_chunk``) write chunks in llama.cpp's shape: one token per chunk, ``bytes`` null, the
 sampled token among its own ``top_logprobs``.
@@ -144,12 +153,21 @@ def usage_chunk(prompt: int, completion: int) -> dict[str, Any]:
         "created": 1,
         "model": MODEL,
         "choices": [],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
+        "usage": _usage(prompt, completion),
     }
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _has_field(body: dict[str, Any], dotted: str) -> bool:
+    value: Any = body
+    for name in dotted.split("."):
+        if not isinstance(value, dict) or name not in value:
+            return False
+        value = value[name]
+    return True
 
 
 def tool_call_chunk(
@@ -213,6 +231,8 @@ class Script:
     delay_s: float = 0.0
     """Pause after each chunk from ``delay_from`` on, so a client close is seen before the end."""
     delay_from: int = 0
+    reject_field: str | None = None
+    continuous_usage: bool = False
 
     @property
     def usage(self) -> dict[str, int]:
@@ -247,6 +267,8 @@ class Served:
     chunks_sent: int = 0
     disconnected: bool = False
     completed: bool = False
+    rejected: bool = False
+    """Answered HTTP 400 (``Script.reject_field``); the script stayed queued."""
     usage_sent: bool = False
     done_sent: bool = False
     sent_at: list[float] = field(default_factory=list, repr=False)
@@ -287,6 +309,15 @@ class _Handler(BaseHTTPRequestHandler):
             body = {"_unparsed": raw.decode("utf-8", "replace")}
         fault = self.server.fault
         scripted = fault.pop_script() if self.path.rstrip("/").endswith("/chat/completions") else None
+        if scripted is not None and scripted.reject_field and _has_field(body, scripted.reject_field):
+            fault.push_front(scripted)
+            served = Served(self.path, body, None, rejected=True)
+            fault.record(served)
+            try:
+                self._unknown_parameter(scripted.reject_field)
+            finally:
+                served.ended.set()
+            return
         served = Served(self.path, body, scripted)
         fault.record(served)
         try:
@@ -300,8 +331,18 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             served.ended.set()
 
-    def _json_error(self, status: int, message: str) -> None:
-        data = json.dumps({"error": {"message": message, "type": "server_error"}}).encode()
+    def _unknown_parameter(self, name: str) -> None:
+        """The OpenAI API's answer to a request field it does not know."""
+        error = {
+            "message": f"Unknown parameter: '{name}'.",
+            "type": "invalid_request_error",
+            "param": name,
+            "code": "unknown_parameter",
+        }
+        self._json_error(400, "", error=error)
+
+    def _json_error(self, status: int, message: str, *, error: dict[str, Any] | None = None) -> None:
+        data = json.dumps({"error": error or {"message": message, "type": "server_error"}}).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -348,6 +389,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Connection", "close")
         self.end_headers()
+        options = served.body.get("stream_options") or {}
+        continuous = s.continuous_usage and bool(options.get("continuous_usage_stats"))
+        generated = 0
         try:
             for index, chunk in enumerate(s.chunks):
                 if s.close_after == index:
@@ -365,6 +409,11 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 if s.stall_at == index:
                     self._stall(served, s.stall_s)
+                if continuous:
+                    generated += completion_tokens_of([chunk])
+                    chunk = {"usage": _usage(s.prompt_tokens, generated), **chunk}  # (a recording's own wins)
+                elif s.continuous_usage and chunk.get("choices"):
+                    chunk = {k: v for k, v in chunk.items() if k != "usage"}  # not asked: vLLM sends none
                 self._event(served, json.dumps(chunk))
                 served.chunks_sent += 1
                 served.sent_at.append(time.monotonic())
@@ -457,6 +506,10 @@ class FaultServer:
         with self._lock:
             for _ in range(times):
                 self._scripts.extend(scripts)
+
+    def push_front(self, scripted: Script) -> None:
+        with self._lock:
+            self._scripts.appendleft(scripted)
 
     def pop_script(self) -> Script | None:
         with self._lock:

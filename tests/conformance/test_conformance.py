@@ -1147,3 +1147,224 @@ def test_15_the_ledger_bounds_the_harm_of_audited_exits(driver: Driver, server: 
     assert summary.audited == 4 and summary.harmful == 1 and summary.exits == 0
     assert summary.harm_upper_bound == pytest.approx(clopper_pearson_upper(1, 4, 0.95))
     assert summary.audit_tokens == 4 and summary.tokens_saved == 0
+
+
+# == 16. exact usage after a cut: continuous_usage_stats (issue 19) ===========================
+
+ASKS_CONTINUOUS_USAGE = ("openai", "llamaindex")
+"""The integrations that ask for usage in every chunk (``engine.STREAM_USAGE``). Through
+LangChain it is not sent: ChatOpenAI replaces ``stream_options`` with its own ``include_usage``,
+so a cut stream's prompt count there is an estimate, flagged as one."""
+
+CONTINUOUS = "continuous_usage_stats"
+
+
+def _asked_continuous(body: dict[str, Any]) -> bool:
+    return bool((body.get("stream_options") or {}).get(CONTINUOUS))
+
+
+@pytest.mark.parametrize("driver", matrix("16_continuous_usage"))
+def test_16_a_cut_stream_reports_the_servers_exact_counts(driver: Driver, server: FaultServer) -> None:
+    """vLLM streams prompt and completion counts in every chunk when asked: a cut stream's report
+    has the server's exact prompt tokens and its count of what was generated (usage_source
+    "server"); where it is not asked for, the estimate is flagged, never shown as exact."""
+    server.push(script(chunks_of(words(CUT_TOKENS)), delay_s=CUT_DELAY, continuous_usage=True))
+    outcome = run(driver, server, Call(exit_policy(min_tokens=8), force_answer=False))
+    report = assert_exited(outcome, driver)
+    assert_cut(server)
+    asks = driver.integration in ASKS_CONTINUOUS_USAGE
+    assert _asked_continuous(server.served[0].body) is asks
+    if asks:
+        assert report["prompt_tokens"] == SERVER_PROMPT_TOKENS
+        assert report["prompt_tokens_estimated"] is False
+        assert report["usage_source"] == "server"
+        assert report["tokens_generated"] == report["exit_token_index"] + 1  # what the server counted
+        assert outcome.usage is not None and outcome.usage["prompt_tokens"] == SERVER_PROMPT_TOKENS
+        assert "estimated" not in outcome.usage
+    else:
+        assert report["prompt_tokens_estimated"] is True and report["usage_source"] == "client"
+
+
+@pytest.mark.parametrize("driver", matrix("16_continuous_usage"))
+def test_16_a_server_that_rejects_continuous_usage_gets_one_retry_without_it(
+    driver: Driver, server: FaultServer
+) -> None:
+    """A server that does not know the field (the OpenAI API's schema has no
+    ``continuous_usage_stats``) answers 400 naming it: one retry without it, and the forcing
+    request does not send it again."""
+    field = f"stream_options.{CONTINUOUS}"
+    main = script(chunks_of(words(CUT_TOKENS)), delay_s=CUT_DELAY, reject_field=field)
+    forcing = forcing_script()
+    forcing.reject_field = field
+    server.push(main, forcing)
+    outcome = run(driver, server, Call(exit_policy(min_tokens=8), force_answer=True))
+    assert_exited(outcome, driver)
+    asks = driver.integration in ASKS_CONTINUOUS_USAGE
+    rejected = [s for s in server.served if s.rejected]
+    assert len(rejected) == (1 if asks else 0)
+    if asks:
+        assert server.served[0].rejected and _asked_continuous(server.served[0].body)
+    sent = [s for s in server.served if not s.rejected]
+    assert not any(_asked_continuous(s.body) for s in sent)
+    assert_cut(server, server.served.index(sent[0]))
+    if driver.integration != "handler":  # (it neither sets the request nor forces: _CANNOT_FORCE)
+        assert sent[0].body["stream_options"]["include_usage"] is True
+        assert len(sent) == 2 and outcome.text.rstrip().endswith(ANSWER)
+
+
+# == 17. wire shapes recorded from real servers (issue 19) ======================================
+
+WIRE = HERE.parent / "data" / "recordings" / "wire"
+"""One fixture per server x format, recorded by ``benchmarks/record_wire_shapes.py``: NAME.jsonl
+(the SSE payloads, verbatim) and NAME.meta.json (server, version, flags, model, date, request,
+and the replay settings: ``reasoning_format``, tools, ``tool_choice``)."""
+
+RECORDED = sorted(path.stem for path in WIRE.glob("*.jsonl"))
+
+_REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
+
+
+class Recording:
+    """A recorded stream and what it says, read from the chunks alone (not by the package)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.chunks = [json.loads(line) for line in (WIRE / f"{name}.jsonl").read_text().splitlines()]
+        self.meta = json.loads((WIRE / f"{name}.meta.json").read_text())
+        replay = self.meta["replay"]
+        self.reasoning_format: str = replay["reasoning_format"]
+        self.tools = replay.get("tools")
+        self.tool_choice = replay.get("tool_choice")
+        choices = [c["choices"][0] for c in self.chunks if c.get("choices")]
+        deltas = [choice.get("delta") or {} for choice in choices]
+        self.finish = next(c["finish_reason"] for c in reversed(choices) if c.get("finish_reason"))
+        usage = next(c["usage"] for c in reversed(self.chunks) if c.get("usage"))
+        self.prompt_tokens, self.completion_tokens = usage["prompt_tokens"], usage["completion_tokens"]
+        self.continuous_usage = any(c.get("usage") for c in self.chunks if c.get("choices"))
+        self.tokens_per_chunk = [
+            len((choice.get("logprobs") or {}).get("content") or []) for choice in choices
+        ]
+        self.tool_call = any(d.get("tool_calls") for d in deltas)
+        field_reasoning = "".join(d.get(k) or "" for d in deltas for k in _REASONING_FIELDS)
+        content = "".join(d.get("content") or "" for d in deltas)
+        if field_reasoning:
+            self.reasoning, self.answer, self.inline = field_reasoning, content, False
+        elif "</think>" in content:  # inline tags, whole or opened by the template
+            before, self.answer = content.split("</think>", 1)
+            self.reasoning, self.inline = before.replace("<think>", ""), True
+        else:
+            self.reasoning, self.answer, self.inline = "", content, False
+        self.starts_in_reasoning = bool(self.reasoning.strip())  # (servers send the reasoning first)
+
+    @property
+    def requires_tool(self) -> bool:
+        return self.tool_choice is not None
+
+    def script(self, **options: Any) -> Script:
+        """The recorded chunks as the server's stream (their own usage chunk: none added)."""
+        return Script(list(self.chunks), send_usage=False, continuous_usage=self.continuous_usage, **options)
+
+    def call(self, policy: ExitPolicy, **kwargs: Any) -> Call:
+        return Call(
+            policy,
+            reasoning_format=self.reasoning_format,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+            **kwargs,
+        )
+
+    def chunk_of_token(self, n: int) -> int:
+        """Index (in the script) of the chunk that carries the n-th token (1-based)."""
+        seen = 0
+        index = 0
+        for index, chunk in enumerate(self.chunks):
+            choice = (chunk.get("choices") or [{}])[0]
+            seen += len((choice.get("logprobs") or {}).get("content") or [])
+            if seen >= n:
+                return index
+        return index
+
+
+def _sees_reasoning_text(recording: Recording, driver: Driver) -> bool:
+    """ChatOpenAI drops reasoning fields before the callback handler sees them (_NO_REASONING_FIELD)."""
+    return not (driver.integration == "handler" and not recording.inline)
+
+
+def test_17_every_recording_has_its_sidecar() -> None:
+    assert RECORDED, f"no recordings in {WIRE}"
+    for name in RECORDED:
+        meta = json.loads((WIRE / f"{name}.meta.json").read_text())
+        for key in ("server", "version", "flags", "model", "date", "request", "replay"):
+            assert meta.get(key), f"{name}.meta.json has no {key}"
+
+
+@pytest.mark.parametrize("name", RECORDED)
+@pytest.mark.parametrize("driver", matrix("17_recorded_no_exit"))
+def test_17_a_recorded_stream_reads_as_the_server_sent_it(
+    driver: Driver, name: str, server: FaultServer
+) -> None:
+    """No exit: the answer, the reasoning, the finish reason and the server's usage, exactly."""
+    recording = Recording(name)
+    server.push(recording.script())
+    outcome = run(driver, server, recording.call(never_policy()))
+    report = ok(outcome)
+    assert not report["exited"] and report["ended"] == "server_done"
+    assert report["finish_reason"] == recording.finish and outcome.finish_reason == recording.finish
+    assert report["prompt_tokens"] == recording.prompt_tokens and report["prompt_tokens_estimated"] is False
+    assert report["tokens_generated"] == recording.completion_tokens and report["usage_source"] == "server"
+    assert outcome.text.strip() == recording.answer.strip()
+    assert "</think>" not in outcome.text and "<think>" not in outcome.text
+    if _sees_reasoning_text(recording, driver):
+        assert outcome.reasoning.strip() == recording.reasoning.strip()
+    assert server.served[0].completed and len(server.served) == 1
+
+
+EXIT_AT = 4
+"""Tokens a recorded stream's exit waits for (``min_tokens``)."""
+
+NUMBER_GUARD_DEFECT = {
+    "vllm_reasoning_parser": (
+        "known defect of the number guard (tests/unit_tests/test_session.py, NEWLINE_AFTER_NUMBER): "
+        "its reasoning ends '11.\\n' then EOS, and the stop waits past the newline, so no exit happens"
+    )
+}
+"""Recordings whose exit case meets a known, unfixed defect (strict xfail: fixing it fails here)."""
+REPLAY_CUT_DELAY = 0.1
+"""Pause after each chunk from the one carrying token EXIT_AT: the close is seen before the end."""
+
+
+@pytest.mark.parametrize("name", RECORDED)
+@pytest.mark.parametrize("driver", matrix("17_recorded_exit"))
+def test_17_a_recorded_stream_exits_as_every_stream_does(
+    driver: Driver, name: str, server: FaultServer, request: pytest.FixtureRequest
+) -> None:
+    """An exit (every known token is confident): the stream is cut, in the reasoning the answer
+    is forced; a required tool call is never cut; after a cut the prompt count is the server's
+    where the integration asked for per-chunk usage and the server sends it (vLLM)."""
+    if name in NUMBER_GUARD_DEFECT and driver.integration != "handler":  # (it sees no reasoning text)
+        request.applymarker(pytest.mark.xfail(strict=True, reason=NUMBER_GUARD_DEFECT[name]))
+    recording = Recording(name)
+    delay_from = recording.chunk_of_token(EXIT_AT)
+    server.push(recording.script(delay_s=REPLAY_CUT_DELAY, delay_from=delay_from), forcing_script())
+    outcome = run(driver, server, recording.call(exit_policy(min_tokens=EXIT_AT)))
+    if recording.requires_tool:
+        report = ok(outcome)
+        assert not report["exited"] and report["ended"] == "server_done"
+        assert server.served[0].completed and len(server.served) == 1
+        return
+    report = assert_exited(outcome, driver)
+    assert_cut(server)
+    forced = recording.starts_in_reasoning and driver.integration != "handler"  # (_CANNOT_FORCE)
+    assert len(server.served) == (2 if forced else 1)
+    if forced:
+        assert outcome.text.strip() == ANSWER
+    elif recording.starts_in_reasoning:  # the handler: cut in the reasoning, no answer yet
+        assert outcome.text == ""
+    else:
+        assert outcome.text and recording.answer.startswith(outcome.text)
+    if recording.starts_in_reasoning and _sees_reasoning_text(recording, driver):
+        assert outcome.reasoning.strip() and recording.reasoning.strip().startswith(outcome.reasoning.strip())
+    exact = recording.continuous_usage and driver.integration in ASKS_CONTINUOUS_USAGE
+    assert report["prompt_tokens_estimated"] is not exact
+    if exact:
+        assert report["prompt_tokens"] == recording.prompt_tokens

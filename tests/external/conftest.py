@@ -394,6 +394,7 @@ class Plain:
     reasoning: str
     finish_reason: str
     completion_tokens: int
+    prompt_tokens: int
 
 
 def message_reasoning(message: Any) -> str:
@@ -425,6 +426,7 @@ def plain(external: External) -> Any:
                 reasoning=message_reasoning(choice.message),
                 finish_reason=choice.finish_reason,
                 completion_tokens=reply.usage.completion_tokens,
+                prompt_tokens=reply.usage.prompt_tokens,
             )
         return cache[key]
 

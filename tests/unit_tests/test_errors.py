@@ -60,3 +60,33 @@ def test_missing_logprobs_keep_the_generic_hint() -> None:
     error = LogprobsUnavailableError("the stream carries text but no logprobs", partial_text="ab")
     assert "top_logprobs=k" in str(error) and error.hint == LogprobsUnavailableError.HINT
     assert error.partial_text == "ab" and error.provider_message is None
+
+
+def test_doctests() -> None:
+    import doctest
+
+    from entropy_exit_integrations import errors
+
+    assert doctest.testmod(errors).failed == 0
+
+
+class _Status(Exception):
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status_code = status
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "named"),
+    [
+        (400, "Unknown parameter: 'stream_options.continuous_usage_stats'.", True),
+        (422, "body.stream_options.continuous_usage_stats: Extra inputs are not permitted", True),
+        (400, "Unknown parameter: 'stream_options.include_obfuscation'.", False),
+        (500, "continuous_usage_stats failed", False),  # a server error is no rejection of the field
+        (None, "continuous_usage_stats", False),  # nor an error event in a 200 stream
+    ],
+)
+def test_a_rejected_field_is_a_400_or_422_naming_it(status: int | None, message: str, named: bool) -> None:
+    from entropy_exit_integrations.errors import names_field
+
+    assert names_field(_Status(message, status), "continuous_usage_stats") is named
