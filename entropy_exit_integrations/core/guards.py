@@ -14,7 +14,7 @@ from .tokens import Phase, TokenLogprob
 MAX_NUMBER_DEFERRAL = 32
 """Tokens a stop may wait for a number to end; after that it stops anyway."""
 
-_NUMBER_TAIL = re.compile(r"(?:(?<![A-Za-z_\d])\d[\d,._/:]*(?:[eE][-+]?\d*)?|(?:^|[\s(=\[])[-+])$")
+_NUMBER_TAIL = re.compile(r"(?:(?<![A-Za-z_\d])\d[\d,._/:]*(?:[eE][-+]?\d*)?|(?:^|[\s(=\[])[-+])\Z")
 """Text that may still be inside a number: a digit run with separators or an open exponent,
 or a lone sign that may start one ("3.", "1,0", "3/", "1e", "1e-", " -"); not a name that
 ends in digits ("r2", "GPT4")."""

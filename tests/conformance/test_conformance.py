@@ -1321,14 +1321,6 @@ def test_17_a_recorded_stream_reads_as_the_server_sent_it(
 
 EXIT_AT = 4
 """Tokens a recorded stream's exit waits for (``min_tokens``)."""
-
-NUMBER_GUARD_DEFECT = {
-    "vllm_reasoning_parser": (
-        "known defect of the number guard (tests/unit_tests/test_session.py, NEWLINE_AFTER_NUMBER): "
-        "its reasoning ends '11.\\n' then EOS, and the stop waits past the newline, so no exit happens"
-    )
-}
-"""Recordings whose exit case meets a known, unfixed defect (strict xfail: fixing it fails here)."""
 REPLAY_CUT_DELAY = 0.1
 """Pause after each chunk from the one carrying token EXIT_AT: the close is seen before the end."""
 
@@ -1336,13 +1328,11 @@ REPLAY_CUT_DELAY = 0.1
 @pytest.mark.parametrize("name", RECORDED)
 @pytest.mark.parametrize("driver", matrix("17_recorded_exit"))
 def test_17_a_recorded_stream_exits_as_every_stream_does(
-    driver: Driver, name: str, server: FaultServer, request: pytest.FixtureRequest
+    driver: Driver, name: str, server: FaultServer
 ) -> None:
     """An exit (every known token is confident): the stream is cut, in the reasoning the answer
     is forced; a required tool call is never cut; after a cut the prompt count is the server's
     where the integration asked for per-chunk usage and the server sends it (vLLM)."""
-    if name in NUMBER_GUARD_DEFECT and driver.integration != "handler":  # (it sees no reasoning text)
-        request.applymarker(pytest.mark.xfail(strict=True, reason=NUMBER_GUARD_DEFECT[name]))
     recording = Recording(name)
     delay_from = recording.chunk_of_token(EXIT_AT)
     server.push(recording.script(delay_s=REPLAY_CUT_DELAY, delay_from=delay_from), forcing_script())

@@ -147,19 +147,9 @@ def test_no_kind_of_number_is_cut(pieces: list[str]) -> None:
     assert session.should_stop and session.text == "x =" + "".join(pieces) + " done"
 
 
-NEWLINE_AFTER_NUMBER = (
-    "known defect, not fixed here: the guard's tail regex ends in $, which also matches before a "
-    "final newline, so text ending '11.\\n' reads as inside a number and a stop waits one more token "
-    "(a recorded vLLM stream ends '11.\\n' then EOS: no exit at all). Ending it in \\Z fixes it, but "
-    "moves replayed stops too, and the README's Qwen table (benchmarks/reproduce_qwen_table.sh) then "
-    "needs a probe that is not cached (gsm8k-test-170 after 96 tokens): the fix and that re-run "
-    "belong together"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=NEWLINE_AFTER_NUMBER)
 def test_a_newline_ends_a_number() -> None:
-    """A line break after "11." (recorded from vLLM: "7 plus 5 is 11.\n") ends the number."""
+    """A line break after "11." (recorded from vLLM: "7 plus 5 is 11.\n") ends the number:
+    the guard reads the text's real end, not the point before a final newline (regex ``$``)."""
     session = ExitSession(ExitPolicy(threshold=0.5, min_tokens=1))
     feed_all(session, [chunk("is 11")])
     assert not session.should_stop
