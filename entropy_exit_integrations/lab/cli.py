@@ -315,10 +315,11 @@ def _load_traces(path: str) -> list[Any]:
 
 
 def _maybe_connect(args: argparse.Namespace) -> Any:
-    """A client for the --base-url server in --traces mode (no embedded server), or nothing."""
+    """A client: for --base-url, for --model-file (the embedded server), else nothing in --traces
+    mode (replay only)."""
     import contextlib
 
-    if args.traces and args.base_url is None:
+    if args.traces and args.base_url is None and args.model_file is None:
         return contextlib.nullcontext((None, args.model))
     from .bench.commands import connect
 
