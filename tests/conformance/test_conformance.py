@@ -1217,7 +1217,9 @@ def test_16_a_server_that_rejects_continuous_usage_gets_one_retry_without_it(
 WIRE = HERE.parent / "data" / "recordings" / "wire"
 """One fixture per server x format, recorded by ``benchmarks/record_wire_shapes.py``: NAME.jsonl
 (the SSE payloads, verbatim) and NAME.meta.json (server, version, flags, model, date, request,
-and the replay settings: ``reasoning_format``, tools, ``tool_choice``)."""
+and the replay settings: ``reasoning_format``, tools, ``tool_choice``). Two are built by hand
+(``tests/data/recordings/hand_built.py``: Ollama ``/v1`` and GPT-OSS harmony as raw text; their
+``server`` says so, and the harmony one states its split in ``replay.expected``)."""
 
 RECORDED = sorted(path.stem for path in WIRE.glob("*.jsonl"))
 
@@ -1254,6 +1256,9 @@ class Recording:
             self.reasoning, self.inline = before.replace("<think>", ""), True
         else:
             self.reasoning, self.answer, self.inline = "", content, False
+        expected = replay.get("expected")  # a hand-built harmony stream: the split is stated
+        if expected:
+            self.reasoning, self.answer, self.inline = expected["reasoning"], expected["answer"], True
         self.starts_in_reasoning = bool(self.reasoning.strip())  # (servers send the reasoning first)
 
     @property
