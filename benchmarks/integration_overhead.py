@@ -15,7 +15,10 @@ Printed per pair: microseconds per token (bare, monitored, ratio), the ratio of 
 tokens' time to the first 5,000's (flat is 1.0), and memory kept per token (tracemalloc peak
 over the run, divided by the tokens; a separate pass, since tracing slows everything).
 
-    python benchmarks/integration_overhead.py [--tokens 20000] [--repeat 3]
+    python benchmarks/integration_overhead.py [--tokens 20000] [--repeat 3] [--only langchain]
+
+``--only NAME`` (repeatable) keeps the rows whose name contains NAME (case-insensitive: ``openai``,
+``langchain``, ``llamaindex``/``llama``); the other frameworks are then not imported.
 """
 
 from __future__ import annotations
@@ -97,15 +100,10 @@ def timed(consume: Callable[[Callable[[], None]], None], n: int) -> tuple[float,
     return total, last / first if first > 0 else float("nan")
 
 
-def pairs(url: str, n: int) -> dict[str, tuple[Callable, Callable]]:
+def openai_pairs(url: str, n: int) -> dict[str, tuple[Callable, Callable]]:
     import openai
-    from langchain_openai import ChatOpenAI
-    from llama_index.core.base.llms.types import ChatMessage
-    from llama_index.llms.openai_like import OpenAILike
 
     from entropy_exit_integrations import ExitPolicy
-    from entropy_exit_integrations.langchain import ChatEntropyExit
-    from entropy_exit_integrations.llama_index import EntropyExitLLM, http_clients
     from entropy_exit_integrations.openai import iter_chat
 
     never = ExitPolicy(threshold=0.0)
@@ -122,6 +120,21 @@ def pairs(url: str, n: int) -> dict[str, tuple[Callable, Callable]]:
             for _ in stream:
                 tick()
 
+    return {
+        "openai SDK (stream_chat)": (bare_openai, ours_openai),
+        "openai SDK (stream_chat, keep_tokens=False)": (bare_openai, lambda tick: ours_openai(tick, False)),
+    }
+
+
+def langchain_pairs(url: str, n: int) -> dict[str, tuple[Callable, Callable]]:
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.outputs import ChatGenerationChunk
+    from langchain_openai import ChatOpenAI
+
+    from entropy_exit_integrations import ExitPolicy
+    from entropy_exit_integrations.langchain import ChatEntropyExit
+
+    never = ExitPolicy(threshold=0.0)
     chat = ChatOpenAI(base_url=url, api_key="x", model="m", max_tokens=n, logprobs=True, top_logprobs=20)
     wrapped = ChatEntropyExit(model=chat, policy=never)
 
@@ -133,6 +146,40 @@ def pairs(url: str, n: int) -> dict[str, tuple[Callable, Callable]]:
         for _ in wrapped.stream("go"):
             tick()
 
+    class Relay(BaseChatModel):  # the floor: a wrapper that only passes the inner chunks on
+        inner: Any
+
+        @property
+        def _llm_type(self) -> str:
+            return "relay"
+
+        def _generate(self, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError
+
+        def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+            for chunk in self.inner.stream(messages, {"callbacks": []}, **kw):
+                yield ChatGenerationChunk(message=chunk)
+
+    relay = Relay(inner=chat)
+
+    def relay_lc(tick: Callable[[], None]) -> None:
+        for _ in relay.stream("go"):
+            tick()
+
+    return {
+        "LangChain ChatOpenAI.stream (ChatEntropyExit)": (bare_lc, ours_lc),
+        "LangChain ChatOpenAI.stream (do-nothing wrapper: the floor)": (bare_lc, relay_lc),
+    }
+
+
+def llama_index_pairs(url: str, n: int) -> dict[str, tuple[Callable, Callable]]:
+    from llama_index.core.base.llms.types import ChatMessage
+    from llama_index.llms.openai_like import OpenAILike
+
+    from entropy_exit_integrations import ExitPolicy
+    from entropy_exit_integrations.llama_index import EntropyExitLLM, http_clients
+
+    never = ExitPolicy(threshold=0.0)
     sync_client, async_client = http_clients()
     inner = OpenAILike(
         model="m",
@@ -172,9 +219,6 @@ def pairs(url: str, n: int) -> dict[str, tuple[Callable, Callable]]:
         asyncio.run(run())
 
     return {
-        "openai SDK (stream_chat)": (bare_openai, ours_openai),
-        "openai SDK (stream_chat, keep_tokens=False)": (bare_openai, lambda tick: ours_openai(tick, False)),
-        "LangChain ChatOpenAI.stream (ChatEntropyExit)": (bare_lc, ours_lc),
         "LlamaIndex stream_chat (EntropyExitLLM)": (bare_li, ours_li),
         "LlamaIndex stream_chat (EntropyExitLLM, keep_tokens=False)": (
             bare_li,
@@ -182,6 +226,19 @@ def pairs(url: str, n: int) -> dict[str, tuple[Callable, Callable]]:
         ),
         "LlamaIndex astream_chat (EntropyExitLLM)": (abare_li, aours_li),
     }
+
+
+PAIRS = {"openai": openai_pairs, "langchain": langchain_pairs, "llamaindex": llama_index_pairs}
+
+
+def pairs(url: str, n: int, only: list[str] | None = None) -> dict[str, tuple[Callable, Callable]]:
+    """The (bare, monitored) consumers, of the integrations ``only`` names (all by default)."""
+    wanted = [w.lower().replace("_", "").replace(" ", "") for w in only or []]
+    chosen: dict[str, tuple[Callable, Callable]] = {}
+    for key, build in PAIRS.items():
+        if not wanted or any(w in key or key in w for w in wanted):
+            chosen.update(build(url, n))
+    return chosen
 
 
 def kept_per_token(consume: Callable, n: int) -> float:
@@ -196,6 +253,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--only", action="append", metavar="NAME", help="openai, langchain or llamaindex (repeatable)"
+    )
     args = parser.parse_args()
     n = args.tokens
     url = serve(sse_body(n))
@@ -205,7 +265,7 @@ def main() -> None:
         "| flat (last/first 5k) bare, ours | KB/token bare, ours |"
     )
     print("|---|---|---|---|---|---|")
-    for name, (bare, ours) in pairs(url, n).items():
+    for name, (bare, ours) in pairs(url, n, args.only).items():
         best_bare = best_ours = (float("inf"), 0.0)
         for _ in range(args.repeat):
             best_bare = min(best_bare, timed(bare, n))
