@@ -2,11 +2,6 @@
 
 Example (the embedded server: ``entropy-exit serve`` prints its URL)::
 
-    from langchain.agents import create_agent
-    from langchain_openai import ChatOpenAI
-    from entropy_exit_integrations import ExitPolicy
-    from entropy_exit_integrations.langchain import EntropyExitMiddleware
-
     middleware = EntropyExitMiddleware(ExitPolicy(threshold=1.0, min_tokens=8))
     agent = create_agent(ChatOpenAI(base_url=url, api_key="none", model=model, max_tokens=200),
                          tools=[get_weather], middleware=[middleware])
@@ -29,7 +24,7 @@ from langchain_core.messages import AIMessage
 from langgraph.types import Command
 from typing_extensions import NotRequired
 
-from ..core.savings import SavingsLedger
+from ..core.savings import SavingsLedger, SavingsReport
 from ..engine import REPORT_KEY
 from ..options import ExitOptions
 from .chat_models import ChatEntropyExit
@@ -88,10 +83,10 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
     def _wrapped(self, request: ModelRequest) -> ModelRequest:
         if isinstance(request.model, ChatEntropyExit):
             return request
-        model = ChatEntropyExit(
+        wrapped = ChatEntropyExit(
             model=request.model, options=self.options, logprobs_kwargs=self.logprobs_kwargs
         )
-        return request.override(model=model)
+        return request.override(model=wrapped)
 
     def _with_reports(self, request: ModelRequest, response: Any) -> Any:
         messages = response.result if isinstance(response, ModelResponse) else [response]
@@ -118,14 +113,11 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
 
     @staticmethod
     def summary(result: Mapping[str, Any]) -> dict[str, Any]:
-        """Totals over an agent result's steps: tokens generated and saved, exits, per step."""
+        """Totals over an agent result's steps (``SavingsLedger.summary``: tokens generated and
+        saved, exits, probes...), with ``steps`` and the tokens ``saved_per_step``."""
         steps = list(result.get(STATE_KEY) or [])
-        return {
-            "steps": len(steps),
-            "exits": sum(bool(s.get("exited")) for s in steps),
-            "tokens_generated": sum(s.get("tokens_generated") or 0 for s in steps),
-            "tokens_saved_vs_budget": sum(s.get("tokens_saved_vs_budget") or 0 for s in steps),
-            "probes": sum(s.get("probes") or 0 for s in steps),
-            "probe_tokens": sum(s.get("probe_tokens") or 0 for s in steps),
-            "saved_per_step": [s.get("tokens_saved_vs_budget") or 0 for s in steps],
-        }
+        ledger = SavingsLedger()
+        for step in steps:
+            ledger.record(SavingsReport.from_dict(step))
+        saved = [s.get("tokens_saved_vs_budget") or 0 for s in steps]
+        return {"steps": len(steps), **ledger.summary(), "saved_per_step": saved}
