@@ -317,6 +317,7 @@ class _Chunks:
     def __init__(self, call: MonitoredCall) -> None:
         self.call = call
         self.saw_model_name = False
+        self.logprobs: dict[str, Any] | None = None  # every chunk's, for the last chunk
 
     def out(self, step: Output) -> list[ChatGenerationChunk]:
         if step.result is not None:
@@ -333,9 +334,14 @@ class _Chunks:
         ]
 
     def passed_on(self, message: Any, deltas: list[Any]) -> ChatGenerationChunk:
-        """An inner chunk with the engine's text (copied only when that differs); its usage is held
-        for the last chunk. The content is the answer only: reasoning (a separate field or
-        ``<think>`` tags, even split over chunks) goes to ``additional_kwargs["reasoning_content"]``.
+        """An inner chunk with the engine's text (copied only when it changes); its usage and
+        its logprobs are held for the last chunk. The content is the answer only: reasoning (a
+        separate field or ``<think>`` tags, even split over chunks) goes to
+        ``additional_kwargs["reasoning_content"]``.
+
+        The logprobs ride on the last chunk, all of them, so that the merged message (``invoke``,
+        ``on_llm_end``, tracers) has them as before, while LangChain's merge of the streamed
+        chunks, which copies the growing list at every chunk, stays linear.
         """
         if not isinstance(message, AIMessageChunk):  # a model that cannot stream: its whole answer
             message = _as_chunk(message)
@@ -348,6 +354,14 @@ class _Chunks:
             answer = "".join(d.text for d in deltas if d.phase is Phase.ANSWER)
             reasoning = "".join(d.text for d in deltas if d.phase is Phase.REASONING)
         update: dict[str, Any] = {}
+        metadata = data["response_metadata"]
+        logprobs = metadata.get("logprobs")
+        if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
+            if self.logprobs is None:
+                self.logprobs = {**logprobs, "content": list(logprobs["content"])}
+            else:
+                self.logprobs["content"] += logprobs["content"]
+            update["response_metadata"] = {k: v for k, v in metadata.items() if k != "logprobs"}
         content = data["content"]
         if content.__class__ is str and content != answer:
             update["content"] = answer
@@ -373,6 +387,8 @@ class _Chunks:
             metadata["finish_reason"] = ENTROPY_EXIT  # a cut stream sent none of its own
         if not self.saw_model_name and self.call.model:
             metadata["model_name"] = self.call.model
+        if self.logprobs is not None:
+            metadata["logprobs"] = self.logprobs
         counts = {"input_tokens": "prompt_tokens", "output_tokens": "completion_tokens"}
         counts["total_tokens"] = "total_tokens"
         usage_metadata = cast(UsageMetadata, {ours: int(usage[theirs]) for ours, theirs in counts.items()})

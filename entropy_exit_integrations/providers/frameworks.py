@@ -37,13 +37,14 @@ def parse_langchain_chunk(chunk: Any) -> ChunkParts:
     ``reasoning_content``/``reasoning`` field that partner classes (ChatDeepSeek) keep; usage is
     ``usage_metadata`` as the provider's ``prompt/completion_tokens`` block.
     """
-    message = getattr(chunk, "message", chunk)
+    outer = chunk.__dict__  # (getattr of a missing name is slow on a pydantic model)
+    message = outer.get("message", chunk)
     data = message.__dict__
     text = data.get("content", data.get("text", ""))  # a message; an LLM's GenerationChunk
     if text.__class__ is not str:  # content blocks
         text = message.text
         text = text() if callable(text) else text  # a method before langchain-core 1
-    info = getattr(chunk, "generation_info", None) or {}
+    info = outer.get("generation_info") or {}
     metadata = data.get("response_metadata") or {}
     extra = data.get("additional_kwargs") or {}
     reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
