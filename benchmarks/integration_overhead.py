@@ -5,7 +5,8 @@ long stream (default 20,000 tokens), as fast as the client reads. Each pair runs
 process, alternating, best of ``--repeat``:
 
 * openai SDK: ``client.chat.completions.create(stream=True)`` iterated  vs  ``stream_chat``;
-* LangChain: ``ChatOpenAI(...).stream`` iterated  vs  ``ChatEntropyExit(model=...).stream``;
+* LangChain: ``ChatOpenAI(...).stream`` iterated  vs  ``ChatEntropyExit(model=...).stream``, and
+  vs a do-nothing wrapper (a ``BaseChatModel`` that passes the inner chunks on: the floor);
 * LlamaIndex: ``OpenAILike(...).stream_chat`` iterated  vs  ``EntropyExitLLM(...).stream_chat``
   (sync) and the same with ``astream_chat`` (async).
 
@@ -150,8 +151,10 @@ def langchain_pairs(url: str, n: int) -> dict[str, tuple[Callable, Callable]]:
         for _ in chat.stream("go"):
             tick()
 
-    def ours_lc(tick: Callable[[], None]) -> None:
-        for _ in wrapped.stream("go"):
+    lean = ChatEntropyExit(model=chat, policy=never, keep_tokens=False)
+
+    def ours_lc(tick: Callable[[], None], monitored: Any = wrapped) -> None:
+        for _ in monitored.stream("go"):
             tick()
 
     class Relay(BaseChatModel):  # the floor: a wrapper that only passes the inner chunks on
@@ -176,6 +179,10 @@ def langchain_pairs(url: str, n: int) -> dict[str, tuple[Callable, Callable]]:
 
     return {
         "LangChain ChatOpenAI.stream (ChatEntropyExit)": (bare_lc, ours_lc),
+        "LangChain ChatOpenAI.stream (ChatEntropyExit, keep_tokens=False)": (
+            bare_lc,
+            lambda tick: ours_lc(tick, lean),
+        ),
         "LangChain ChatOpenAI.stream (do-nothing wrapper: the floor)": (bare_lc, relay_lc),
     }
 

@@ -14,8 +14,8 @@ from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManager, AsyncCallbackManagerForLLMRun, CallbackManager
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.language_models.chat_models import generate_from_stream
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_messages
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
@@ -43,8 +43,6 @@ WRAPPER_HINT = (
     "that supports logprobs (ChatOpenAI against a server that returns them), or pass the "
     "arguments your model needs as logprobs_kwargs"
 )
-_BASE_FIELDS = {"callbacks", "tags", "metadata", "verbose", "cache", "rate_limiter", "disable_streaming"}
-_BASE_FIELDS |= {"output_version", "profile"}
 
 
 class ChatEntropyExit(BaseChatModel):
@@ -58,17 +56,15 @@ class ChatEntropyExit(BaseChatModel):
     final answer: for OpenAI-compatible inner models the cut text goes back as a trailing
     assistant message the server continues (llama.cpp, vLLM); elsewhere as a follow-up user turn.
     The last chunk carries ``usage_metadata`` (counted from the logprob entries when the stream
-    was cut) and ``response_metadata["entropy_exit"]``: the ``SavingsReport`` as plain data, which
-    every tracer (LangSmith, ``collect_runs``) records with the run's outputs.
+    was cut), every chunk's logprobs and ``response_metadata["entropy_exit"]``: the
+    ``SavingsReport`` as plain data, which tracers (LangSmith) record with the run's outputs.
 
     Tool calls are never cut in the middle, nor a required tool call or a structured answer at
     all; ``bind_tools``, ``with_structured_output``, ``stop``, callbacks, tags and metadata pass
     through. Reasoning goes to ``additional_kwargs["reasoning_content"]`` and the content is the
     answer: reasoning inside ``<think>`` (or ``[THINK]``, harmony) markers, and the reasoning
-    fields the inner model keeps. ChatOpenAI drops vLLM's and DeepSeek's ``reasoning_content``
-    deltas; the partner class ``ChatDeepSeek`` (``pip install langchain-deepseek``;
-    ``ChatDeepSeek(api_base=url, api_key=..., model=...)`` talks to any OpenAI-compatible server)
-    keeps them. Without either, text-less tokens are still monitored as reasoning.
+    fields the inner model keeps (ChatOpenAI drops them; ``ChatDeepSeek(api_base=url, ...)`` from
+    ``langchain-deepseek`` keeps them, for any OpenAI-compatible server).
 
     Key init args:
         model: the inner ``BaseChatModel``, or a ``"provider:model"`` string for
@@ -78,21 +74,12 @@ class ChatEntropyExit(BaseChatModel):
             ``forcing``, ``probes``, ``ledger``, ``audit``, ``trace_sink``, ``reasoning_format``...
         logprobs_kwargs: call kwargs that ask the inner model for logprobs.
 
-    Example (the embedded server: ``entropy-exit serve`` prints its URL):
-        .. code-block:: python
+    Example (``entropy-exit serve`` prints the URL of the embedded server)::
 
-            from langchain_openai import ChatOpenAI
-            from entropy_exit_integrations import ExitPolicy
-            from entropy_exit_integrations.langchain import ChatEntropyExit
-
-            inner = ChatOpenAI(base_url="http://127.0.0.1:8080/v1", api_key="none",
-                               model="smollm2-135m-instruct", temperature=0, max_tokens=200)
-            llm = ChatEntropyExit(model=inner, policy=ExitPolicy(threshold=1.0, min_tokens=8))
-            msg = llm.invoke("What is 7 + 5? Explain.")
-            report = msg.response_metadata["entropy_exit"]
-            print(msg.content, report["exited"], report["tokens_saved_vs_budget"], msg.usage_metadata)
-            for chunk in llm.stream("Name three colours."):
-                print(chunk.content, end="")
+        inner = ChatOpenAI(base_url=url, api_key="none", model="smollm2-135m-instruct", max_tokens=200)
+        llm = ChatEntropyExit(model=inner, policy=ExitPolicy(threshold=1.0, min_tokens=8))
+        msg = llm.invoke("What is 7 + 5? Explain.")
+        print(msg.content, msg.response_metadata["entropy_exit"]["tokens_saved_vs_budget"])
     """
 
     model: BaseChatModel
@@ -114,7 +101,7 @@ class ChatEntropyExit(BaseChatModel):
         values = dict(values)
         given = {name: values.pop(name) for name in OPTION_NAMES if name in values}
         values["options"] = ExitOptions.build(values.get("options"), "ChatEntropyExit", **given)
-        own = set(cls.model_fields) | _BASE_FIELDS
+        own = set(cls.model_fields)  # with BaseChatModel's: callbacks, tags, rate_limiter...
         extra = {k: v for k, v in values.items() if k not in own}
         if not extra:
             return values
@@ -189,7 +176,7 @@ class ChatEntropyExit(BaseChatModel):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
-        return await agenerate_from_stream(_aiter(chunks))
+        return generate_from_stream(iter(chunks))  # a linear merge (see ``passed_on``)
 
     def bind_tools(
         self,
@@ -281,14 +268,8 @@ class _Inner:
         self.config = config
 
     def request(self, spec: RequestSpec) -> list[BaseMessage]:
-        history = list(self.messages)
-        for item in spec.messages:
-            if item["role"] == "user":
-                history.append(HumanMessage(item["content"]))
-            else:
-                thought = {k: v for k, v in item.items() if k == "reasoning_content"}
-                history.append(AIMessage(item["content"], additional_kwargs=thought))
-        return history
+        """The caller's messages and the request's own (forcing, probes; OpenAI dicts)."""
+        return [*self.messages, *convert_to_messages(list(spec.messages))]
 
 
 class _Transport(_Inner):
@@ -426,8 +407,3 @@ def _child_config(run_manager: Any) -> RunnableConfig:
     )
     manager = manager_class(handlers=[], parent_run_id=run_manager.run_id)
     return {"callbacks": manager, "metadata": dict(run_manager.inheritable_metadata)}
-
-
-async def _aiter(chunks: list[ChatGenerationChunk]) -> AsyncIterator[ChatGenerationChunk]:
-    for chunk in chunks:
-        yield chunk

@@ -69,16 +69,10 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
     ) -> None:
         super().__init__()
         options = ExitOptions.build(options, "EntropyExitMiddleware", policy=policy, **fields)
-        if options.ledger is None:
-            options = replace(options, ledger=SavingsLedger())
-        self.options = options
-        self.logprobs_kwargs = logprobs_kwargs
-
-    @property
-    def ledger(self) -> SavingsLedger:
+        self.ledger: SavingsLedger = SavingsLedger() if options.ledger is None else options.ledger
         """Every report of every run this middleware has seen."""
-        assert self.options.ledger is not None
-        return self.options.ledger
+        self.options = replace(options, ledger=self.ledger)
+        self.logprobs_kwargs = logprobs_kwargs
 
     def _wrapped(self, request: ModelRequest) -> ModelRequest:
         if isinstance(request.model, ChatEntropyExit):
