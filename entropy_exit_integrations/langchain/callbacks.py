@@ -10,15 +10,8 @@ stream that breaks after its first token raises ``StreamInterrupted``, as in eve
 
 The model must **stream** (``ChatOpenAI(streaming=True)``, ``.bind(stream=True)`` or ``stream``;
 otherwise ``NoTokenEventsError`` at the end of the run) and **send logprobs**
-(``ChatOpenAI(logprobs=True, top_logprobs=20)``; otherwise ``LogprobsUnavailableError``)::
-
-    llm = ChatOpenAI(base_url=url, api_key="none", model="smollm2", logprobs=True,
-                     top_logprobs=20, max_tokens=200, streaming=True)
-    handler = EntropyExitCallbackHandler(ExitPolicy(threshold=1.0, min_tokens=8))
-    try:
-        (prompt | llm).invoke({"q": "What is 7 + 5?"}, config={"callbacks": [handler]})
-    except EntropyExit as exit_:
-        print(exit_.partial_text, exit_.report)
+(``ChatOpenAI(logprobs=True, top_logprobs=20)``; otherwise ``LogprobsUnavailableError``). An
+example: the README's "Use it", block 4.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
 """EntropyExitMiddleware: early exit on every model call of a ``create_agent`` agent loop.
 
-Example (the embedded server: ``entropy-exit serve`` prints its URL)::
-
-    middleware = EntropyExitMiddleware(ExitPolicy(threshold=1.0, min_tokens=8))
-    agent = create_agent(ChatOpenAI(base_url=url, api_key="none", model=model, max_tokens=200),
-                         tools=[get_weather], middleware=[middleware])
-    result = agent.invoke({"messages": [{"role": "user", "content": "Weather in Paris?"}]})
-    print(result["entropy_exit"])                   # one report per model call (step)
-    print(EntropyExitMiddleware.summary(result))    # saved tokens over the whole run
-    print(middleware.ledger)                        # every run this middleware has seen
+An example: the README's "Use it", block 5.
 """
 
 from __future__ import annotations
