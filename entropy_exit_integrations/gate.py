@@ -92,6 +92,12 @@ class GateResult:
         always = self.tokens_always_extended
         return None if always is None else always - self.tokens_used
 
+    def to_dict(self) -> dict[str, Any]:
+        """The gate's report as plain JSON-ready data (the first pass's report included)."""
+        names = "passed entropy tau first_tokens extended_tokens tokens_used tokens_always_extended"
+        data = {name: getattr(self, name) for name in [*names.split(), "tokens_saved"]}
+        return {**data, "first_report": self.first.report.to_dict()}
+
 
 def _tokens(result: Any) -> int:
     return int(result.report.tokens_generated)

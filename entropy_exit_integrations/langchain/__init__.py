@@ -5,10 +5,9 @@
 * ``ChatEntropyExit``: wrap any chat model; its stream stops once the model is confident, the
   final answer is forced when needed, and the report rides on the last chunk.
 * ``EntropyExitMiddleware``: the same for every model call of a ``create_agent`` agent, with a
-  ledger of the whole run in ``result["entropy_exit"]``.
+  ledger of the whole run in ``result["entropy_exit"]`` (needs the ``langchain`` package).
 
-Each name is imported when first used (LangChain's chat-model and agent modules are heavy), so
-``import entropy_exit_integrations.langchain`` costs little more than the package itself.
+Each name is imported when first used (LangChain's chat-model and agent modules are heavy).
 """
 
 from __future__ import annotations
@@ -27,10 +26,9 @@ _WHERE = {
     "AsyncEntropyExitCallbackHandler": ".callbacks",
     "EntropyExitCallbackHandler": ".callbacks",
     "ChatEntropyExit": ".chat_models",
-    "EntropyExitMiddleware": ".middleware",  # needs the `langchain` package (agents)
+    "EntropyExitMiddleware": ".middleware",
     "EntropyExitState": ".middleware",
 }
-
 __all__ = [
     "AsyncEntropyExitCallbackHandler",
     "ChatEntropyExit",
@@ -42,13 +40,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    where = _WHERE.get(name)
-    if where is None:
+    if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(where, __name__), name)
-    globals()[name] = value
+    value = globals()[name] = getattr(import_module(_WHERE[name], __name__), name)
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return __all__

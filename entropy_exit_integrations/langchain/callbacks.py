@@ -1,40 +1,17 @@
 """EntropyExitCallbackHandler: watch (and optionally abort) any LangChain chat model run.
 
-The handler reads the logprobs of every streamed token from ``on_llm_new_token(chunk=...)``
-and keeps one ``MonitoredCall`` (the engine every integration uses) per ``run_id``, so
-concurrent runs (``.batch``, parallel branches) never mix. With ``on_exit="raise"`` it raises
-``EntropyExit`` from the token callback once the model is confident: ``raise_error = True``
-makes LangChain propagate it, which unwinds the model's HTTP stream (ChatOpenAI iterates it
-inside a ``with`` block), so the server stops generating. ``on_exit="record"`` only reports
-(``exited`` stays False: it never cut anything; ``decision_token_index`` says where it would
-have). A stream that breaks after its first token raises ``StreamInterrupted`` from
-``on_llm_error``, as in every integration.
+The handler reads the logprobs of every streamed token from ``on_llm_new_token(chunk=...)`` and
+keeps one ``MonitoredCall`` (the engine every integration uses) per ``run_id``, so concurrent
+runs (``.batch``, parallel branches) never mix. With ``on_exit="raise"`` it raises ``EntropyExit``
+from the token callback once the model is confident: ``raise_error = True`` makes LangChain
+propagate it, which unwinds the model's HTTP stream, so the server stops generating.
+``on_exit="record"`` only reports (``decision_token_index`` says where it would have cut). A
+stream that breaks after its first token raises ``StreamInterrupted``, as in every integration.
 
-Two things the model must do for the handler to see anything:
-
-* **stream**: ``ChatOpenAI(streaming=True)`` (or ``.bind(stream=True)``, or calling ``stream``)
-  makes ``invoke``/``batch`` take the streaming path, where token events exist. A run that
-  answered without streaming sends no token events; the handler then fails at the end of the
-  run with ``NoTokenEventsError`` saying so.
-* **send logprobs**: ``ChatOpenAI(logprobs=True, top_logprobs=20)`` or
-  ``model.bind(logprobs=True, top_logprobs=20)``; otherwise ``LogprobsUnavailableError``.
-
-Example (``entropy-exit serve`` prints the base URL)::
-
-    from langchain_core.output_parsers import StrOutputParser
-    from langchain_core.prompts import ChatPromptTemplate
-    from langchain_openai import ChatOpenAI
-    from entropy_exit_integrations import EntropyExit, ExitPolicy
-    from entropy_exit_integrations.langchain import EntropyExitCallbackHandler
-
-    llm = ChatOpenAI(base_url="http://127.0.0.1:8080/v1", api_key="none", model="smollm2",
-                     logprobs=True, top_logprobs=20, max_tokens=200, streaming=True)
-    chain = ChatPromptTemplate.from_template("{q}") | llm | StrOutputParser()
-    handler = EntropyExitCallbackHandler(ExitPolicy(threshold=1.0, min_tokens=8))
-    try:
-        chain.invoke({"q": "What is 7 + 5?"}, config={"callbacks": [handler]})
-    except EntropyExit as exit_:
-        print(exit_.partial_text, exit_.report)
+The model must **stream** (``ChatOpenAI(streaming=True)``, ``.bind(stream=True)`` or ``stream``;
+otherwise ``NoTokenEventsError`` at the end of the run) and **send logprobs**
+(``ChatOpenAI(logprobs=True, top_logprobs=20)``; otherwise ``LogprobsUnavailableError``). An
+example: the README's "Use it", block 4.
 """
 
 from __future__ import annotations
@@ -48,7 +25,6 @@ from langchain_core.outputs import LLMResult
 
 from ..core.policy import ExitPolicy
 from ..core.savings import SavingsLedger, SavingsReport
-from ..core.tokens import Phase
 from ..engine import REPORT_KEY, ExitResult, MonitoredCall
 from ..errors import (
     EntropyExit,
@@ -59,8 +35,7 @@ from ..errors import (
     provider_message,
 )
 from ..options import ExitOptions
-from ..providers.frameworks import tokens_from_langchain_chunk
-from ..providers.parts import ChunkParts
+from ..providers.frameworks import parse_langchain_chunk
 
 OnExit = Literal["raise", "record"]
 _REQUEST_FIELDS = ("tools", "tool_choice", "functions", "response_format", "n")
@@ -70,42 +45,6 @@ is never cut, and several choices are refused before the request is sent."""
 LANGCHAIN_HINT = (
     "with LangChain: ChatOpenAI(logprobs=True, top_logprobs=20) or model.bind(logprobs=True, top_logprobs=20)"
 )
-
-
-def parts_from_chunk(chunk: Any) -> ChunkParts:
-    """ChunkParts of a LangChain ``ChatGenerationChunk`` or ``AIMessageChunk``."""
-    message = getattr(chunk, "message", chunk)
-    text = getattr(chunk, "text", None)
-    if not isinstance(text, str):
-        text = getattr(message, "text", "")
-        text = text() if callable(text) else text
-    info = getattr(chunk, "generation_info", None) or {}
-    metadata = getattr(message, "response_metadata", None) or {}
-    extra = getattr(message, "additional_kwargs", None) or {}
-    reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
-    if not isinstance(reasoning, str):
-        reasoning = ""
-    phase = Phase.REASONING if reasoning and not text else Phase.ANSWER
-    tokens = tokens_from_langchain_chunk(chunk, phase)
-    usage = getattr(message, "usage_metadata", None)
-    return ChunkParts(
-        content=text or "",
-        reasoning=reasoning,
-        tokens=tokens or (),
-        has_logprobs=tokens is not None,
-        finish_reason=info.get("finish_reason") or metadata.get("finish_reason"),
-        usage=openai_usage(usage) if usage else None,
-        tool_call=bool(getattr(message, "tool_call_chunks", None) or getattr(message, "tool_calls", None)),
-    )
-
-
-def openai_usage(usage: Any) -> dict[str, Any]:
-    """LangChain ``usage_metadata`` -> the provider's ``prompt/completion_tokens`` block."""
-    return {
-        "prompt_tokens": usage.get("input_tokens", 0),
-        "completion_tokens": usage.get("output_tokens", 0),
-        "total_tokens": usage.get("total_tokens", 0),
-    }
 
 
 def openai_dicts(messages: list[Any]) -> list[dict[str, Any]]:
@@ -118,94 +57,102 @@ def openai_dicts(messages: list[Any]) -> list[dict[str, Any]]:
         return [{"role": "user", "content": getattr(m, "text", "")} for m in messages]
 
 
-class _Run:
-    __slots__ = ("call", "finished")
+class _Handler:
+    """What the sync and async handlers share: one ``MonitoredCall`` per run, results, reports.
 
-    def __init__(self, call: MonitoredCall) -> None:
-        self.call = call
-        self.finished = False
-
-
-class _Monitors:
-    """The framework-facing logic shared by the sync and async handlers.
-
-    ``start`` returns the new call and ``token``/``end`` the call to finish; the sync handler
+    ``_start`` returns the new call and ``_token``/``_end`` the call to finish; the sync handler
     counts the prompt and finishes in place, the async one awaits ``acount_prompt``/``afinish``,
     so a token estimate never blocks the event loop. An exit raises from inside the model's
     stream, where nothing may delay the close: the prompt was counted before the request.
+
+    Attributes:
+        results: result (text, reasoning, tokens, report) of every finished run, by ``run_id``.
+        last_result: the most recently finished run's result (use ``results`` when runs overlap).
     """
 
-    def __init__(self, options: ExitOptions, on_exit: OnExit) -> None:
+    raise_error = True
+    run_inline = True
+
+    def __init__(
+        self,
+        policy: ExitPolicy | None = None,
+        on_exit: OnExit = "raise",
+        ledger: SavingsLedger | None = None,
+        *,
+        options: ExitOptions | None = None,
+        **fields: Any,
+    ) -> None:
+        super().__init__()
         if on_exit not in ("raise", "record"):
             raise ValueError(f"on_exit must be 'raise' or 'record', got {on_exit!r}")
-        self.options = options
-        self.policy = options.policy
+        self.options = ExitOptions.build(options, type(self).__name__, policy=policy, ledger=ledger, **fields)
+        self.policy: ExitPolicy = self.options.policy
         self.on_exit: OnExit = on_exit
-        self.ledger = options.ledger
+        self.ledger: SavingsLedger | None = self.options.ledger
         self.results: dict[UUID, ExitResult] = {}
         self.last_result: ExitResult | None = None
-        self._runs: dict[UUID, _Run] = {}
+        self._runs: dict[UUID, MonitoredCall] = {}
         self._lock = threading.Lock()
 
     @property
     def reports(self) -> dict[UUID, SavingsReport]:
+        """Report of every finished run, by ``run_id``."""
         return {run_id: result.report for run_id, result in self.results.items()}
 
-    def start(
+    def _start(
         self, run_id: UUID, kwargs: dict[str, Any], messages: Any = None, prompt: str | None = None
     ) -> MonitoredCall:
         params = kwargs.get("invocation_params") or {}
         budget = params.get("max_tokens") or params.get("max_completion_tokens")
-        model = params.get("model_name") or params.get("model")
         call = MonitoredCall(
             self.options,
             fields={key: params[key] for key in _REQUEST_FIELDS if key in params},
             api="chat" if prompt is None else "completions",
             messages=openai_dicts(messages) if messages else None,
             prompt=prompt,
-            model=model,
+            model=params.get("model_name") or params.get("model"),
             max_tokens=int(budget) if budget else None,
             # OpenAI-compatible models always end a stream with a finish reason; others may not.
             terminal_required="openai" in str(params.get("_type", "")),
             logprobs_hint=LANGCHAIN_HINT,
         )
         with self._lock:
-            self._runs[run_id] = _Run(call)
+            self._runs[run_id] = call
         return call
 
-    def token(self, run_id: UUID, chunk: Any) -> MonitoredCall | None:
+    def _token(self, run_id: UUID, chunk: Any) -> MonitoredCall | None:
         """Feed a token event; the call to finish and raise ``EntropyExit`` for, if any."""
-        run = self._runs.get(run_id)
-        if run is None or chunk is None or run.finished:
+        call = self._runs.get(run_id)
+        if call is None or chunk is None:
             return None
-        call = run.call
-        call.feed(parts_from_chunk(chunk))
+        call.feed(parse_langchain_chunk(chunk))
         if self.on_exit == "raise" and call.should_stop:
             call.end_main(cut=True)  # raising unwinds the model's HTTP stream: the server stops
-            run.finished = True
+            with self._lock:
+                self._runs.pop(run_id, None)  # finished here: its end or error changes nothing
             return call
         return None
 
-    def exit_error(self, run_id: UUID, result: ExitResult) -> EntropyExit:
+    def _exit_error(self, run_id: UUID, result: ExitResult) -> EntropyExit:
         self._keep(run_id, result)
         return EntropyExit(result.text, result.report, reasoning=result.reasoning, partial=result)
 
-    def end(self, run_id: UUID, response: LLMResult) -> MonitoredCall | None:
+    def _end(self, run_id: UUID, response: LLMResult) -> MonitoredCall | None:
         """The run ended normally: the call to finish, or None when it was already finished."""
         with self._lock:
-            run = self._runs.pop(run_id, None)
-        if run is None or run.finished:
+            call = self._runs.pop(run_id, None)
+        if call is None:
             return None
-        if run.call.chunks_seen == 0 and _has_text(response):
+        if call.chunks_seen == 0 and any(g.text for gens in response.generations for g in gens):
             raise NoTokenEventsError(
                 "EntropyExitCallbackHandler saw no streamed tokens for this run, so it could not "
                 "measure anything: the model answered without streaming. Use a model that "
                 "implements streaming, and force it with ChatOpenAI(streaming=True) or "
                 "model.bind(stream=True); do not set disable_streaming=True"
             )
-        return run.call
+        return call
 
-    def ended(self, run_id: UUID, response: LLMResult, result: ExitResult) -> None:
+    def _ended(self, run_id: UUID, response: LLMResult, result: ExitResult) -> None:
         self._keep(run_id, result)
         data = result.report.to_dict()
         for generations in response.generations:
@@ -216,7 +163,7 @@ class _Monitors:
                 else:
                     generation.generation_info = {**(generation.generation_info or {}), REPORT_KEY: data}
 
-    def error(self, run_id: UUID, error: BaseException) -> None:
+    def _error(self, run_id: UUID, error: BaseException) -> None:
         """The run failed: raise what every integration raises for it.
 
         A stream that broke after its first token, or an HTTP 200 stream with no chunk at all
@@ -224,16 +171,15 @@ class _Monitors:
         a logprob refusal raises ``LogprobsUnavailableError``.
         """
         with self._lock:
-            run = self._runs.pop(run_id, None)
-        if run is None or run.finished or isinstance(error, EntropyExitError):
+            call = self._runs.pop(run_id, None)
+        if call is None or isinstance(error, EntropyExitError) or not isinstance(error, Exception):
             return
-        if not isinstance(error, Exception):
-            return
-        if not run.call.chunks_seen and is_logprobs_refusal(error):
-            top_k = run.call.policy.top_k
-            raise LogprobsUnavailableError.refused(provider_message(error), top_k=top_k) from error
-        if run.call.chunks_seen or (isinstance(error, ValueError) and "no generations" in str(error).lower()):
-            interrupted = run.call.interrupted(error)
+        if not call.chunks_seen and is_logprobs_refusal(error):
+            raise LogprobsUnavailableError.refused(
+                provider_message(error), top_k=self.policy.top_k
+            ) from error
+        if call.chunks_seen or (isinstance(error, ValueError) and "no generations" in str(error).lower()):
+            interrupted = call.interrupted(error)
             self._keep(run_id, interrupted.partial)
             raise interrupted from error
 
@@ -243,44 +189,7 @@ class _Monitors:
             self.last_result = result
 
 
-def _has_text(response: LLMResult) -> bool:
-    return any(getattr(g, "text", "") for gens in response.generations for g in gens)
-
-
-class _Common:
-    """Attributes and helpers both handlers expose."""
-
-    _monitors: _Monitors
-
-    @property
-    def policy(self) -> ExitPolicy:
-        return self._monitors.policy
-
-    @property
-    def on_exit(self) -> OnExit:
-        return self._monitors.on_exit
-
-    @property
-    def ledger(self) -> SavingsLedger | None:
-        return self._monitors.ledger
-
-    @property
-    def reports(self) -> dict[UUID, SavingsReport]:
-        """Report of every finished run, by ``run_id``."""
-        return self._monitors.reports
-
-    @property
-    def results(self) -> dict[UUID, ExitResult]:
-        """Result (text, reasoning, tokens, report) of every finished run, by ``run_id``."""
-        return self._monitors.results
-
-    @property
-    def last_result(self) -> ExitResult | None:
-        """The most recently finished run's result (use ``results`` when runs overlap)."""
-        return self._monitors.last_result
-
-
-class EntropyExitCallbackHandler(_Common, BaseCallbackHandler):
+class EntropyExitCallbackHandler(_Handler, BaseCallbackHandler):
     """Monitors every chat-model run it sees; raises ``EntropyExit`` on exit or only reports.
 
     Args:
@@ -296,79 +205,46 @@ class EntropyExitCallbackHandler(_Common, BaseCallbackHandler):
     LangSmith record with the run's outputs.
     """
 
-    raise_error = True
-    run_inline = True
-
-    def __init__(
-        self,
-        policy: ExitPolicy | None = None,
-        on_exit: OnExit = "raise",
-        ledger: SavingsLedger | None = None,
-        *,
-        options: ExitOptions | None = None,
-        **fields: Any,
-    ) -> None:
-        super().__init__()
-        options = ExitOptions.build(options, type(self).__name__, policy=policy, ledger=ledger, **fields)
-        self._monitors = _Monitors(options, on_exit)
-
     def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.start(run_id, kwargs, messages=messages[0] if messages else None).count_prompt()
+        self._start(run_id, kwargs, messages=messages[0] if messages else None).count_prompt()
 
     def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.start(run_id, kwargs, prompt=prompts[0] if prompts else "").count_prompt()
+        self._start(run_id, kwargs, prompt=prompts[0] if prompts else "").count_prompt()
 
     def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
-        call = self._monitors.token(run_id, chunk)
+        call = self._token(run_id, chunk)
         if call is not None:  # raise at once: the stream closes as this unwinds
-            raise self._monitors.exit_error(run_id, call.finish(estimate_prompt=False))
+            raise self._exit_error(run_id, call.finish(estimate_prompt=False))
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        call = self._monitors.end(run_id, response)
+        call = self._end(run_id, response)
         if call is not None:
-            self._monitors.ended(run_id, response, call.finish())
+            self._ended(run_id, response, call.finish())
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.error(run_id, error)
+        self._error(run_id, error)
 
 
-class AsyncEntropyExitCallbackHandler(_Common, AsyncCallbackHandler):
+class AsyncEntropyExitCallbackHandler(_Handler, AsyncCallbackHandler):
     """Async twin of ``EntropyExitCallbackHandler`` (same arguments, same behaviour)."""
-
-    raise_error = True
-    run_inline = True
-
-    def __init__(
-        self,
-        policy: ExitPolicy | None = None,
-        on_exit: OnExit = "raise",
-        ledger: SavingsLedger | None = None,
-        *,
-        options: ExitOptions | None = None,
-        **fields: Any,
-    ) -> None:
-        super().__init__()
-        options = ExitOptions.build(options, type(self).__name__, policy=policy, ledger=ledger, **fields)
-        self._monitors = _Monitors(options, on_exit)
 
     async def on_chat_model_start(
         self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any
     ) -> None:
-        call = self._monitors.start(run_id, kwargs, messages=messages[0] if messages else None)
-        await call.acount_prompt()
+        await self._start(run_id, kwargs, messages=messages[0] if messages else None).acount_prompt()
 
     async def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        await self._monitors.start(run_id, kwargs, prompt=prompts[0] if prompts else "").acount_prompt()
+        await self._start(run_id, kwargs, prompt=prompts[0] if prompts else "").acount_prompt()
 
     async def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
-        call = self._monitors.token(run_id, chunk)
+        call = self._token(run_id, chunk)
         if call is not None:  # raise at once: the stream closes as this unwinds
-            raise self._monitors.exit_error(run_id, call.finish(estimate_prompt=False))
+            raise self._exit_error(run_id, call.finish(estimate_prompt=False))
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        call = self._monitors.end(run_id, response)
+        call = self._end(run_id, response)
         if call is not None:
-            self._monitors.ended(run_id, response, await call.afinish())
+            self._ended(run_id, response, await call.afinish())
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._monitors.error(run_id, error)
+        self._error(run_id, error)

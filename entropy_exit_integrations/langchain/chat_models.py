@@ -1,20 +1,23 @@
-"""ChatEntropyExit: any LangChain chat model, stopped early once its tokens say it is sure."""
+"""ChatEntropyExit: any LangChain chat model, stopped early once its tokens say it is sure.
+
+The inner model is the driver's transport: its public ``stream``/``astream`` (so its rate limiter,
+cache and callbacks run as for any call); closing the stream closes its HTTP response.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import replace
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
-from langchain_core.callbacks import (
-    AsyncCallbackManager,
-    AsyncCallbackManagerForLLMRun,
-    CallbackManager,
-    CallbackManagerForLLMRun,
-)
+from langchain_core.callbacks import AsyncCallbackManager, AsyncCallbackManagerForLLMRun, CallbackManager
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.language_models.chat_models import generate_from_stream
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_messages
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import (
     Runnable,
@@ -27,37 +30,41 @@ from langchain_core.runnables import (
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, InstanceOf, model_validator
 
-from ..driver import adrive, drive
+from ..core.tokens import Phase
+from ..driver import Output, adrive, drive
+from ..engine import ENTROPY_EXIT, REPORT_KEY, ExitResult, MonitoredCall, RequestSpec
 from ..options import OPTION_NAMES, ExitOptions
-from ._translate import AsyncTransport, Chunks, Transport, monitored_call
+from ..providers.frameworks import parse_langchain_chunk
+from .callbacks import openai_dicts
+
+WRAPPER_HINT = (
+    "ChatEntropyExit asked the inner model for them with its logprobs_kwargs "
+    "(default logprobs=True, top_logprobs=policy.top_k) and it ignored them: use a model class "
+    "that supports logprobs (ChatOpenAI against a server that returns them), or pass the "
+    "arguments your model needs as logprobs_kwargs"
+)
 
 
 class ChatEntropyExit(BaseChatModel):
     """Wraps a chat model; stops its stream once the model is confident, and reports the savings.
 
-    Every call streams the inner model through its public ``stream``/``astream`` (so its rate
+    Every call streams the inner model through its public ``stream``/``astream`` (its rate
     limiter, cache and callbacks run as for any call) with logprobs requested (``logprobs=True,
-    top_logprobs=policy.top_k`` unless ``logprobs_kwargs`` says otherwise); the engine reads
-    each chunk and, when the policy says "confident", the inner stream is closed (the HTTP
-    response, so the server stops generating). When the exit cut the reasoning (or always, with
-    ``force_answer=True``) a short second request asks for the final answer: for OpenAI-compatible
-    inner models the cut text goes back as a trailing assistant message the server continues
-    (llama.cpp, vLLM); elsewhere as a follow-up user turn. The last chunk carries
-    ``usage_metadata`` (counted from the logprob entries when the stream was cut) and
-    ``response_metadata["entropy_exit"]``: the ``SavingsReport`` as plain data.
+    top_logprobs=policy.top_k`` unless ``logprobs_kwargs`` says otherwise). When the policy says
+    "confident" the inner stream is closed (the HTTP response, so the server stops). When the exit
+    cut the reasoning (or always, with ``force_answer=True``) a short second request asks for the
+    final answer: for OpenAI-compatible inner models the cut text goes back as a trailing
+    assistant message the server continues (llama.cpp, vLLM); elsewhere as a follow-up user turn.
+    The last chunk carries ``usage_metadata`` (counted from the logprob entries when the stream
+    was cut), every chunk's logprobs and ``response_metadata["entropy_exit"]``: the
+    ``SavingsReport`` as plain data, which tracers (LangSmith) record with the run's outputs.
 
     Tool calls are never cut in the middle, nor a required tool call or a structured answer at
     all; ``bind_tools``, ``with_structured_output``, ``stop``, callbacks, tags and metadata pass
     through. Reasoning goes to ``additional_kwargs["reasoning_content"]`` and the content is the
-    answer: reasoning inside ``<think>`` (or ``[THINK]``, harmony) markers, and reasoning fields
-    the inner model keeps. ChatOpenAI drops vLLM's and DeepSeek's ``reasoning_content`` /
-    ``reasoning`` deltas; the partner class ``ChatDeepSeek`` (``pip install langchain-deepseek``;
-    ``ChatDeepSeek(api_base=url, api_key=..., model=...)`` talks to any OpenAI-compatible
-    server) keeps them. Without either, text-less tokens are still monitored as reasoning.
-
-    Setup:
-        ``pip install "entropy-exit-integrations[langchain]"``; any chat model whose provider
-        streams logprobs (ChatOpenAI against OpenAI, vLLM, llama.cpp, SGLang, Together...).
+    answer: reasoning inside ``<think>`` (or ``[THINK]``, harmony) markers, and the reasoning
+    fields the inner model keeps (ChatOpenAI drops them; ``ChatDeepSeek(api_base=url, ...)`` from
+    ``langchain-deepseek`` keeps them, for any OpenAI-compatible server).
 
     Key init args:
         model: the inner ``BaseChatModel``, or a ``"provider:model"`` string for
@@ -67,55 +74,17 @@ class ChatEntropyExit(BaseChatModel):
             ``forcing``, ``probes``, ``ledger``, ``audit``, ``trace_sink``, ``reasoning_format``...
         logprobs_kwargs: call kwargs that ask the inner model for logprobs.
 
-    Instantiate (the embedded server: ``entropy-exit serve`` prints its URL):
-        .. code-block:: python
+    Example (``entropy-exit serve`` prints the URL of the embedded server)::
 
-            from langchain_openai import ChatOpenAI
-            from entropy_exit_integrations import ExitPolicy
-            from entropy_exit_integrations.langchain import ChatEntropyExit
-
-            inner = ChatOpenAI(base_url="http://127.0.0.1:8080/v1", api_key="none",
-                               model="smollm2-135m-instruct", temperature=0, max_tokens=200)
-            llm = ChatEntropyExit(model=inner, policy=ExitPolicy(threshold=1.0, min_tokens=8))
-
-    Invoke:
-        .. code-block:: python
-
-            msg = llm.invoke("What is 7 + 5? Explain.")
-            report = msg.response_metadata["entropy_exit"]
-            print(msg.content, report["exited"], report["tokens_saved_vs_budget"])
-
-    Stream:
-        .. code-block:: python
-
-            for chunk in llm.stream("Name three colours."):
-                print(chunk.content, end="")
-
-    In a chain, with tools:
-        .. code-block:: python
-
-            from langchain_core.output_parsers import StrOutputParser
-            from langchain_core.prompts import ChatPromptTemplate
-
-            chain = ChatPromptTemplate.from_template("{q}") | llm | StrOutputParser()
-            print(chain.batch([{"q": "2+2?"}, {"q": "3+3?"}]))
-            llm.bind_tools([my_tool]).invoke("...")
-
-    Usage metadata:
-        .. code-block:: python
-
-            msg.usage_metadata  # {'input_tokens': ..., 'output_tokens': ..., 'total_tokens': ...}
-
-    Observability: the report is in the message's ``response_metadata``, so every tracer
-    (LangSmith, ``collect_runs``, any ``BaseTracer``) records it with the run's outputs, for
-    ``invoke``, ``stream``, ``ainvoke`` and ``astream`` alike; with the ``otel`` extra each call
-    also emits an OpenTelemetry span (``entropy_exit_integrations.telemetry``).
+        inner = ChatOpenAI(base_url=url, api_key="none", model="smollm2-135m-instruct", max_tokens=200)
+        llm = ChatEntropyExit(model=inner, policy=ExitPolicy(threshold=1.0, min_tokens=8))
+        msg = llm.invoke("What is 7 + 5? Explain.")
+        print(msg.content, msg.response_metadata["entropy_exit"]["tokens_saved_vs_budget"])
     """
 
     model: BaseChatModel
     options: InstanceOf[ExitOptions]
-    """Every exit setting (``ExitOptions``); its fields may be passed directly instead:
-    ``policy`` (required), ``force_answer``, ``forcing``, ``probes``, ``ledger``, ``on_token``."""
+    """Every exit setting (``ExitOptions``); its fields may be passed directly instead."""
     logprobs_kwargs: dict[str, Any] | None = None
     """Call kwargs that ask the inner model for logprobs (default: ``logprobs=True,
     top_logprobs=policy.top_k``, the OpenAI fields)."""
@@ -132,17 +101,7 @@ class ChatEntropyExit(BaseChatModel):
         values = dict(values)
         given = {name: values.pop(name) for name in OPTION_NAMES if name in values}
         values["options"] = ExitOptions.build(values.get("options"), "ChatEntropyExit", **given)
-        own = set(cls.model_fields) | {
-            "callbacks",
-            "tags",
-            "metadata",
-            "verbose",
-            "cache",
-            "rate_limiter",
-            "disable_streaming",
-            "output_version",
-            "profile",
-        }
+        own = set(cls.model_fields)  # with BaseChatModel's: callbacks, tags, rate_limiter...
         extra = {k: v for k, v in values.items() if k not in own}
         if not extra:
             return values
@@ -167,84 +126,57 @@ class ChatEntropyExit(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {
-            "inner_llm_type": self.model._llm_type,
-            **self.model._identifying_params,
-            **self.options.to_dict(),
-        }
+        inner = self.model
+        return {"inner_llm_type": inner._llm_type, **inner._identifying_params, **self.options.to_dict()}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
         return self.model._get_ls_params(stop=stop, **kwargs)
 
-    def _run(
+    def _call(
         self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
-    ) -> tuple[Chunks, RunnableConfig | None]:
+    ) -> tuple[MonitoredCall, _Chunks, RunnableConfig]:
         stop = stop if stop is not None else self.stop
         fields = {**kwargs, "stop": stop} if stop is not None else dict(kwargs)
         call = monitored_call(self.model, self.options, messages, fields, self.logprobs_kwargs)
-        return Chunks(call), _child_config(run_manager)
+        return call, _Chunks(call), _child_config(run_manager)
 
     def _chunks(
-        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+        self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> Iterator[ChatGenerationChunk]:
-        chunks, config = self._run(messages, stop, run_manager, kwargs)
-        for step in drive(chunks.call, Transport(self.model, messages, config)):
+        call, chunks, config = self._call(messages, stop, run_manager, kw)
+        for step in drive(call, _Transport(self.model, messages, config)):
             yield from chunks.out(step)
 
     async def _achunks(
-        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+        self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> AsyncIterator[ChatGenerationChunk]:
-        chunks, config = self._run(messages, stop, run_manager, kwargs)
-        async for step in adrive(chunks.call, AsyncTransport(self.model, messages, config)):
+        call, chunks, config = self._call(messages, stop, run_manager, kw)
+        async for step in adrive(call, _AsyncTransport(self.model, messages, config)):
             for chunk in chunks.out(step):
                 yield chunk
 
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        return self._chunks(messages, stop, run_manager, kwargs)
-
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        async for chunk in self._achunks(messages, stop, run_manager, kwargs):
-            yield chunk
+    _stream = _chunks  # the names BaseChatModel calls
+    _astream = _achunks
 
     def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
+        self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> ChatResult:
         chunks = []
-        for chunk in self._chunks(messages, stop, run_manager, kwargs):
+        for chunk in self._chunks(messages, stop, run_manager, **kw):
             if run_manager is not None:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
         return generate_from_stream(iter(chunks))
 
     async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
+        self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> ChatResult:
         chunks = []
-        async for chunk in self._achunks(messages, stop, run_manager, kwargs):
+        async for chunk in self._achunks(messages, stop, run_manager, **kw):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
-        return await agenerate_from_stream(_aiter(chunks))
+        return generate_from_stream(iter(chunks))  # a linear merge (see ``passed_on``)
 
     def bind_tools(
         self,
@@ -261,20 +193,18 @@ class ChatEntropyExit(BaseChatModel):
             raise TypeError(f"{type(self.model).__name__}.bind_tools returned {type(bound).__name__}")
         return self.bind(**bound.kwargs)
 
-    def with_structured_output(
-        self, schema: Any = None, *, include_raw: bool = False, **kwargs: Any
-    ) -> Runnable:
+    def with_structured_output(self, schema: Any = None, *, include_raw: bool = False, **kw: Any) -> Runnable:
         """The inner model's structured output (its methods: json_schema, function_calling...).
 
-        The inner model prepares the request (its ``bind`` arguments) and the parser; the
-        model step is this wrapper, bound to those arguments. A structured request is never
-        cut (``engine.requires_structure``): it is monitored and reported only.
+        The inner model prepares the request (its ``bind`` arguments) and the parser; the model
+        step is this wrapper, bound to those arguments. A structured request is never cut: it is
+        monitored and reported only.
         """
-        built = self.model.with_structured_output(schema, include_raw=False, **kwargs)
+        built = self.model.with_structured_output(schema, include_raw=False, **kw)
         steps = built.steps if isinstance(built, RunnableSequence) else [built]
         first = steps[0]
         if not (isinstance(first, RunnableBinding) and first.bound is self.model):
-            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+            return super().with_structured_output(schema, include_raw=include_raw, **kw)
         llm = self.bind(**first.kwargs)
         if len(steps) == 1:
             return llm
@@ -284,6 +214,185 @@ class ChatEntropyExit(BaseChatModel):
         parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
         unparsed = RunnablePassthrough.assign(parsed=lambda _: None)
         return RunnableMap(raw=llm) | parsed.with_fallbacks([unparsed], exception_key="parsing_error")
+
+
+def monitored_call(
+    inner: BaseChatModel,
+    options: ExitOptions,
+    messages: list[BaseMessage],
+    kwargs: dict[str, Any],
+    logprobs_kwargs: dict[str, Any] | None,
+) -> MonitoredCall:
+    """The engine for one call of the inner model with these call ``kwargs``."""
+    try:
+        from langchain_openai.chat_models.base import BaseChatOpenAI
+
+        openai_like = isinstance(inner, BaseChatOpenAI)  # ChatOpenAI and partner subclasses
+    except ImportError:  # pragma: no cover - langchain-openai not installed
+        openai_like = False
+    fields = dict(kwargs)
+    n = getattr(inner, "n", None)
+    if isinstance(n, int) and n > 1:
+        fields.setdefault("n", n)  # refused by the engine: one choice per monitored call
+    if logprobs_kwargs is None:
+        logprobs_kwargs = {"logprobs": True}
+        if getattr(inner, "top_logprobs", None) is None:
+            logprobs_kwargs["top_logprobs"] = options.policy.top_k
+    budget = fields.get("max_tokens", fields.get("max_completion_tokens", getattr(inner, "max_tokens", None)))
+    name = str(fields.get("model") or getattr(inner, "model_name", None) or getattr(inner, "model", "") or "")
+    if not openai_like and options.forcing.style != "followup":  # no prefill elsewhere
+        options = replace(options, forcing=replace(options.forcing, style="followup"))
+    return MonitoredCall(
+        options,
+        fields=fields,
+        messages=openai_dicts(messages),
+        model=name or None,
+        max_tokens=budget if isinstance(budget, int) else None,
+        base_url=str(getattr(inner, "openai_api_base", "") or "") if openai_like else "",
+        terminal_required=openai_like,
+        reasoning_field=False,  # ChatOpenAI does not send reasoning_content back
+        logprobs_hint=WRAPPER_HINT,
+        logprob_fields=logprobs_kwargs,
+        usage_fields={"stream_usage": True} if openai_like else None,
+    )
+
+
+class _Inner:
+    """What the sync and async transports share: the inner model's input for a ``RequestSpec``."""
+
+    parts = staticmethod(parse_langchain_chunk)
+
+    def __init__(self, inner: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig) -> None:
+        self.inner = inner
+        self.messages = messages
+        self.config = config
+
+    def request(self, spec: RequestSpec) -> list[BaseMessage]:
+        """The caller's messages and the request's own (forcing, probes; OpenAI dicts)."""
+        return [*self.messages, *convert_to_messages(list(spec.messages))]
+
+
+class _Transport(_Inner):
+    """The inner model's public ``stream`` as the driver's transport (sync)."""
+
+    def open(self, spec: RequestSpec) -> Iterator[Any]:
+        return self.inner.stream(self.request(spec), self.config, **spec.fields)
+
+    def close(self, stream: Any) -> None:
+        stream.close()  # closes the inner generator and its HTTP response: the server stops
+
+
+class _AsyncTransport(_Inner):
+    """Async twin of ``_Transport`` (the inner model's public ``astream``)."""
+
+    async def open(self, spec: RequestSpec) -> AsyncIterator[Any]:
+        return self.inner.astream(self.request(spec), self.config, **spec.fields)
+
+    async def close(self, stream: Any) -> None:
+        await stream.aclose()
+
+
+class _Chunks:
+    """What one call streams out: the inner chunks with the engine's text, then the last chunk."""
+
+    def __init__(self, call: MonitoredCall) -> None:
+        self.call = call
+        self.saw_model_name = False
+        self.logprobs: dict[str, Any] | None = None  # every chunk's, for the last chunk
+
+    def out(self, step: Output) -> list[ChatGenerationChunk]:
+        if step.result is not None:
+            return [self.last_chunk(step.result)]
+        if step.chunk is not None:
+            return [self.passed_on(step.chunk, step.deltas)]
+        return [
+            ChatGenerationChunk(
+                message=AIMessageChunk(content="", additional_kwargs={"reasoning_content": d.text})
+                if d.phase is Phase.REASONING
+                else AIMessageChunk(content=d.text)
+            )
+            for d in step.deltas  # text the engine released (held back, the forced answer)
+        ]
+
+    def passed_on(self, message: Any, deltas: list[Any]) -> ChatGenerationChunk:
+        """An inner chunk with the engine's text (copied only when it changes); its usage and
+        its logprobs are held for the last chunk. The content is the answer only: reasoning (a
+        separate field or ``<think>`` tags, even split over chunks) goes to
+        ``additional_kwargs["reasoning_content"]``.
+
+        The logprobs ride on the last chunk, all of them, so that the merged message (``invoke``,
+        ``on_llm_end``, tracers) has them as before, while LangChain's merge of the streamed
+        chunks, which copies the growing list at every chunk, stays linear.
+        """
+        if not isinstance(message, AIMessageChunk):  # a model that cannot stream: its whole answer
+            message = _as_chunk(message)
+        data = message.__dict__
+        if not self.saw_model_name:
+            self.saw_model_name = bool(data["response_metadata"].get("model_name"))
+        if len(deltas) == 1 and deltas[0].phase is Phase.ANSWER:
+            answer, reasoning = deltas[0].text, ""
+        else:
+            answer = "".join(d.text for d in deltas if d.phase is Phase.ANSWER)
+            reasoning = "".join(d.text for d in deltas if d.phase is Phase.REASONING)
+        update: dict[str, Any] = {}
+        metadata = data["response_metadata"]
+        logprobs = metadata.get("logprobs")
+        if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
+            if self.logprobs is None:
+                self.logprobs = {**logprobs, "content": list(logprobs["content"])}
+            else:
+                self.logprobs["content"] += logprobs["content"]
+            update["response_metadata"] = {k: v for k, v in metadata.items() if k != "logprobs"}
+        content = data["content"]
+        if content.__class__ is str and content != answer:
+            update["content"] = answer
+        extra = data["additional_kwargs"]
+        if reasoning or "reasoning_content" in extra or "reasoning" in extra:
+            extra = {k: v for k, v in extra.items() if k not in ("reasoning_content", "reasoning")}
+            if reasoning:
+                extra["reasoning_content"] = reasoning
+            update["additional_kwargs"] = extra
+        if data.get("usage_metadata"):
+            update["usage_metadata"] = None
+        if data.get("chunk_position") == "last":
+            update["chunk_position"] = None  # the last chunk is ours
+        return ChatGenerationChunk(message=message.model_copy(update=update) if update else message)
+
+    def last_chunk(self, result: ExitResult) -> ChatGenerationChunk:
+        """The last chunk: usage, the report (plain data, once), the exit's finish reason."""
+        metadata: dict[str, Any] = {REPORT_KEY: result.report.to_dict()}
+        usage = result.usage
+        if usage.get("estimated"):  # usage_metadata has no such flag: say it beside it
+            metadata["prompt_tokens_estimated"] = True
+        if result.finish_reason == ENTROPY_EXIT:
+            metadata["finish_reason"] = ENTROPY_EXIT  # a cut stream sent none of its own
+        if not self.saw_model_name and self.call.model:
+            metadata["model_name"] = self.call.model
+        if self.logprobs is not None:
+            metadata["logprobs"] = self.logprobs
+        counts = {"input_tokens": "prompt_tokens", "output_tokens": "completion_tokens"}
+        counts["total_tokens"] = "total_tokens"
+        usage_metadata = cast(UsageMetadata, {ours: int(usage[theirs]) for ours, theirs in counts.items()})
+        message = AIMessageChunk(
+            content="", response_metadata=metadata, usage_metadata=usage_metadata, chunk_position="last"
+        )
+        return ChatGenerationChunk(message=message)
+
+
+def _as_chunk(message: Any) -> AIMessageChunk:
+    """The ``AIMessage`` a non-streaming model's ``stream`` yields, as one chunk."""
+    calls = [
+        tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c.get("id"), index=i)
+        for i, c in enumerate(getattr(message, "tool_calls", None) or [])
+    ]
+    return AIMessageChunk(
+        content=message.content,
+        additional_kwargs=message.additional_kwargs,
+        response_metadata=message.response_metadata,
+        usage_metadata=getattr(message, "usage_metadata", None),
+        tool_call_chunks=calls,
+        id=message.id,
+    )
 
 
 def _child_config(run_manager: Any) -> RunnableConfig:
@@ -298,8 +407,3 @@ def _child_config(run_manager: Any) -> RunnableConfig:
     )
     manager = manager_class(handlers=[], parent_run_id=run_manager.run_id)
     return {"callbacks": manager, "metadata": dict(run_manager.inheritable_metadata)}
-
-
-async def _aiter(chunks: list[ChatGenerationChunk]) -> AsyncIterator[ChatGenerationChunk]:
-    for chunk in chunks:
-        yield chunk

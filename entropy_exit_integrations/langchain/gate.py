@@ -17,37 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 from langchain_core.language_models import LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_messages
+from langchain_core.messages import AIMessage, convert_to_openai_messages
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 
-from ..gate import EntropyGate, GateResult
-
-
-def _openai_messages(value: LanguageModelInput) -> list[dict[str, Any]]:
-    if isinstance(value, str):
-        return [{"role": "user", "content": value}]
-    if isinstance(value, PromptValue):
-        value = value.to_messages()
-    if isinstance(value, BaseMessage):
-        value = [value]
-    messages: list[Any] = list(value)
-    return list(convert_to_openai_messages(messages))
-
-
-def gate_metadata(result: GateResult) -> dict[str, Any]:
-    """The gate's report as plain JSON-ready data."""
-    return {
-        "passed": result.passed,
-        "entropy": result.entropy,
-        "tau": result.tau,
-        "first_tokens": result.first_tokens,
-        "extended_tokens": result.extended_tokens,
-        "tokens_used": result.tokens_used,
-        "tokens_always_extended": result.tokens_always_extended,
-        "tokens_saved": result.tokens_saved,
-        "first_report": result.first.report.to_dict(),
-    }
+from ..gate import EntropyGate
 
 
 class EntropyGateRunnable(Runnable[LanguageModelInput, AIMessage]):
@@ -77,14 +51,15 @@ class EntropyGateRunnable(Runnable[LanguageModelInput, AIMessage]):
         return cls(gate, client=llm.root_client, model=llm.model_name, **settings)
 
     def _gate(self, value: LanguageModelInput) -> AIMessage:
-        result = self.gate.run(
-            self.client, model=self.model, messages=_openai_messages(value), **self.create_kwargs
-        )
+        given = value.to_messages() if isinstance(value, PromptValue) else value
+        converted = convert_to_openai_messages(given)
+        messages = [converted] if isinstance(converted, dict) else list(converted)
+        result = self.gate.run(self.client, model=self.model, messages=messages, **self.create_kwargs)
         usage = result.first.usage or {}
         prompt = int(usage.get("prompt_tokens") or 0)
         return AIMessage(
             content=result.text,
-            response_metadata={"entropy_gate": gate_metadata(result), "model_name": self.model},
+            response_metadata={"entropy_gate": result.to_dict(), "model_name": self.model},
             usage_metadata={
                 "input_tokens": prompt,
                 "output_tokens": result.tokens_used,

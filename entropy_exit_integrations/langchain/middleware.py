@@ -1,19 +1,6 @@
 """EntropyExitMiddleware: early exit on every model call of a ``create_agent`` agent loop.
 
-Example (the embedded server: ``entropy-exit serve`` prints its URL)::
-
-    from langchain.agents import create_agent
-    from langchain_openai import ChatOpenAI
-    from entropy_exit_integrations import ExitPolicy
-    from entropy_exit_integrations.langchain import EntropyExitMiddleware
-
-    middleware = EntropyExitMiddleware(ExitPolicy(threshold=1.0, min_tokens=8))
-    agent = create_agent(ChatOpenAI(base_url=url, api_key="none", model=model, max_tokens=200),
-                         tools=[get_weather], middleware=[middleware])
-    result = agent.invoke({"messages": [{"role": "user", "content": "Weather in Paris?"}]})
-    print(result["entropy_exit"])                   # one report per model call (step)
-    print(EntropyExitMiddleware.summary(result))    # saved tokens over the whole run
-    print(middleware.ledger)                        # every run this middleware has seen
+An example: the README's "Use it", block 5.
 """
 
 from __future__ import annotations
@@ -29,7 +16,7 @@ from langchain_core.messages import AIMessage
 from langgraph.types import Command
 from typing_extensions import NotRequired
 
-from ..core.savings import SavingsLedger
+from ..core.savings import SavingsLedger, SavingsReport
 from ..engine import REPORT_KEY
 from ..options import ExitOptions
 from .chat_models import ChatEntropyExit
@@ -74,24 +61,18 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
     ) -> None:
         super().__init__()
         options = ExitOptions.build(options, "EntropyExitMiddleware", policy=policy, **fields)
-        if options.ledger is None:
-            options = replace(options, ledger=SavingsLedger())
-        self.options = options
-        self.logprobs_kwargs = logprobs_kwargs
-
-    @property
-    def ledger(self) -> SavingsLedger:
+        self.ledger: SavingsLedger = SavingsLedger() if options.ledger is None else options.ledger
         """Every report of every run this middleware has seen."""
-        assert self.options.ledger is not None
-        return self.options.ledger
+        self.options = replace(options, ledger=self.ledger)
+        self.logprobs_kwargs = logprobs_kwargs
 
     def _wrapped(self, request: ModelRequest) -> ModelRequest:
         if isinstance(request.model, ChatEntropyExit):
             return request
-        model = ChatEntropyExit(
+        wrapped = ChatEntropyExit(
             model=request.model, options=self.options, logprobs_kwargs=self.logprobs_kwargs
         )
-        return request.override(model=model)
+        return request.override(model=wrapped)
 
     def _with_reports(self, request: ModelRequest, response: Any) -> Any:
         messages = response.result if isinstance(response, ModelResponse) else [response]
@@ -118,14 +99,11 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
 
     @staticmethod
     def summary(result: Mapping[str, Any]) -> dict[str, Any]:
-        """Totals over an agent result's steps: tokens generated and saved, exits, per step."""
+        """Totals over an agent result's steps (``SavingsLedger.summary``: tokens generated and
+        saved, exits, probes...), with ``steps`` and the tokens ``saved_per_step``."""
         steps = list(result.get(STATE_KEY) or [])
-        return {
-            "steps": len(steps),
-            "exits": sum(bool(s.get("exited")) for s in steps),
-            "tokens_generated": sum(s.get("tokens_generated") or 0 for s in steps),
-            "tokens_saved_vs_budget": sum(s.get("tokens_saved_vs_budget") or 0 for s in steps),
-            "probes": sum(s.get("probes") or 0 for s in steps),
-            "probe_tokens": sum(s.get("probe_tokens") or 0 for s in steps),
-            "saved_per_step": [s.get("tokens_saved_vs_budget") or 0 for s in steps],
-        }
+        ledger = SavingsLedger()
+        for step in steps:
+            ledger.record(SavingsReport.from_dict(step))
+        saved = [s.get("tokens_saved_vs_budget") or 0 for s in steps]
+        return {"steps": len(steps), **ledger.summary(), "saved_per_step": saved}

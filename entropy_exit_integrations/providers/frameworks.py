@@ -29,6 +29,53 @@ def tokens_from_langchain_chunk(chunk: Any, phase: Phase = Phase.ANSWER) -> tupl
     return tokens_from_content_entries(entries or [], phase)
 
 
+def parse_langchain_chunk(chunk: Any) -> ChunkParts:
+    """ChunkParts of a LangChain ``AIMessageChunk``/``AIMessage`` or ``ChatGenerationChunk``.
+
+    The per-token hot path of the LangChain integration: it reads the message's fields from its
+    ``__dict__`` (pydantic keeps them there) instead of through properties. Reasoning is the
+    ``reasoning_content``/``reasoning`` field that partner classes (ChatDeepSeek) keep; usage is
+    ``usage_metadata`` as the provider's ``prompt/completion_tokens`` block.
+    """
+    outer = chunk.__dict__  # (getattr of a missing name is slow on a pydantic model)
+    message = outer.get("message", chunk)
+    data = message.__dict__
+    text = data.get("content", data.get("text", ""))  # a message; an LLM's GenerationChunk
+    if text.__class__ is not str:  # content blocks
+        text = message.text
+        text = text() if callable(text) else text  # a method before langchain-core 1
+    info = outer.get("generation_info") or {}
+    metadata = data.get("response_metadata") or {}
+    extra = data.get("additional_kwargs") or {}
+    reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
+    if reasoning.__class__ is not str:
+        reasoning = ""
+    logprobs = info.get("logprobs")
+    if logprobs is None:
+        logprobs = metadata.get("logprobs")
+    tokens: tuple[TokenLogprob, ...] = ()
+    if logprobs is not None:
+        entries = logprobs if isinstance(logprobs, list) else field(logprobs, "content")
+        phase = Phase.REASONING if reasoning and not text else Phase.ANSWER
+        tokens = tokens_from_content_entries(entries or [], phase)
+    usage = data.get("usage_metadata")
+    return ChunkParts(
+        text or "",
+        reasoning,
+        tokens,
+        logprobs is not None,
+        info.get("finish_reason") or metadata.get("finish_reason"),
+        {
+            "prompt_tokens": usage.get("input_tokens", 0),
+            "completion_tokens": usage.get("output_tokens", 0),
+            "total_tokens": usage.get("total_tokens", 0),
+        }
+        if usage
+        else None,
+        bool(data.get("tool_call_chunks") or data.get("tool_calls")),
+    )
+
+
 def parse_llama_index_response(response: Any) -> ChunkParts:
     """ChunkParts of a streamed LlamaIndex ``ChatResponse``/``CompletionResponse``.
 
