@@ -20,7 +20,7 @@ from ..driver import Output
 from ..engine import REPORT_KEY, STREAM_USAGE, ExitResult, MonitoredCall, RequestSpec
 from ..errors import EntropyExitWarning
 from ..session import TextDelta
-from ._responses import parts_of, text_of, to_llama_logprobs, with_text
+from ._responses import parts_of, text_of, with_text, LlamaLogprobs
 from .closing import ResponseCapture
 
 Mode = Literal["chat", "completion"]
@@ -251,10 +251,7 @@ class Responses:
         extra[REPORT_KEY] = result.report.to_dict()
         if result.reasoning:
             extra["reasoning_content"] = result.reasoning
-        return self._response(
-            result.text,
-            "",
-            raw=getattr(self.last, "raw", None),
-            logprobs=to_llama_logprobs(result.tokens) if result.tokens else None,
-            additional_kwargs=extra,
-        )
+        response = self._response(result.text, "", raw=getattr(self.last, "raw", None), additional_kwargs=extra)
+        if result.tokens:
+            response.logprobs = LlamaLogprobs(result.tokens)
+        return response
