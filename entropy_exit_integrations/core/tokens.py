@@ -87,7 +87,7 @@ class TokenStore(Sequence[TokenLogprob]):
     TokenLogprob tuples): texts are stored once each, by number. Reading an item builds its
     TokenLogprob; ``store == [...]`` compares the tokens. Append-only, like the stream."""
 
-    __slots__ = ("_index", "_texts", "_token", "_logprob", "_ids", "_values", "_ends", "_phases")
+    __slots__ = ("_index", "_texts", "_token", "_logprob", "_ids", "_values", "_ends", "_phases", "unknown")
 
     def __init__(self, tokens: Iterable[TokenLogprob] = ()) -> None:
         self._texts: list[str] = []
@@ -98,6 +98,8 @@ class TokenStore(Sequence[TokenLogprob]):
         self._values = array("d")  # candidates' logprobs
         self._ends = array("I")  # where each token's candidates end in _ids/_values
         self._phases = bytearray()  # 1 for reasoning
+        self.unknown = 0
+        """Tokens kept with neither a logprob nor candidates."""
         self.extend(tokens)
 
     def extend(self, tokens: Iterable[TokenLogprob]) -> None:
@@ -110,6 +112,8 @@ class TokenStore(Sequence[TokenLogprob]):
             self._values.fromlist(list(values))
             self._ends.append(len(ids))
             self._phases.append(phase is Phase.REASONING)
+            if logprob is None and not texts:
+                self.unknown += 1
 
     def append(self, token: TokenLogprob) -> None:
         self.extend((token,))

@@ -74,8 +74,9 @@ class LlamaLogprobs(Sequence[list[LogProb]]):
 
     def __init__(self, tokens: Sequence[TokenLogprob]) -> None:
         self._tokens = tokens
-        known = [i for i, t in enumerate(tokens) if t.top_tokens or t.logprob is not None]
-        self._known = None if len(known) == len(tokens) else known  # tokens with no logprob: left out
+        self._known = None  # tokens with neither logprob nor candidates are left out:
+        if getattr(tokens, "unknown", True):
+            self._known = [i for i, t in enumerate(tokens) if t.top_tokens or t.logprob is not None]
 
     def __len__(self) -> int:
         return len(self._tokens if self._known is None else self._known)

@@ -219,3 +219,4 @@ def test_token_store_reads_back_what_was_kept() -> None:
     assert [t.phase for t in store] == [Phase.REASONING] * 3
     with pytest.raises(IndexError):
         store[3]
+    assert store.unknown == 1
