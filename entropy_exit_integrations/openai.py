@@ -41,8 +41,9 @@ from .session import TextDelta
 _REQUEST_ONLY = ("messages", "prompt", "stream")
 
 
-class _Request:
-    """What the sync and async transports share: the request of a ``RequestSpec``."""
+class _Transport:
+    """The openai SDK as the driver's transport: ``create(stream=True)`` and ``Stream.close()``.
+    With ``AsyncOpenAI`` both return what ``adrive`` awaits."""
 
     def __init__(self, client: Any, api: Api, create_kwargs: dict[str, Any]) -> None:
         self.create = client.chat.completions.create if api == "chat" else client.completions.create
@@ -51,33 +52,16 @@ class _Request:
         self.messages = list(create_kwargs.get("messages") or [])
         self.prompt = create_kwargs.get("prompt")
 
-    def request(self, spec: RequestSpec) -> dict[str, Any]:
+    def open(self, spec: RequestSpec) -> Any:
         request = {**spec.fields, "stream": True}
         if self.api == "chat":
             request["messages"] = [*self.messages, *spec.messages]
         else:
             request["prompt"] = self.prompt if spec.prompt is None else spec.prompt
-        return request
+        return self.create(**request)
 
-
-class _Transport(_Request):
-    """The openai SDK as the driver's transport: ``create(stream=True)``, ``Stream.close()``."""
-
-    def open(self, spec: RequestSpec) -> Any:
-        return self.create(**self.request(spec))
-
-    def close(self, stream: Any) -> None:
-        stream.close()
-
-
-class _AsyncTransport(_Request):
-    """Async twin of ``_Transport`` (``AsyncStream.close()`` is awaited)."""
-
-    async def open(self, spec: RequestSpec) -> Any:
-        return await self.create(**self.request(spec))
-
-    async def close(self, stream: Any) -> None:
-        await stream.close()
+    def close(self, stream: Any) -> Any:
+        return stream.close()
 
 
 class _MonitoredStream:
@@ -156,7 +140,7 @@ class AsyncExitStream(_MonitoredStream):
     """Async twin of ExitStream: ``async for delta in stream``, then ``stream.result``."""
 
     def _run(self, client: Any, api: Api, create_kwargs: dict[str, Any]) -> AsyncGenerator[Output, None]:
-        return adrive(self._call, _AsyncTransport(client, api, create_kwargs))
+        return adrive(self._call, _Transport(client, api, create_kwargs))
 
     async def __aenter__(self) -> AsyncExitStream:
         return self

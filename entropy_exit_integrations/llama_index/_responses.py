@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic_core import SchemaSerializer, core_schema
-
 from llama_index.core.base.llms.types import LogProb, TextBlock
+from pydantic_core import SchemaSerializer, core_schema
 
 from ..core.tokens import Phase, TokenLogprob, token_from_candidates
 from ..providers.frameworks import parse_llama_index_response
@@ -86,9 +85,11 @@ class LlamaLogprobs(Sequence[list[LogProb]]):
             return [self[j] for j in range(*i.indices(len(self)))]
         token = self._tokens[i if self._known is None else self._known[i]]
         make = LogProb.model_construct
-        pairs = zip(token.top_tokens, token.top_logprobs, strict=True) if token.top_tokens else [
-            (token.token, token.logprob)
-        ]
+        pairs = (
+            zip(token.top_tokens, token.top_logprobs, strict=True)
+            if token.top_tokens
+            else [(token.token, token.logprob)]
+        )
         return [make(token=text, logprob=value, bytes=list(text.encode("utf-8"))) for text, value in pairs]
 
     def __eq__(self, other: object) -> bool:

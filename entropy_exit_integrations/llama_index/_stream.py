@@ -20,7 +20,7 @@ from ..driver import Output
 from ..engine import REPORT_KEY, STREAM_USAGE, ExitResult, MonitoredCall, RequestSpec
 from ..errors import EntropyExitWarning
 from ..session import TextDelta
-from ._responses import parts_of, text_of, with_text, LlamaLogprobs
+from ._responses import LlamaLogprobs, parts_of, text_of, with_text
 from .closing import ResponseCapture
 
 Mode = Literal["chat", "completion"]
@@ -33,12 +33,15 @@ def is_openai_based(llm: Any) -> bool:
     return "logprobs" in fields and "top_logprobs" in fields and "api_base" in fields
 
 
-class _Request:
-    """What the sync and async transports share: the call's facts for the engine, and the inner
-    LLM's request for a ``RequestSpec``."""
+class Transport:
+    """The inner LLM's public streams as the driver's transport (sync, or async for ``adrive``):
+    the call's facts for the engine, and the inner LLM's request for a ``RequestSpec``."""
 
-    def __init__(self, owner: Any, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool) -> None:
+    def __init__(
+        self, owner: Any, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool, is_async: bool
+    ) -> None:
         inner = owner.llm
+        self.is_async = is_async
         self.inner = inner
         self.mode = mode
         self.payload = payload  # messages (chat) or prompt (completion)
@@ -94,37 +97,20 @@ class _Request:
         extra = [ChatMessage(role=MessageRole(m["role"]), content=m["content"]) for m in spec.messages]
         return self.messages + extra
 
-
-class Transport(_Request):
-    """The inner LLM's public ``stream_chat``/``stream_complete`` as the driver's transport."""
-
-    def open(self, spec: RequestSpec) -> Iterator[Any]:
+    def open(self, spec: RequestSpec) -> Any:
+        """The stream of the inner LLM's public ``stream_chat``/``stream_complete`` (async: a
+        coroutine that ``adrive`` awaits, for ``astream_chat``/``astream_complete``)."""
         llm, mode, payload, kwargs = self._request(spec)
-        formatted = self.formatted or spec.prompt is not None
-        if mode == "chat":
-            return _captured(lambda: llm.stream_chat(payload, **kwargs), self.openai_based)
-        return _captured(
-            lambda: llm.stream_complete(payload, formatted=formatted, **kwargs), self.openai_based
-        )
+        if mode == "completion":
+            kwargs["formatted"] = self.formatted or spec.prompt is not None
+        if self.is_async:
+            method = llm.astream_chat if mode == "chat" else llm.astream_complete
+            return _aopen(lambda: method(payload, **kwargs), self.openai_based)
+        method = llm.stream_chat if mode == "chat" else llm.stream_complete
+        return _captured(lambda: method(payload, **kwargs), self.openai_based)
 
-    def close(self, stream: Any) -> None:
-        stream.close()
-
-
-class AsyncTransport(_Request):
-    """Async twin of ``Transport``."""
-
-    async def open(self, spec: RequestSpec) -> AsyncIterator[Any]:
-        llm, mode, payload, kwargs = self._request(spec)
-        formatted = self.formatted or spec.prompt is not None
-        if mode == "chat":
-            return _acaptured(lambda: llm.astream_chat(payload, **kwargs), self.openai_based)
-        return _acaptured(
-            lambda: llm.astream_complete(payload, formatted=formatted, **kwargs), self.openai_based
-        )
-
-    async def close(self, stream: Any) -> None:
-        await stream.aclose()
+    def close(self, stream: Any) -> Any:
+        return stream.aclose() if self.is_async else stream.close()
 
 
 def _captured(start: Any, closable: bool) -> Iterator[Any]:
@@ -146,6 +132,10 @@ def _captured(start: Any, closable: bool) -> Iterator[Any]:
         if inner is not None:
             inner.close()
         capture.close()
+
+
+async def _aopen(start: Any, closable: bool) -> AsyncIterator[Any]:
+    return _acaptured(start, closable)
 
 
 async def _acaptured(start: Any, closable: bool) -> AsyncIterator[Any]:
@@ -188,7 +178,7 @@ def _check_captured(capture: ResponseCapture) -> None:
 class Responses:
     """What one call streams out: responses whose text is the engine's answer, then the last one."""
 
-    def __init__(self, owner: Any, transport: _Request) -> None:
+    def __init__(self, owner: Any, transport: Transport) -> None:
         self.owner = owner
         self.mode = transport.mode
         self.last: Any = None
@@ -251,7 +241,9 @@ class Responses:
         extra[REPORT_KEY] = result.report.to_dict()
         if result.reasoning:
             extra["reasoning_content"] = result.reasoning
-        response = self._response(result.text, "", raw=getattr(self.last, "raw", None), additional_kwargs=extra)
+        response = self._response(
+            result.text, "", raw=getattr(self.last, "raw", None), additional_kwargs=extra
+        )
         if result.tokens:
             response.logprobs = LlamaLogprobs(result.tokens)
         return response

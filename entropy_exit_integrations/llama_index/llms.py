@@ -50,7 +50,7 @@ from pydantic import InstanceOf
 from ..core.savings import SavingsReport
 from ..driver import adrive, drive
 from ..options import OPTION_NAMES, ExitOptions
-from ._stream import AsyncTransport, Mode, Responses, Transport
+from ._stream import Mode, Responses, Transport
 from .events import areported, reported
 
 
@@ -107,10 +107,11 @@ class EntropyExitLLM(FunctionCallingLLM):
 
     def _run(self, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
         """The call's responses; its report goes out as an ``EntropyExitReportEvent`` on this span."""
-        return reported(self._steps(Transport(self, mode, payload, kwargs, formatted)), active_span_id.get())
+        transport = Transport(self, mode, payload, kwargs, formatted, False)
+        return reported(self._steps(transport), active_span_id.get())
 
     def _arun(self, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
-        transport = AsyncTransport(self, mode, payload, kwargs, formatted)
+        transport = Transport(self, mode, payload, kwargs, formatted, True)
         return areported(self._asteps(transport), active_span_id.get())
 
     def _steps(self, transport: Transport) -> Iterator[Any]:
@@ -118,7 +119,7 @@ class EntropyExitLLM(FunctionCallingLLM):
         for step in drive(transport.call, transport):
             yield from responses.out(step)
 
-    async def _asteps(self, transport: AsyncTransport) -> AsyncIterator[Any]:
+    async def _asteps(self, transport: Transport) -> AsyncIterator[Any]:
         responses = Responses(self, transport)
         async for step in adrive(transport.call, transport):
             for response in responses.out(step):
@@ -181,13 +182,7 @@ class EntropyExitLLM(FunctionCallingLLM):
         **kwargs: Any,
     ) -> dict[str, Any]:
         return self._tool_llm()._prepare_chat_with_tools_compat(
-            tools,
-            user_msg=user_msg,
-            chat_history=chat_history,
-            verbose=verbose,
-            allow_parallel_tool_calls=allow_parallel_tool_calls,
-            tool_required=tool_required,
-            **kwargs,
+            tools, user_msg, chat_history, verbose, allow_parallel_tool_calls, tool_required, **kwargs
         )
 
     def _validate_chat_with_tools_response(
@@ -198,37 +193,13 @@ class EntropyExitLLM(FunctionCallingLLM):
         **kwargs: Any,
     ) -> ChatResponse:
         return self._tool_llm()._validate_chat_with_tools_response(
-            response, tools, allow_parallel_tool_calls=allow_parallel_tool_calls, **kwargs
+            response, tools, allow_parallel_tool_calls, **kwargs
         )
 
     def get_tool_calls_from_response(
         self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
     ) -> list[ToolSelection]:
-        return self._tool_llm().get_tool_calls_from_response(
-            response, error_on_no_tool_call=error_on_no_tool_call, **kwargs
-        )
-
-    async def astream_chat_with_tools(
-        self,
-        tools: Sequence[Any],
-        user_msg: str | ChatMessage | None = None,
-        chat_history: list[ChatMessage] | None = None,
-        verbose: bool = False,
-        allow_parallel_tool_calls: bool = False,
-        tool_required: bool = False,
-        **kwargs: Any,
-    ) -> ChatResponseAsyncGen:
-        """Tools prepared by the inner LLM, streamed through this wrapper's monitor."""
-        chat_kwargs = self._prepare_chat_with_tools(
-            tools,
-            user_msg=user_msg,
-            chat_history=chat_history,
-            verbose=verbose,
-            allow_parallel_tool_calls=allow_parallel_tool_calls,
-            tool_required=tool_required,
-            **kwargs,
-        )
-        return await self.astream_chat(**chat_kwargs)
+        return self._tool_llm().get_tool_calls_from_response(response, error_on_no_tool_call, **kwargs)
 
 
 def _last(responses: Any) -> Any:

@@ -29,6 +29,7 @@ from entropy_exit_integrations import (
     SavingsReport,
     StreamInterrupted,
 )
+from entropy_exit_integrations.core.tokens import TokenStore
 from entropy_exit_integrations.llama_index import (
     REPORT_KEY,
     EntropyExitEventHandler,
@@ -37,7 +38,6 @@ from entropy_exit_integrations.llama_index import (
     ResponseCapture,
     http_clients,
 )
-from entropy_exit_integrations.core.tokens import TokenStore
 from entropy_exit_integrations.llama_index._responses import LlamaLogprobs, parts_of
 
 SURE = [LogProb(token="a", logprob=math.log(0.99)), LogProb(token="b", logprob=math.log(0.01))]
