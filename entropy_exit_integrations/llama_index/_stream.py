@@ -9,19 +9,22 @@ HTTP response captured by the hooks of ``http_clients()`` (see ``closing``).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, MessageRole
+from llama_index.core.instrumentation.span import active_span_id
 
 from ..core.tokens import Phase
-from ..driver import Output
+from ..driver import Output, adrive, drive
 from ..engine import REPORT_KEY, STREAM_USAGE, ExitResult, MonitoredCall, RequestSpec
-from ..errors import EntropyExitWarning
+from ..errors import EntropyExitWarning, StreamInterrupted
 from ..session import TextDelta
 from ._responses import LlamaLogprobs, parts_of, text_of, with_text
 from .closing import ResponseCapture
+from .events import dispatch_report
 
 Mode = Literal["chat", "completion"]
 _MODEL_FIELDS = ("max_tokens", "logprobs", "top_logprobs")
@@ -176,14 +179,37 @@ def _check_captured(capture: ResponseCapture) -> None:
 
 
 class Responses:
-    """What one call streams out: responses whose text is the engine's answer, then the last one."""
+    """What one call streams out: responses whose text is the engine's answer, then the last one.
+    The report goes out as an ``EntropyExitReportEvent`` on the call's span (for a stream that
+    broke, its partial report)."""
 
     def __init__(self, owner: Any, transport: Transport) -> None:
         self.owner = owner
+        self.transport = transport
         self.mode = transport.mode
+        self.span_id = active_span_id.get()
         self.last: Any = None
         self.answer: list[str] = []
         self.passing = True  # inner responses are passed on unchanged while their text is ours
+
+    def run(self) -> Iterator[Any]:
+        with self._reporting():
+            for step in drive(self.transport.call, self.transport):
+                yield from self.out(step)
+
+    async def arun(self) -> AsyncIterator[Any]:
+        with self._reporting():
+            async for step in adrive(self.transport.call, self.transport):
+                for response in self.out(step):
+                    yield response
+
+    @contextlib.contextmanager
+    def _reporting(self) -> Iterator[None]:
+        try:
+            yield
+        except StreamInterrupted as error:
+            dispatch_report(error.partial.report, self.span_id)
+            raise
 
     def out(self, step: Output) -> list[Any]:
         if step.result is not None:
@@ -233,6 +259,7 @@ class Responses:
     def final(self, result: ExitResult) -> Any:
         """The last response: whole text, per-token logprobs, usage, reasoning and the report."""
         self.owner._last_report = result.report
+        dispatch_report(result.report, self.span_id)
         extra = dict(getattr(self.last, "additional_kwargs", None) or {})
         extra.pop("thinking_delta", None)
         extra.update(result.usage)

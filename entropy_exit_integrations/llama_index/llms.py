@@ -27,7 +27,7 @@ Streaming calls yield the inner responses as they come, then that final response
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -41,17 +41,14 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
 )
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, SerializeAsAny, model_validator
-from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from pydantic import InstanceOf
 
 from ..core.savings import SavingsReport
-from ..driver import adrive, drive
 from ..options import OPTION_NAMES, ExitOptions
 from ._stream import Mode, Responses, Transport
-from .events import areported, reported
 
 
 class EntropyExitLLM(FunctionCallingLLM):
@@ -106,24 +103,10 @@ class EntropyExitLLM(FunctionCallingLLM):
     # -- chat -------------------------------------------------------------------------------
 
     def _run(self, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
-        """The call's responses; its report goes out as an ``EntropyExitReportEvent`` on this span."""
-        transport = Transport(self, mode, payload, kwargs, formatted, False)
-        return reported(self._steps(transport), active_span_id.get())
+        return Responses(self, Transport(self, mode, payload, kwargs, formatted, False)).run()
 
     def _arun(self, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
-        transport = Transport(self, mode, payload, kwargs, formatted, True)
-        return areported(self._asteps(transport), active_span_id.get())
-
-    def _steps(self, transport: Transport) -> Iterator[Any]:
-        responses = Responses(self, transport)
-        for step in drive(transport.call, transport):
-            yield from responses.out(step)
-
-    async def _asteps(self, transport: Transport) -> AsyncIterator[Any]:
-        responses = Responses(self, transport)
-        async for step in adrive(transport.call, transport):
-            for response in responses.out(step):
-                yield response
+        return Responses(self, Transport(self, mode, payload, kwargs, formatted, True)).arun()
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
