@@ -10,13 +10,8 @@ Example (against the embedded server, ``entropy-exit serve``)::
     from entropy_exit_integrations.openai import stream_chat
 
     client = openai.OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="none")
-    result = stream_chat(
-        client,
-        policy=ExitPolicy(threshold=1.0, min_tokens=8),
-        model="smollm2",
-        messages=[{"role": "user", "content": "What is 7 + 5?"}],
-        max_tokens=200,
-    )
+    result = stream_chat(client, policy=ExitPolicy(threshold=1.0, min_tokens=8), model="smollm2",
+                         messages=[{"role": "user", "content": "What is 7 + 5?"}], max_tokens=200)
     print(result.text, result.finish_reason, result.report)
 
 On exit the HTTP response is closed (``Stream.close()``), so the server stops generating.

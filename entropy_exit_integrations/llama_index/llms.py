@@ -1,28 +1,15 @@
 """``EntropyExitLLM``: any LlamaIndex LLM, stopped early once its token entropy says it is sure.
 
-Example (against the embedded server, ``entropy-exit serve``)::
-
-    from llama_index.llms.openai_like import OpenAILike
-    from entropy_exit_integrations import ExitPolicy
-    from entropy_exit_integrations.llama_index import EntropyExitLLM
-
-    inner = OpenAILike(model="smollm2", api_base="http://127.0.0.1:8080/v1", api_key="none",
-                       is_chat_model=True, max_tokens=200, temperature=0)
-    llm = EntropyExitLLM(llm=inner, policy=ExitPolicy(threshold=1.0, min_tokens=8))
-    response = llm.complete("What is 7 + 5?")
-    print(response.text, response.additional_kwargs["entropy_exit"])
-
 Every call streams from the inner LLM, even ``chat``/``complete``, so that the monitor can act.
-On exit the inner generator is closed and, for openai-SDK based LLMs (``OpenAI``, ``OpenAILike``
-and their relatives), the HTTP response too, so the server stops generating. Logprobs are
-requested through the inner LLM's own fields (``logprobs=True``, ``top_logprobs=policy.top_k``,
-on a shallow copy: the original is not changed). The final response carries the per-token
-logprobs in ``.logprobs`` (LlamaIndex's type; ``keep_tokens=False`` leaves them out and keeps
-memory flat on long streams) and the report in
-``additional_kwargs["entropy_exit"]`` (a dict; ``SavingsReport.from_dict`` rebuilds it), and
-the same report goes to LlamaIndex instrumentation as an ``EntropyExitReportEvent`` on the call's
-span (also for a stream that broke: its partial report).
-Streaming calls yield the inner responses as they come, then that final response (``delta=""``).
+On exit the inner generator is closed and, for openai-SDK based LLMs built with
+``http_clients()``, the HTTP response too, so the server stops generating. Logprobs are asked for
+through the inner LLM's own fields (``logprobs``, ``top_logprobs=policy.top_k``, on a shallow
+copy). Streaming calls yield the inner responses as they come, then a final one (``delta=""``)
+with the whole text, the per-token candidates in ``.logprobs`` (LlamaIndex's ``LogProb``, built
+when read; none with ``keep_tokens=False``) and the report in ``additional_kwargs["entropy_exit"]``
+(``SavingsReport.from_dict`` rebuilds it); the report also goes to LlamaIndex instrumentation as
+an ``EntropyExitReportEvent`` on the call's span (for a stream that broke, its partial report).
+See the README's LlamaIndex section for an example.
 """
 
 from __future__ import annotations
