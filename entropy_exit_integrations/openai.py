@@ -153,15 +153,9 @@ class AsyncExitStream(_MonitoredStream):
                 yield delta
 
 
-def _stream(
-    cls: type[Any],
-    client: Any,
-    api: Api,
-    options: ExitOptions | None,
-    keep_chunks: bool,
-    kwargs: dict[str, Any],
-) -> Any:
+def _stream(cls: type[Any], client: Any, api: Api, kwargs: dict[str, Any]) -> Any:
     owner = "stream_chat()" if api == "chat" else "stream_completion()"
+    options, keep_chunks = kwargs.pop("options", None), kwargs.pop("keep_chunks", False)
     fields = {name: kwargs.pop(name, None) for name in OPTION_NAMES}
     return cls(client, api, ExitOptions.build(options, owner, **fields), keep_chunks, kwargs)
 
@@ -182,36 +176,22 @@ def iter_chat(
             ``stream``, ``logprobs``, ``top_logprobs`` (policy.top_k) and ``stream_options``
             are added when absent. ``n`` above 1 is refused (one call per sample).
     """
-    return _stream(ExitStream, client, "chat", options, keep_chunks, kwargs)
+    return _stream(ExitStream, client, "chat", {"options": options, "keep_chunks": keep_chunks, **kwargs})
 
 
-def aiter_chat(
-    client: openai.AsyncOpenAI,
-    *,
-    options: ExitOptions | None = None,
-    keep_chunks: bool = False,
-    **kwargs: Any,
-) -> AsyncExitStream:
-    """Async twin of ``iter_chat`` for ``openai.AsyncOpenAI``."""
-    return _stream(AsyncExitStream, client, "chat", options, keep_chunks, kwargs)
+def aiter_chat(client: openai.AsyncOpenAI, **kwargs: Any) -> AsyncExitStream:
+    """Async twin of ``iter_chat`` for ``openai.AsyncOpenAI`` (the same arguments)."""
+    return _stream(AsyncExitStream, client, "chat", kwargs)
 
 
-def iter_completion(
-    client: openai.OpenAI, *, options: ExitOptions | None = None, keep_chunks: bool = False, **kwargs: Any
-) -> ExitStream:
+def iter_completion(client: openai.OpenAI, **kwargs: Any) -> ExitStream:
     """``iter_chat`` for the legacy Completions API (``logprobs=policy.top_k`` is added)."""
-    return _stream(ExitStream, client, "completions", options, keep_chunks, kwargs)
+    return _stream(ExitStream, client, "completions", kwargs)
 
 
-def aiter_completion(
-    client: openai.AsyncOpenAI,
-    *,
-    options: ExitOptions | None = None,
-    keep_chunks: bool = False,
-    **kwargs: Any,
-) -> AsyncExitStream:
+def aiter_completion(client: openai.AsyncOpenAI, **kwargs: Any) -> AsyncExitStream:
     """Async twin of ``iter_completion``."""
-    return _stream(AsyncExitStream, client, "completions", options, keep_chunks, kwargs)
+    return _stream(AsyncExitStream, client, "completions", kwargs)
 
 
 def detect_reasoning_format(
