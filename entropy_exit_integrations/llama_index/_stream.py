@@ -76,41 +76,31 @@ class Transport:
             usage_fields=usage,
         )
 
-    def _request(self, spec: RequestSpec) -> tuple[Any, Mode, Any, dict[str, Any]]:
-        """(llm, mode, payload, kwargs) of a request."""
-        fields = dict(spec.fields)
-        if not self.openai_based:  # no way to ask for more: forward what the caller passed
-            return (
-                self.inner,
-                self.mode,
-                self._payload(spec),
-                {k: fields[k] for k in self.user_kwargs if k in fields},
-            )
-        update = {name: fields.pop(name, None) for name in _MODEL_FIELDS}
-        update["logprobs"] = bool(update["logprobs"])
-        llm = self.inner.model_copy(update=update)
-        mode: Mode = "completion" if spec.prompt is not None else ("chat" if spec.messages else self.mode)
-        return llm, mode, self._payload(spec), fields
-
-    def _payload(self, spec: RequestSpec) -> Any:
-        if spec.prompt is not None:
-            return spec.prompt
-        if not spec.messages:
-            return self.payload
-        extra = [ChatMessage(role=MessageRole(m["role"]), content=m["content"]) for m in spec.messages]
-        return self.messages + extra
-
     def open(self, spec: RequestSpec) -> Any:
         """The stream of the inner LLM's public ``stream_chat``/``stream_complete`` (async: a
         coroutine that ``adrive`` awaits, for ``astream_chat``/``astream_complete``)."""
-        llm, mode, payload, kwargs = self._request(spec)
+        fields, payload = dict(spec.fields), self.payload
+        if spec.prompt is not None:
+            payload = spec.prompt
+        elif spec.messages:
+            payload = self.messages + [
+                ChatMessage(role=m["role"], content=m["content"]) for m in spec.messages
+            ]
+        if self.openai_based:
+            update = {name: fields.pop(name, None) for name in _MODEL_FIELDS}
+            update["logprobs"] = bool(update["logprobs"])
+            llm = self.inner.model_copy(update=update)
+            mode = "completion" if spec.prompt is not None else ("chat" if spec.messages else self.mode)
+        else:  # no way to ask for more: forward what the caller passed
+            llm, mode = self.inner, self.mode
+            fields = {k: fields[k] for k in self.user_kwargs if k in fields}
         if mode == "completion":
-            kwargs["formatted"] = self.formatted or spec.prompt is not None
+            fields["formatted"] = self.formatted or spec.prompt is not None
         if self.is_async:
-            method = llm.astream_chat if mode == "chat" else llm.astream_complete
-            return _aopen(lambda: method(payload, **kwargs), self.openai_based)
+            amethod = llm.astream_chat if mode == "chat" else llm.astream_complete
+            return _aopen(lambda: amethod(payload, **fields), self.openai_based)
         method = llm.stream_chat if mode == "chat" else llm.stream_complete
-        return _captured(lambda: method(payload, **kwargs), self.openai_based)
+        return _captured(lambda: method(payload, **fields), self.openai_based)
 
     def close(self, stream: Any) -> Any:
         return stream.aclose() if self.is_async else stream.close()
