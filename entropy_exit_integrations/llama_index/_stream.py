@@ -179,7 +179,7 @@ class Responses:
         self.mode = transport.mode
         self.span_id = active_span_id.get()
         self.last: Any = None
-        self.answer: list[str] = []
+        self.answer = ""  # the text so far (grown like LlamaIndex's own: one copy per chunk)
         self.passing = True  # inner responses are passed on unchanged while their text is ours
 
     def run(self) -> Iterator[Any]:
@@ -211,12 +211,12 @@ class Responses:
                 return [chunk]
             if self.passing:
                 self.passing = False
-                self.answer = [text_of(self.last)]
+                self.answer = text_of(self.last)
             self.last = chunk
             return [self.response(step.deltas, raw=getattr(chunk, "raw", None))]
         if self.passing:
             self.passing = False
-            self.answer = [text_of(self.last)]
+            self.answer = text_of(self.last)
         shown = self.response(step.deltas)
         return [] if shown is None else [shown]
 
@@ -234,10 +234,9 @@ class Responses:
         reasoning = "".join(d.text for d in deltas if d.phase is Phase.REASONING)
         if raw is None and not (answer or reasoning):
             return None
-        if answer:
-            self.answer.append(answer)
+        self.answer += answer
         extra = {"thinking_delta": reasoning} if reasoning else {}
-        return self._response("".join(self.answer), answer, raw=raw, additional_kwargs=extra)
+        return self._response(self.answer, answer, raw=raw, additional_kwargs=extra)
 
     def _response(self, text: str, delta: str, **fields: Any) -> Any:
         if self.mode == "chat":
@@ -249,13 +248,13 @@ class Responses:
     def final(self, result: ExitResult) -> Any:
         """The last response: whole text, per-token logprobs, usage, reasoning and the report."""
         self.owner._last_report = result.report
-        dispatch_report(result.report, self.span_id)
         extra = dict(getattr(self.last, "additional_kwargs", None) or {})
         extra.pop("thinking_delta", None)
         extra.update(result.usage)
         if extra.pop("estimated", False):  # the prompt count is an estimate: say so beside it
             extra["prompt_tokens_estimated"] = True
         extra[REPORT_KEY] = result.report.to_dict()
+        dispatch_report(extra[REPORT_KEY], self.span_id)
         if result.reasoning:
             extra["reasoning_content"] = result.reasoning
         response = self._response(
