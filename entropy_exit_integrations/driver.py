@@ -17,7 +17,7 @@ what the driver yields into its framework's types::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Generator, Iterator
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from .engine import Close, ExitResult, MonitoredCall, Open, Read, RequestSpec
@@ -46,11 +46,11 @@ class Transport(Protocol[C]):
 class AsyncTransport(Protocol[C]):
     """Async twin of ``Transport``."""
 
-    async def open(self, spec: RequestSpec) -> AsyncIterator[C]: ...
+    def open(self, spec: RequestSpec) -> Awaitable[AsyncIterator[C]]: ...
 
     def parts(self, chunk: C) -> ChunkParts: ...
 
-    async def close(self, stream: AsyncIterator[C]) -> None: ...
+    def close(self, stream: AsyncIterator[C]) -> Awaitable[Any]: ...
 
 
 class Output(NamedTuple):

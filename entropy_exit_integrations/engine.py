@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple, cast
 
@@ -129,7 +129,8 @@ class ExitResult:
         usage: ``prompt_tokens``/``completion_tokens``/``total_tokens``: the server's when it
             sent them for the whole call, else counted here (``report.usage_source``); with
             ``"estimated": True`` when the prompt tokens are an estimate.
-        tokens: every generated token with its top logprobs.
+        tokens: every generated token with its top logprobs (a ``TokenStore``: a compact
+            sequence of ``TokenLogprob``, each built when read).
         forced_answer: the forced answer text, or None when no forcing ran.
         chunks: raw chunks, when the openai helpers were asked to keep them.
     """
@@ -140,7 +141,7 @@ class ExitResult:
     decision: Decision
     report: SavingsReport
     usage: dict[str, Any]
-    tokens: list[TokenLogprob]
+    tokens: Sequence[TokenLogprob]
     forced_answer: str | None = None
     chunks: list[Any] | None = field(default=None, repr=False)
 

@@ -10,13 +10,8 @@ Example (against the embedded server, ``entropy-exit serve``)::
     from entropy_exit_integrations.openai import stream_chat
 
     client = openai.OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="none")
-    result = stream_chat(
-        client,
-        policy=ExitPolicy(threshold=1.0, min_tokens=8),
-        model="smollm2",
-        messages=[{"role": "user", "content": "What is 7 + 5?"}],
-        max_tokens=200,
-    )
+    result = stream_chat(client, policy=ExitPolicy(threshold=1.0, min_tokens=8), model="smollm2",
+                         messages=[{"role": "user", "content": "What is 7 + 5?"}], max_tokens=200)
     print(result.text, result.finish_reason, result.report)
 
 On exit the HTTP response is closed (``Stream.close()``), so the server stops generating.
@@ -41,8 +36,9 @@ from .session import TextDelta
 _REQUEST_ONLY = ("messages", "prompt", "stream")
 
 
-class _Request:
-    """What the sync and async transports share: the request of a ``RequestSpec``."""
+class _Transport:
+    """The openai SDK as the driver's transport: ``create(stream=True)`` and ``Stream.close()``.
+    With ``AsyncOpenAI`` both return what ``adrive`` awaits."""
 
     def __init__(self, client: Any, api: Api, create_kwargs: dict[str, Any]) -> None:
         self.create = client.chat.completions.create if api == "chat" else client.completions.create
@@ -51,33 +47,16 @@ class _Request:
         self.messages = list(create_kwargs.get("messages") or [])
         self.prompt = create_kwargs.get("prompt")
 
-    def request(self, spec: RequestSpec) -> dict[str, Any]:
+    def open(self, spec: RequestSpec) -> Any:
         request = {**spec.fields, "stream": True}
         if self.api == "chat":
             request["messages"] = [*self.messages, *spec.messages]
         else:
             request["prompt"] = self.prompt if spec.prompt is None else spec.prompt
-        return request
+        return self.create(**request)
 
-
-class _Transport(_Request):
-    """The openai SDK as the driver's transport: ``create(stream=True)``, ``Stream.close()``."""
-
-    def open(self, spec: RequestSpec) -> Any:
-        return self.create(**self.request(spec))
-
-    def close(self, stream: Any) -> None:
-        stream.close()
-
-
-class _AsyncTransport(_Request):
-    """Async twin of ``_Transport`` (``AsyncStream.close()`` is awaited)."""
-
-    async def open(self, spec: RequestSpec) -> Any:
-        return await self.create(**self.request(spec))
-
-    async def close(self, stream: Any) -> None:
-        await stream.close()
+    def close(self, stream: Any) -> Any:
+        return stream.close()
 
 
 class _MonitoredStream:
@@ -156,7 +135,7 @@ class AsyncExitStream(_MonitoredStream):
     """Async twin of ExitStream: ``async for delta in stream``, then ``stream.result``."""
 
     def _run(self, client: Any, api: Api, create_kwargs: dict[str, Any]) -> AsyncGenerator[Output, None]:
-        return adrive(self._call, _AsyncTransport(client, api, create_kwargs))
+        return adrive(self._call, _Transport(client, api, create_kwargs))
 
     async def __aenter__(self) -> AsyncExitStream:
         return self
@@ -174,15 +153,9 @@ class AsyncExitStream(_MonitoredStream):
                 yield delta
 
 
-def _stream(
-    cls: type[Any],
-    client: Any,
-    api: Api,
-    options: ExitOptions | None,
-    keep_chunks: bool,
-    kwargs: dict[str, Any],
-) -> Any:
+def _stream(cls: type[Any], client: Any, api: Api, kwargs: dict[str, Any]) -> Any:
     owner = "stream_chat()" if api == "chat" else "stream_completion()"
+    options, keep_chunks = kwargs.pop("options", None), kwargs.pop("keep_chunks", False)
     fields = {name: kwargs.pop(name, None) for name in OPTION_NAMES}
     return cls(client, api, ExitOptions.build(options, owner, **fields), keep_chunks, kwargs)
 
@@ -203,36 +176,22 @@ def iter_chat(
             ``stream``, ``logprobs``, ``top_logprobs`` (policy.top_k) and ``stream_options``
             are added when absent. ``n`` above 1 is refused (one call per sample).
     """
-    return _stream(ExitStream, client, "chat", options, keep_chunks, kwargs)
+    return _stream(ExitStream, client, "chat", {"options": options, "keep_chunks": keep_chunks, **kwargs})
 
 
-def aiter_chat(
-    client: openai.AsyncOpenAI,
-    *,
-    options: ExitOptions | None = None,
-    keep_chunks: bool = False,
-    **kwargs: Any,
-) -> AsyncExitStream:
-    """Async twin of ``iter_chat`` for ``openai.AsyncOpenAI``."""
-    return _stream(AsyncExitStream, client, "chat", options, keep_chunks, kwargs)
+def aiter_chat(client: openai.AsyncOpenAI, **kwargs: Any) -> AsyncExitStream:
+    """Async twin of ``iter_chat`` for ``openai.AsyncOpenAI`` (the same arguments)."""
+    return _stream(AsyncExitStream, client, "chat", kwargs)
 
 
-def iter_completion(
-    client: openai.OpenAI, *, options: ExitOptions | None = None, keep_chunks: bool = False, **kwargs: Any
-) -> ExitStream:
+def iter_completion(client: openai.OpenAI, **kwargs: Any) -> ExitStream:
     """``iter_chat`` for the legacy Completions API (``logprobs=policy.top_k`` is added)."""
-    return _stream(ExitStream, client, "completions", options, keep_chunks, kwargs)
+    return _stream(ExitStream, client, "completions", kwargs)
 
 
-def aiter_completion(
-    client: openai.AsyncOpenAI,
-    *,
-    options: ExitOptions | None = None,
-    keep_chunks: bool = False,
-    **kwargs: Any,
-) -> AsyncExitStream:
+def aiter_completion(client: openai.AsyncOpenAI, **kwargs: Any) -> AsyncExitStream:
     """Async twin of ``iter_completion``."""
-    return _stream(AsyncExitStream, client, "completions", options, keep_chunks, kwargs)
+    return _stream(AsyncExitStream, client, "completions", kwargs)
 
 
 def detect_reasoning_format(

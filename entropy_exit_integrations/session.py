@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from .core.guards import MAX_NUMBER_DEFERRAL, TAIL_CHARS, inside_number
 from .core.monitor import Decision, EntropyMonitor
 from .core.policy import ExitPolicy
-from .core.tokens import Phase, TokenLogprob
+from .core.tokens import Phase, TokenLogprob, TokenStore
 from .errors import EntropyExitWarning, LogprobsUnavailableError
 from .providers.parts import ChunkParts
 from .providers.reasoning import ReasoningFormat, ReasoningSplitter, check_reasoning_format
@@ -66,7 +66,7 @@ class ExitSession:
         self.policy = policy
         self.reasoning_format = check_reasoning_format(reasoning_format)
         self.monitor = EntropyMonitor(policy)
-        self.tokens: list[TokenLogprob] = []
+        self.tokens = TokenStore()
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.tool_call_started = False
@@ -242,8 +242,7 @@ class ExitSession:
         self._reasoning.extend(self._content)
         self._content.clear()
         if self._keep_tokens:
-            reasoning = Phase.REASONING
-            self.tokens[:] = [t if t.phase is reasoning else t._replace(phase=reasoning) for t in self.tokens]
+            self.tokens.relabel(Phase.REASONING)
 
     def _observe(self, tokens: Sequence[TokenLogprob], parts: ChunkParts, phase: Phase) -> None:
         self._last_phase = phase

@@ -8,9 +8,11 @@ candidates) and ``additional_kwargs["thinking_delta"]`` (reasoning).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import LogProb, TextBlock
+from pydantic_core import SchemaSerializer, core_schema
 
 from ..core.tokens import Phase, TokenLogprob, token_from_candidates
 from ..providers.frameworks import parse_llama_index_response
@@ -55,24 +57,46 @@ def tokens_from_llama_logprobs(logprobs: Any, phase: Phase = Phase.ANSWER) -> tu
     return tuple(tokens)
 
 
-def to_llama_logprobs(tokens: list[TokenLogprob]) -> list[list[LogProb]]:
-    """Per-token top candidates in LlamaIndex's type (what non-streaming OpenAI calls return).
+class LlamaLogprobs(Sequence[list[LogProb]]):
+    """A final response's ``.logprobs``: per token, its top candidates in LlamaIndex's type (what
+    non-streaming OpenAI calls return), built when read (``list(...)`` copies them all), so a
+    long stream keeps its compact tokens rather than 20 pydantic objects per token. Pydantic
+    serialises it as the list it reads as."""
 
-    Built with pydantic's ``model_construct`` (the values are already typed: no validation per
-    candidate, which would cost more than the whole stream)."""
-    make = LogProb.model_construct
-    result = []
-    for token in tokens:
-        if token.top_tokens:
-            result.append(
-                [
-                    make(token=text, logprob=value, bytes=list(text.encode("utf-8")))
-                    for text, value in zip(token.top_tokens, token.top_logprobs, strict=True)
-                ]
+    __pydantic_serializer__ = SchemaSerializer(
+        core_schema.any_schema(
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda value: [[c.model_dump() for c in candidates] for candidates in value]
             )
-        elif token.logprob is not None:
-            result.append([make(token=token.token, logprob=token.logprob, bytes=list(token.token.encode()))])
-    return result
+        )
+    )
+
+    def __init__(self, tokens: Sequence[TokenLogprob]) -> None:
+        self._tokens = tokens
+        self._known = None  # tokens with neither logprob nor candidates are left out:
+        if getattr(tokens, "unknown", True):
+            self._known = [i for i, t in enumerate(tokens) if t.top_tokens or t.logprob is not None]
+
+    def __len__(self) -> int:
+        return len(self._tokens if self._known is None else self._known)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        token = self._tokens[i if self._known is None else self._known[i]]
+        make = LogProb.model_construct
+        pairs = (
+            zip(token.top_tokens, token.top_logprobs, strict=True)
+            if token.top_tokens
+            else [(token.token, token.logprob)]
+        )
+        return [make(token=text, logprob=value, bytes=list(text.encode("utf-8"))) for text, value in pairs]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return repr(list(self))
 
 
 def text_of(response: Any) -> str:

@@ -9,19 +9,22 @@ HTTP response captured by the hooks of ``http_clients()`` (see ``closing``).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, MessageRole
+from llama_index.core.instrumentation.span import active_span_id
 
 from ..core.tokens import Phase
-from ..driver import Output
+from ..driver import Output, adrive, drive
 from ..engine import REPORT_KEY, STREAM_USAGE, ExitResult, MonitoredCall, RequestSpec
-from ..errors import EntropyExitWarning
+from ..errors import EntropyExitWarning, StreamInterrupted
 from ..session import TextDelta
-from ._responses import parts_of, text_of, to_llama_logprobs, with_text
+from ._responses import LlamaLogprobs, parts_of, text_of, with_text
 from .closing import ResponseCapture
+from .events import dispatch_report
 
 Mode = Literal["chat", "completion"]
 _MODEL_FIELDS = ("max_tokens", "logprobs", "top_logprobs")
@@ -33,12 +36,15 @@ def is_openai_based(llm: Any) -> bool:
     return "logprobs" in fields and "top_logprobs" in fields and "api_base" in fields
 
 
-class _Request:
-    """What the sync and async transports share: the call's facts for the engine, and the inner
-    LLM's request for a ``RequestSpec``."""
+class Transport:
+    """The inner LLM's public streams as the driver's transport (sync, or async for ``adrive``):
+    the call's facts for the engine, and the inner LLM's request for a ``RequestSpec``."""
 
-    def __init__(self, owner: Any, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool) -> None:
+    def __init__(
+        self, owner: Any, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool, is_async: bool
+    ) -> None:
         inner = owner.llm
+        self.is_async = is_async
         self.inner = inner
         self.mode = mode
         self.payload = payload  # messages (chat) or prompt (completion)
@@ -70,61 +76,34 @@ class _Request:
             usage_fields=usage,
         )
 
-    def _request(self, spec: RequestSpec) -> tuple[Any, Mode, Any, dict[str, Any]]:
-        """(llm, mode, payload, kwargs) of a request."""
-        fields = dict(spec.fields)
-        if not self.openai_based:  # no way to ask for more: forward what the caller passed
-            return (
-                self.inner,
-                self.mode,
-                self._payload(spec),
-                {k: fields[k] for k in self.user_kwargs if k in fields},
-            )
-        update = {name: fields.pop(name, None) for name in _MODEL_FIELDS}
-        update["logprobs"] = bool(update["logprobs"])
-        llm = self.inner.model_copy(update=update)
-        mode: Mode = "completion" if spec.prompt is not None else ("chat" if spec.messages else self.mode)
-        return llm, mode, self._payload(spec), fields
-
-    def _payload(self, spec: RequestSpec) -> Any:
+    def open(self, spec: RequestSpec) -> Any:
+        """The stream of the inner LLM's public ``stream_chat``/``stream_complete`` (async: a
+        coroutine that ``adrive`` awaits, for ``astream_chat``/``astream_complete``)."""
+        fields, payload = dict(spec.fields), self.payload
         if spec.prompt is not None:
-            return spec.prompt
-        if not spec.messages:
-            return self.payload
-        extra = [ChatMessage(role=MessageRole(m["role"]), content=m["content"]) for m in spec.messages]
-        return self.messages + extra
+            payload = spec.prompt
+        elif spec.messages:
+            payload = self.messages + [
+                ChatMessage(role=m["role"], content=m["content"]) for m in spec.messages
+            ]
+        if self.openai_based:
+            update = {name: fields.pop(name, None) for name in _MODEL_FIELDS}
+            update["logprobs"] = bool(update["logprobs"])
+            llm = self.inner.model_copy(update=update)
+            mode = "completion" if spec.prompt is not None else ("chat" if spec.messages else self.mode)
+        else:  # no way to ask for more: forward what the caller passed
+            llm, mode = self.inner, self.mode
+            fields = {k: fields[k] for k in self.user_kwargs if k in fields}
+        if mode == "completion":
+            fields["formatted"] = self.formatted or spec.prompt is not None
+        if self.is_async:
+            amethod = llm.astream_chat if mode == "chat" else llm.astream_complete
+            return _aopen(lambda: amethod(payload, **fields), self.openai_based)
+        method = llm.stream_chat if mode == "chat" else llm.stream_complete
+        return _captured(lambda: method(payload, **fields), self.openai_based)
 
-
-class Transport(_Request):
-    """The inner LLM's public ``stream_chat``/``stream_complete`` as the driver's transport."""
-
-    def open(self, spec: RequestSpec) -> Iterator[Any]:
-        llm, mode, payload, kwargs = self._request(spec)
-        formatted = self.formatted or spec.prompt is not None
-        if mode == "chat":
-            return _captured(lambda: llm.stream_chat(payload, **kwargs), self.openai_based)
-        return _captured(
-            lambda: llm.stream_complete(payload, formatted=formatted, **kwargs), self.openai_based
-        )
-
-    def close(self, stream: Any) -> None:
-        stream.close()
-
-
-class AsyncTransport(_Request):
-    """Async twin of ``Transport``."""
-
-    async def open(self, spec: RequestSpec) -> AsyncIterator[Any]:
-        llm, mode, payload, kwargs = self._request(spec)
-        formatted = self.formatted or spec.prompt is not None
-        if mode == "chat":
-            return _acaptured(lambda: llm.astream_chat(payload, **kwargs), self.openai_based)
-        return _acaptured(
-            lambda: llm.astream_complete(payload, formatted=formatted, **kwargs), self.openai_based
-        )
-
-    async def close(self, stream: Any) -> None:
-        await stream.aclose()
+    def close(self, stream: Any) -> Any:
+        return stream.aclose() if self.is_async else stream.close()
 
 
 def _captured(start: Any, closable: bool) -> Iterator[Any]:
@@ -146,6 +125,10 @@ def _captured(start: Any, closable: bool) -> Iterator[Any]:
         if inner is not None:
             inner.close()
         capture.close()
+
+
+async def _aopen(start: Any, closable: bool) -> AsyncIterator[Any]:
+    return _acaptured(start, closable)
 
 
 async def _acaptured(start: Any, closable: bool) -> AsyncIterator[Any]:
@@ -186,14 +169,37 @@ def _check_captured(capture: ResponseCapture) -> None:
 
 
 class Responses:
-    """What one call streams out: responses whose text is the engine's answer, then the last one."""
+    """What one call streams out: responses whose text is the engine's answer, then the last one.
+    The report goes out as an ``EntropyExitReportEvent`` on the call's span (for a stream that
+    broke, its partial report)."""
 
-    def __init__(self, owner: Any, transport: _Request) -> None:
+    def __init__(self, owner: Any, transport: Transport) -> None:
         self.owner = owner
+        self.transport = transport
         self.mode = transport.mode
+        self.span_id = active_span_id.get()
         self.last: Any = None
-        self.answer: list[str] = []
+        self.answer = ""  # the text so far (grown like LlamaIndex's own: one copy per chunk)
         self.passing = True  # inner responses are passed on unchanged while their text is ours
+
+    def run(self) -> Iterator[Any]:
+        with self._reporting():
+            for step in drive(self.transport.call, self.transport):
+                yield from self.out(step)
+
+    async def arun(self) -> AsyncIterator[Any]:
+        with self._reporting():
+            async for step in adrive(self.transport.call, self.transport):
+                for response in self.out(step):
+                    yield response
+
+    @contextlib.contextmanager
+    def _reporting(self) -> Iterator[None]:
+        try:
+            yield
+        except StreamInterrupted as error:
+            dispatch_report(error.partial.report, self.span_id)
+            raise
 
     def out(self, step: Output) -> list[Any]:
         if step.result is not None:
@@ -205,12 +211,12 @@ class Responses:
                 return [chunk]
             if self.passing:
                 self.passing = False
-                self.answer = [text_of(self.last)]
+                self.answer = text_of(self.last)
             self.last = chunk
             return [self.response(step.deltas, raw=getattr(chunk, "raw", None))]
         if self.passing:
             self.passing = False
-            self.answer = [text_of(self.last)]
+            self.answer = text_of(self.last)
         shown = self.response(step.deltas)
         return [] if shown is None else [shown]
 
@@ -228,10 +234,9 @@ class Responses:
         reasoning = "".join(d.text for d in deltas if d.phase is Phase.REASONING)
         if raw is None and not (answer or reasoning):
             return None
-        if answer:
-            self.answer.append(answer)
+        self.answer += answer
         extra = {"thinking_delta": reasoning} if reasoning else {}
-        return self._response("".join(self.answer), answer, raw=raw, additional_kwargs=extra)
+        return self._response(self.answer, answer, raw=raw, additional_kwargs=extra)
 
     def _response(self, text: str, delta: str, **fields: Any) -> Any:
         if self.mode == "chat":
@@ -249,12 +254,12 @@ class Responses:
         if extra.pop("estimated", False):  # the prompt count is an estimate: say so beside it
             extra["prompt_tokens_estimated"] = True
         extra[REPORT_KEY] = result.report.to_dict()
+        dispatch_report(extra[REPORT_KEY], self.span_id)
         if result.reasoning:
             extra["reasoning_content"] = result.reasoning
-        return self._response(
-            result.text,
-            "",
-            raw=getattr(self.last, "raw", None),
-            logprobs=to_llama_logprobs(result.tokens) if result.tokens else None,
-            additional_kwargs=extra,
+        response = self._response(
+            result.text, "", raw=getattr(self.last, "raw", None), additional_kwargs=extra
         )
+        if result.tokens:
+            response.logprobs = LlamaLogprobs(result.tokens)
+        return response

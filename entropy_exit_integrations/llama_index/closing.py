@@ -83,16 +83,9 @@ def http_clients(**kwargs: Any) -> tuple[httpx.Client, httpx.AsyncClient]:
 
     ``kwargs`` go to both clients (the openai SDK's defaults: timeouts, connection limits).
     """
-    return _sync_client(**kwargs), _async_client(**kwargs)
-
-
-def _sync_client(**kwargs: Any) -> httpx.Client:
     import openai
 
-    return openai.DefaultHttpxClient(event_hooks={"response": [record_response]}, **kwargs)
-
-
-def _async_client(**kwargs: Any) -> httpx.AsyncClient:
-    import openai
-
-    return openai.DefaultAsyncHttpxClient(event_hooks={"response": [arecord_response]}, **kwargs)
+    return (
+        openai.DefaultHttpxClient(event_hooks={"response": [record_response]}, **kwargs),
+        openai.DefaultAsyncHttpxClient(event_hooks={"response": [arecord_response]}, **kwargs),
+    )

@@ -15,10 +15,9 @@ observability integration that records events sees it.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
-from typing import Any, TypeVar
+from typing import Any
 
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.instrumentation import get_dispatcher
@@ -28,14 +27,12 @@ from llama_index.core.instrumentation.events import BaseEvent
 from ..core.policy import ExitPolicy
 from ..core.savings import SavingsLedger, SavingsReport
 from ..engine import REPORT_KEY, MonitoredCall
-from ..errors import StreamInterrupted
 from ..providers.parts import ChunkParts
 from ._responses import parts_of, text_of, tokens_from_llama_logprobs
 from .closing import ACTIVE
 
 _WRAPPER = "EntropyExitLLM"
 _dispatcher = get_dispatcher(__name__)
-R = TypeVar("R")
 _OPEN_QUERIES: ContextVar[tuple[list[LLMCallRecord], ...]] = ContextVar(
     "entropy_exit_open_queries", default=()
 )
@@ -222,34 +219,3 @@ def dispatch_report(report: SavingsReport | dict[str, Any], span_id: str | None)
     """Dispatch an ``EntropyExitReportEvent`` to every LlamaIndex event handler."""
     data = report.to_dict() if isinstance(report, SavingsReport) else report
     _dispatcher.event(EntropyExitReportEvent(report=data, span_id=span_id))
-
-
-def reported(responses: Iterator[R], span_id: str | None) -> Generator[R, None, None]:
-    """``responses`` unchanged; the report of the final one (or of a break) is dispatched."""
-    try:
-        for response in responses:
-            data = _report_of(response)
-            if data is not None:
-                dispatch_report(data, span_id)
-            yield response
-    except StreamInterrupted as error:
-        dispatch_report(error.partial.report, span_id)
-        raise
-
-
-async def areported(responses: AsyncIterator[R], span_id: str | None) -> AsyncGenerator[R, None]:
-    """Async twin of ``reported``."""
-    try:
-        async for response in responses:
-            data = _report_of(response)
-            if data is not None:
-                dispatch_report(data, span_id)
-            yield response
-    except StreamInterrupted as error:
-        dispatch_report(error.partial.report, span_id)
-        raise
-
-
-def _report_of(response: Any) -> dict[str, Any] | None:
-    extra = getattr(response, "additional_kwargs", None)
-    return extra.get(REPORT_KEY) if isinstance(extra, dict) else None

@@ -1,33 +1,20 @@
 """``EntropyExitLLM``: any LlamaIndex LLM, stopped early once its token entropy says it is sure.
 
-Example (against the embedded server, ``entropy-exit serve``)::
-
-    from llama_index.llms.openai_like import OpenAILike
-    from entropy_exit_integrations import ExitPolicy
-    from entropy_exit_integrations.llama_index import EntropyExitLLM
-
-    inner = OpenAILike(model="smollm2", api_base="http://127.0.0.1:8080/v1", api_key="none",
-                       is_chat_model=True, max_tokens=200, temperature=0)
-    llm = EntropyExitLLM(llm=inner, policy=ExitPolicy(threshold=1.0, min_tokens=8))
-    response = llm.complete("What is 7 + 5?")
-    print(response.text, response.additional_kwargs["entropy_exit"])
-
 Every call streams from the inner LLM, even ``chat``/``complete``, so that the monitor can act.
-On exit the inner generator is closed and, for openai-SDK based LLMs (``OpenAI``, ``OpenAILike``
-and their relatives), the HTTP response too, so the server stops generating. Logprobs are
-requested through the inner LLM's own fields (``logprobs=True``, ``top_logprobs=policy.top_k``,
-on a shallow copy: the original is not changed). The final response carries the per-token
-logprobs in ``.logprobs`` (LlamaIndex's type; ``keep_tokens=False`` leaves them out and keeps
-memory flat on long streams) and the report in
-``additional_kwargs["entropy_exit"]`` (a dict; ``SavingsReport.from_dict`` rebuilds it), and
-the same report goes to LlamaIndex instrumentation as an ``EntropyExitReportEvent`` on the call's
-span (also for a stream that broke: its partial report).
-Streaming calls yield the inner responses as they come, then that final response (``delta=""``).
+On exit the inner generator is closed and, for openai-SDK based LLMs built with
+``http_clients()``, the HTTP response too, so the server stops generating. Logprobs are asked for
+through the inner LLM's own fields (``logprobs``, ``top_logprobs=policy.top_k``, on a shallow
+copy). Streaming calls yield the inner responses as they come, then a final one (``delta=""``)
+with the whole text, the per-token candidates in ``.logprobs`` (LlamaIndex's ``LogProb``, built
+when read; none with ``keep_tokens=False``) and the report in ``additional_kwargs["entropy_exit"]``
+(``SavingsReport.from_dict`` rebuilds it); the report also goes to LlamaIndex instrumentation as
+an ``EntropyExitReportEvent`` on the call's span (for a stream that broke, its partial report).
+See the README's LlamaIndex section for an example.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -41,17 +28,14 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
 )
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, SerializeAsAny, model_validator
-from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from pydantic import InstanceOf
 
 from ..core.savings import SavingsReport
-from ..driver import adrive, drive
 from ..options import OPTION_NAMES, ExitOptions
-from ._stream import AsyncTransport, Mode, Responses, Transport
-from .events import areported, reported
+from ._stream import Mode, Responses, Transport
 
 
 class EntropyExitLLM(FunctionCallingLLM):
@@ -106,23 +90,10 @@ class EntropyExitLLM(FunctionCallingLLM):
     # -- chat -------------------------------------------------------------------------------
 
     def _run(self, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
-        """The call's responses; its report goes out as an ``EntropyExitReportEvent`` on this span."""
-        return reported(self._steps(Transport(self, mode, payload, kwargs, formatted)), active_span_id.get())
+        return Responses(self, Transport(self, mode, payload, kwargs, formatted, False)).run()
 
     def _arun(self, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
-        transport = AsyncTransport(self, mode, payload, kwargs, formatted)
-        return areported(self._asteps(transport), active_span_id.get())
-
-    def _steps(self, transport: Transport) -> Iterator[Any]:
-        responses = Responses(self, transport)
-        for step in drive(transport.call, transport):
-            yield from responses.out(step)
-
-    async def _asteps(self, transport: AsyncTransport) -> AsyncIterator[Any]:
-        responses = Responses(self, transport)
-        async for step in adrive(transport.call, transport):
-            for response in responses.out(step):
-                yield response
+        return Responses(self, Transport(self, mode, payload, kwargs, formatted, True)).arun()
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -181,13 +152,7 @@ class EntropyExitLLM(FunctionCallingLLM):
         **kwargs: Any,
     ) -> dict[str, Any]:
         return self._tool_llm()._prepare_chat_with_tools_compat(
-            tools,
-            user_msg=user_msg,
-            chat_history=chat_history,
-            verbose=verbose,
-            allow_parallel_tool_calls=allow_parallel_tool_calls,
-            tool_required=tool_required,
-            **kwargs,
+            tools, user_msg, chat_history, verbose, allow_parallel_tool_calls, tool_required, **kwargs
         )
 
     def _validate_chat_with_tools_response(
@@ -198,37 +163,13 @@ class EntropyExitLLM(FunctionCallingLLM):
         **kwargs: Any,
     ) -> ChatResponse:
         return self._tool_llm()._validate_chat_with_tools_response(
-            response, tools, allow_parallel_tool_calls=allow_parallel_tool_calls, **kwargs
+            response, tools, allow_parallel_tool_calls, **kwargs
         )
 
     def get_tool_calls_from_response(
         self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
     ) -> list[ToolSelection]:
-        return self._tool_llm().get_tool_calls_from_response(
-            response, error_on_no_tool_call=error_on_no_tool_call, **kwargs
-        )
-
-    async def astream_chat_with_tools(
-        self,
-        tools: Sequence[Any],
-        user_msg: str | ChatMessage | None = None,
-        chat_history: list[ChatMessage] | None = None,
-        verbose: bool = False,
-        allow_parallel_tool_calls: bool = False,
-        tool_required: bool = False,
-        **kwargs: Any,
-    ) -> ChatResponseAsyncGen:
-        """Tools prepared by the inner LLM, streamed through this wrapper's monitor."""
-        chat_kwargs = self._prepare_chat_with_tools(
-            tools,
-            user_msg=user_msg,
-            chat_history=chat_history,
-            verbose=verbose,
-            allow_parallel_tool_calls=allow_parallel_tool_calls,
-            tool_required=tool_required,
-            **kwargs,
-        )
-        return await self.astream_chat(**chat_kwargs)
+        return self._tool_llm().get_tool_calls_from_response(response, error_on_no_tool_call, **kwargs)
 
 
 def _last(responses: Any) -> Any:

@@ -201,3 +201,22 @@ def test_starts_in_reasoning_reads_like_think_open() -> None:
         assert (session.reasoning, session.text) == ("7+5=12", "12")
         assert [t.phase for t in session.tokens] == [Phase.REASONING] * 3 + [Phase.ANSWER]
         assert session.inline_think and session.detected_format == "think_open"
+
+
+def test_token_store_reads_back_what_was_kept() -> None:
+    from entropy_exit_integrations.core.tokens import TokenLogprob, TokenStore
+
+    kept = [
+        TokenLogprob("a", -0.1, ("a", "b"), (-0.1, -2.5)),
+        TokenLogprob("b", None, (), (), Phase.REASONING),
+        TokenLogprob("a", -0.7, ("b", "a", "c"), (-0.6, -0.7, -3.0)),
+    ]
+    store = TokenStore(kept[:1])
+    store.extend(kept[1:])
+    assert len(store) == 3 and store == kept and list(store) == kept and store[-1] == kept[2]
+    assert store[1:] == kept[1:] and store[1].logprob is None
+    store.relabel(Phase.REASONING)
+    assert [t.phase for t in store] == [Phase.REASONING] * 3
+    with pytest.raises(IndexError):
+        store[3]
+    assert store.unknown == 1

@@ -29,6 +29,7 @@ from entropy_exit_integrations import (
     SavingsReport,
     StreamInterrupted,
 )
+from entropy_exit_integrations.core.tokens import TokenStore
 from entropy_exit_integrations.llama_index import (
     REPORT_KEY,
     EntropyExitEventHandler,
@@ -37,7 +38,7 @@ from entropy_exit_integrations.llama_index import (
     ResponseCapture,
     http_clients,
 )
-from entropy_exit_integrations.llama_index._responses import parts_of, to_llama_logprobs
+from entropy_exit_integrations.llama_index._responses import LlamaLogprobs, parts_of
 
 SURE = [LogProb(token="a", logprob=math.log(0.99)), LogProb(token="b", logprob=math.log(0.01))]
 UNSURE = [LogProb(token=t, logprob=math.log(0.25)) for t in "abcd"]
@@ -124,9 +125,13 @@ def test_parts_of_reads_raw_chunks_then_llama_index_fields() -> None:
 
 def test_logprobs_round_trip_in_llama_index_type() -> None:
     parts = parts_of(CompletionResponse(text="x", delta="x", logprobs=[UNSURE]))
-    back = to_llama_logprobs(list(parts.tokens))
-    assert [p.token for p in back[0]] == list("abcd")
+    back = LlamaLogprobs(TokenStore(parts.tokens))
+    assert len(back) == 1 and [p.token for p in back[0]] == list("abcd")
     assert all(isinstance(p, LogProb) for p in back[0])
+    response = CompletionResponse(text="x")
+    response.logprobs = back  # what a final response carries: read as, and dumped as, the list
+    assert response.model_dump()["logprobs"] == [[p.model_dump() for p in back[0]]]
+    assert back == [back[0]] and list(back[-1:]) == [back[0]]
 
 
 def test_exits_early_and_stops_pulling() -> None:
