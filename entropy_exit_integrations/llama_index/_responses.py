@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import LogProb, TextBlock
-from pydantic_core import SchemaSerializer, core_schema
 
 from ..core.tokens import Phase, TokenLogprob, token_from_candidates
 from ..providers.frameworks import parse_llama_index_response
@@ -58,18 +57,9 @@ def tokens_from_llama_logprobs(logprobs: Any, phase: Phase = Phase.ANSWER) -> tu
 
 
 class LlamaLogprobs(Sequence[list[LogProb]]):
-    """A final response's ``.logprobs``: per token, its top candidates in LlamaIndex's type (what
-    non-streaming OpenAI calls return), built when read (``list(...)`` copies them all), so a
-    long stream keeps its compact tokens rather than 20 pydantic objects per token. Pydantic
-    serialises it as the list it reads as."""
-
-    __pydantic_serializer__ = SchemaSerializer(
-        core_schema.any_schema(
-            serialization=core_schema.plain_serializer_function_ser_schema(
-                lambda value: [[c.model_dump() for c in candidates] for candidates in value]
-            )
-        )
-    )
+    """Kept tokens read as LlamaIndex's ``List[List[LogProb]]`` (top candidates per token), each
+    row built when read. A final response gets ``list(LlamaLogprobs(tokens))``: a real list, so
+    pydantic dumps it without a serializer warning."""
 
     def __init__(self, tokens: Sequence[TokenLogprob]) -> None:
         self._tokens = tokens

@@ -261,5 +261,5 @@ class Responses:
             result.text, "", raw=getattr(self.last, "raw", None), additional_kwargs=extra
         )
         if result.tokens:
-            response.logprobs = LlamaLogprobs(result.tokens)
+            response.logprobs = list(LlamaLogprobs(result.tokens))
         return response
