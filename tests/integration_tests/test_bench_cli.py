@@ -9,6 +9,7 @@ the full run is a command, e.g.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,14 @@ def test_stream_calibration_forces_answers_once_then_runs_offline(
     then again from the saved traces with no server: same threshold, nothing left unknown."""
     traces, cache = tmp_path / "traces.jsonl", tmp_path / "forced.json"
     shape = ["--aggregation", "window", "--window", "4", "--min-tokens", "4", "--risk", "0.4"]
+    # Both classes whatever the tiny model writes on the day (a shared server's batching and
+    # prompt cache flip its borderline sums; a CI run once got all 6 arithmetic questions wrong):
+    # five it mostly answers by repeating the number (3-4 of 5 seen), three unreachable
+    # references. The test is of the mechanics: forcing once, caching, the same result offline.
+    rows = [(f"Say the number {n}.", n) for n in (4, 7, 9, 3, 8)]
+    rows += [(question, 987654 + i) for i, (question, _) in enumerate(rows[:3])]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in rows))
     live = [
         "calibrate",
         "--base-url",
@@ -159,8 +168,10 @@ def test_stream_calibration_forces_answers_once_then_runs_offline(
         "--model",
         llama_server.model,
         "--n",
-        "6",
+        "8",
         *COMMON,
+        "--dataset",
+        str(mixed),
         *shape,
         "--save-traces",
         str(traces),
@@ -170,7 +181,10 @@ def test_stream_calibration_forces_answers_once_then_runs_offline(
         str(tmp_path / "live.json"),
     ]
     assert main(live) == 0
-    first = _answers_line(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    classes = re.findall(r"^\s+(correct|incorrect)\s+n=(\d+)", out, re.MULTILINE)
+    assert len(classes) == 2 and all(int(n) >= 1 for _, n in classes), out  # both classes
+    first = _answers_line(out)
     cal = Calibration.load(tmp_path / "live.json")
     assert cal.kind == "stream" and (cal.aggregation, cal.window, cal.min_tokens) == ("window", 4, 4)
     assert cal.risk is not None and cal.risk.candidates >= 1

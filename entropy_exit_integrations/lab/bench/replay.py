@@ -26,7 +26,6 @@ from .graders import extract_math_answer, grade, last_number
 from .rules import Rule
 
 
-
 def token_from_json(row: Sequence[Any]) -> TokenLogprob:
     if not isinstance(row, (list, tuple)) or len(row) not in (4, 5):
         raise ValueError(f"a token is [text, logprob, [top tokens], [top logprobs], phase], got {row!r}")
