@@ -21,9 +21,22 @@ from entropy_exit_integrations.lab.cli import main
 COMMON = ["--dataset", "arithmetic", "--max-tokens", "32", "--no-progress", "--concurrency", "2"]
 
 
+def both_classes(folder: Path, *, right: int, wrong: int) -> Path:
+    """A calibration set with both classes whatever the tiny model writes on the day (a shared
+    server's batching and prompt cache flip its borderline sums; a CI run once got all 6
+    arithmetic questions wrong, and calibrate rightly refuses one class): questions it mostly
+    answers by repeating the number, then unreachable references. For tests of mechanics."""
+    rows = [(f"Say the number {n}.", n) for n in (4, 7, 9, 3, 8, 5)[:right]]
+    rows += [(question, 987654 + i) for i, (question, _) in enumerate(rows[:wrong])]
+    path = folder / "both_classes.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in rows))
+    return path
+
+
 @pytest.fixture(scope="module")
 def profile(llama_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("cal") / "profile.json"
+    folder = tmp_path_factory.mktemp("cal")
+    path = folder / "profile.json"
     code = main(
         [
             "calibrate",
@@ -36,6 +49,8 @@ def profile(llama_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Path
             "--out",
             str(path),
             *COMMON,
+            "--dataset",
+            str(both_classes(folder, right=4, wrong=2)),
         ]
     )
     assert code == 0
@@ -153,14 +168,7 @@ def test_stream_calibration_forces_answers_once_then_runs_offline(
     then again from the saved traces with no server: same threshold, nothing left unknown."""
     traces, cache = tmp_path / "traces.jsonl", tmp_path / "forced.json"
     shape = ["--aggregation", "window", "--window", "4", "--min-tokens", "4", "--risk", "0.4"]
-    # Both classes whatever the tiny model writes on the day (a shared server's batching and
-    # prompt cache flip its borderline sums; a CI run once got all 6 arithmetic questions wrong):
-    # five it mostly answers by repeating the number (3-4 of 5 seen), three unreachable
-    # references. The test is of the mechanics: forcing once, caching, the same result offline.
-    rows = [(f"Say the number {n}.", n) for n in (4, 7, 9, 3, 8)]
-    rows += [(question, 987654 + i) for i, (question, _) in enumerate(rows[:3])]
-    mixed = tmp_path / "mixed.jsonl"
-    mixed.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in rows))
+    mixed = both_classes(tmp_path, right=5, wrong=3)  # 3-4 of the 5 seen right
     live = [
         "calibrate",
         "--base-url",
