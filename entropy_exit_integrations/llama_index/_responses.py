@@ -56,37 +56,23 @@ def tokens_from_llama_logprobs(logprobs: Any, phase: Phase = Phase.ANSWER) -> tu
     return tuple(tokens)
 
 
-class LlamaLogprobs(Sequence[list[LogProb]]):
-    """Kept tokens read as LlamaIndex's ``List[List[LogProb]]`` (top candidates per token), each
-    row built when read. A final response gets ``list(LlamaLogprobs(tokens))``: a real list, so
-    pydantic dumps it without a serializer warning."""
-
-    def __init__(self, tokens: Sequence[TokenLogprob]) -> None:
-        self._tokens = tokens
-        self._known = None  # tokens with neither logprob nor candidates are left out:
-        if getattr(tokens, "unknown", True):
-            self._known = [i for i, t in enumerate(tokens) if t.top_tokens or t.logprob is not None]
-
-    def __len__(self) -> int:
-        return len(self._tokens if self._known is None else self._known)
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        token = self._tokens[i if self._known is None else self._known[i]]
-        make = LogProb.model_construct
-        pairs = (
-            zip(token.top_tokens, token.top_logprobs, strict=True)
-            if token.top_tokens
-            else [(token.token, token.logprob)]
+def llama_logprobs(tokens: Sequence[TokenLogprob]) -> list[list[LogProb]]:
+    """Kept tokens as LlamaIndex's ``List[List[LogProb]]`` (top candidates per token; tokens with
+    neither a logprob nor candidates left out): a real list, so pydantic dumps a response that
+    carries it without a serializer warning."""
+    make = LogProb.model_construct
+    rows = []
+    for token in tokens:
+        if token.top_tokens:
+            pairs: Any = zip(token.top_tokens, token.top_logprobs, strict=True)
+        elif token.logprob is not None:
+            pairs = [(token.token, token.logprob)]
+        else:
+            continue
+        rows.append(
+            [make(token=text, logprob=value, bytes=list(text.encode("utf-8"))) for text, value in pairs]
         )
-        return [make(token=text, logprob=value, bytes=list(text.encode("utf-8"))) for text, value in pairs]
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sequence) and list(self) == list(other)
-
-    def __repr__(self) -> str:
-        return repr(list(self))
+    return rows
 
 
 def text_of(response: Any) -> str:

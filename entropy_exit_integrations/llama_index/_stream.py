@@ -22,7 +22,7 @@ from ..driver import Output, adrive, drive
 from ..engine import REPORT_KEY, STREAM_USAGE, ExitResult, MonitoredCall, RequestSpec
 from ..errors import EntropyExitWarning, StreamInterrupted
 from ..session import TextDelta
-from ._responses import LlamaLogprobs, parts_of, text_of, with_text
+from ._responses import llama_logprobs, parts_of, text_of, with_text
 from .closing import ResponseCapture
 from .events import dispatch_report
 
@@ -261,5 +261,5 @@ class Responses:
             result.text, "", raw=getattr(self.last, "raw", None), additional_kwargs=extra
         )
         if result.tokens:
-            response.logprobs = list(LlamaLogprobs(result.tokens))
+            response.logprobs = llama_logprobs(result.tokens)
         return response

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import warnings
-
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,7 +39,7 @@ from entropy_exit_integrations.llama_index import (
     ResponseCapture,
     http_clients,
 )
-from entropy_exit_integrations.llama_index._responses import LlamaLogprobs, parts_of
+from entropy_exit_integrations.llama_index._responses import llama_logprobs, parts_of
 
 SURE = [LogProb(token="a", logprob=math.log(0.99)), LogProb(token="b", logprob=math.log(0.01))]
 UNSURE = [LogProb(token=t, logprob=math.log(0.25)) for t in "abcd"]
@@ -127,7 +126,7 @@ def test_parts_of_reads_raw_chunks_then_llama_index_fields() -> None:
 
 def test_logprobs_round_trip_in_llama_index_type() -> None:
     parts = parts_of(CompletionResponse(text="x", delta="x", logprobs=[UNSURE]))
-    back = LlamaLogprobs(TokenStore(parts.tokens))
+    back = llama_logprobs(TokenStore(parts.tokens))
     assert len(back) == 1 and [p.token for p in back[0]] == list("abcd")
     assert all(isinstance(p, LogProb) for p in back[0])
     response = CompletionResponse(text="x")
