@@ -46,14 +46,14 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 
 from ..errors import EntropyExitWarning, PolicyError
 from .guards import stop_indices
 from .monitor import EntropyMonitor
-from .policy import ExitPolicy
+from .policy import ExitPolicy, WatchedPhase
 from .signals import (
     INCONCLUSIVE,
     LEVEL,
@@ -113,7 +113,9 @@ __all__ = [
 ]
 
 
-def sequence_entropy(tokens: Sequence[TokenLogprob], *, k: int = 20, phase: str = "auto") -> float | None:
+def sequence_entropy(
+    tokens: Sequence[TokenLogprob], *, k: int = 20, phase: WatchedPhase = "auto"
+) -> float | None:
     """Mean token entropy over the watched tokens, computed by the same monitor as live runs."""
     return _sequence_stats(tokens, k=k, phase=phase).entropy
 
@@ -126,8 +128,10 @@ class _SequenceStats(NamedTuple):
     counts each as the largest entropy a token can have."""
 
 
-def _sequence_stats(tokens: Sequence[TokenLogprob], *, k: int = 20, phase: str = "auto") -> _SequenceStats:
-    policy = ExitPolicy(threshold=0.0, min_tokens=0, top_k=min(max(k, 1), 20), phase=phase)  # type: ignore[arg-type]
+def _sequence_stats(
+    tokens: Sequence[TokenLogprob], *, k: int = 20, phase: WatchedPhase = "auto"
+) -> _SequenceStats:
+    policy = ExitPolicy(threshold=0.0, min_tokens=0, top_k=min(max(k, 1), 20), phase=phase)
     monitor = EntropyMonitor(policy)
     watched = unknown = 0
     for token in tokens:
@@ -448,9 +452,10 @@ def _example(item: Any, k: int, window: int, index: int) -> tuple[CalibrationExa
     if isinstance(signal, (int, float, np.floating)) and not isinstance(signal, bool):
         entropy = float(signal)
     elif len(signal) and isinstance(signal[0], TokenLogprob):
+        signal = cast("Sequence[TokenLogprob]", signal)  # a list of one kind: the first item says which
         with warnings.catch_warnings():  # malformed tokens are counted and reported once, below
             warnings.filterwarnings("ignore", message="malformed logprobs", category=EntropyExitWarning)
-            stats = _sequence_stats(signal, k=k)  # type: ignore[arg-type]
+            stats = _sequence_stats(signal, k=k)
         entropy, watched, unknown = stats
         if watched and unknown == watched:
             raise ExampleError(
@@ -458,7 +463,7 @@ def _example(item: Any, k: int, window: int, index: int) -> tuple[CalibrationExa
                 f"none of its {watched} watched tokens has usable logprobs (missing, or not finite such "
                 "as NaN): its entropy cannot be measured; record it again with top_logprobs, or drop it",
             )
-        lowest = _finite_lowest_group_confidence(signal, window)  # type: ignore[arg-type]
+        lowest = _finite_lowest_group_confidence(signal, window)
         tokens_used = len(signal) if tokens_used is None else tokens_used
     else:
         values = np.asarray(signal, dtype=float)
