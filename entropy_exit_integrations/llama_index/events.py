@@ -83,7 +83,7 @@ class EntropyExitEventHandler(BaseEventHandler):
     ledger: Any = Field(default_factory=SavingsLedger, description="Ledger of every recorded report.")
     records: list[LLMCallRecord] = Field(default_factory=list)
 
-    _sessions: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _calls: dict[str, MonitoredCall] = PrivateAttr(default_factory=dict)  # of plain LLMs, by span
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, **data: Any) -> None:
@@ -114,38 +114,35 @@ class EntropyExitEventHandler(BaseEventHandler):
 
     def _start(self, event: Any) -> None:
         model = getattr(event, "model_dict", None) or {}
-        state = _CallState(wrapper=model.get("class_name") == _WRAPPER)
-        if not state.wrapper:
-            max_tokens = model.get("num_output")
-            state.call = MonitoredCall(
-                self.policy,
-                max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
-                model=model.get("model_name"),
-                terminal_required=False,  # events carry responses, not the wire
-            )
+        if model.get("class_name") == _WRAPPER:
+            return  # the wrapper's end event carries its own report
+        max_tokens = model.get("num_output")
+        call = MonitoredCall(
+            self.policy,
+            max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
+            model=model.get("model_name"),
+            terminal_required=False,  # events carry responses, not the wire
+        )
         with self._lock:
-            self._sessions[event.span_id] = state
+            self._calls[event.span_id] = call
 
     def _progress(self, event: Any) -> None:
-        state = self._sessions.get(event.span_id)
-        if state is None or state.wrapper:
-            return
-        state.streamed = True
-        state.call.feed(parts_of(event.response))
+        call = self._calls.get(event.span_id)
+        if call is not None:
+            call.feed(parts_of(event.response))
 
     def _end(self, event: Any) -> None:
         with self._lock:
-            state = self._sessions.pop(event.span_id, None)
+            call = self._calls.pop(event.span_id, None)
         response = getattr(event, "response", None)
         extra = getattr(response, "additional_kwargs", None) or {}
         if REPORT_KEY in extra:
             report = SavingsReport.from_dict(extra[REPORT_KEY])
             self._record(LLMCallRecord(event.span_id, report, "wrapper"))
             return
-        if state is None or state.wrapper or state.call is None or response is None:
+        if call is None or response is None:
             return
-        call = state.call
-        if not state.streamed:
+        if call.chunks_seen == 0:  # not streamed
             call.feed(_whole_response_parts(response))
         report = call.finish().report  # never cut: exited=False, decision_token_index says where
         would_at = report.decision_token_index
@@ -185,13 +182,6 @@ class EntropyExitEventHandler(BaseEventHandler):
         }
 
 
-@dataclass
-class _CallState:
-    wrapper: bool
-    call: Any = None
-    streamed: bool = False
-
-
 def _whole_response_parts(response: Any) -> ChunkParts:
     """A non-streamed response: LlamaIndex's ``.logprobs`` (all tokens), else its raw response."""
     tokens = tokens_from_llama_logprobs(getattr(response, "logprobs", None))
@@ -215,7 +205,6 @@ class EntropyExitReportEvent(BaseEvent):
         return "EntropyExitReportEvent"
 
 
-def dispatch_report(report: SavingsReport | dict[str, Any], span_id: str | None) -> None:
+def dispatch_report(report: SavingsReport, span_id: str | None) -> None:
     """Dispatch an ``EntropyExitReportEvent`` to every LlamaIndex event handler."""
-    data = report.to_dict() if isinstance(report, SavingsReport) else report
-    _dispatcher.event(EntropyExitReportEvent(report=data, span_id=span_id))
+    _dispatcher.event(EntropyExitReportEvent(report=report.to_dict(), span_id=span_id))
