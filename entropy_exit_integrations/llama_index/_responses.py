@@ -1,10 +1,4 @@
-"""LlamaIndex responses <-> ChunkParts and LlamaIndex's own logprob type.
-
-A streamed ``ChatResponse``/``CompletionResponse`` is read from ``response.raw`` (the provider's
-chunk: llama-index-llms-openai fills ``.logprobs`` only when not streaming) and, when the raw chunk
-says nothing, from LlamaIndex's own fields: ``delta``, ``.logprobs`` (per token, the top
-candidates) and ``additional_kwargs["thinking_delta"]`` (reasoning).
-"""
+"""LlamaIndex responses <-> ChunkParts and LlamaIndex's own logprob type."""
 
 from __future__ import annotations
 
@@ -19,7 +13,9 @@ from ..providers.parts import ChunkParts
 
 
 def parts_of(response: Any) -> ChunkParts:
-    """The ChunkParts of one streamed LlamaIndex response."""
+    """The ChunkParts of one streamed LlamaIndex response: its ``raw`` chunk (see
+    ``parse_llama_index_response``) or, when that says nothing, LlamaIndex's own fields:
+    ``delta``, ``.logprobs`` and ``additional_kwargs["thinking_delta"]`` (reasoning)."""
     parts = parse_llama_index_response(response)
     extra = getattr(response, "additional_kwargs", None) or {}
     thinking = extra.get("thinking_delta") if isinstance(extra, dict) else None
@@ -86,15 +82,12 @@ def text_of(response: Any) -> str:
 
 
 def with_text(message: Any, text: str) -> Any:
-    """A copy of a ChatMessage whose (last) text block reads ``text``; other blocks are kept."""
+    """A copy of a ChatMessage whose text block reads ``text``; other blocks are kept. Several
+    text blocks (the content is their concatenation) become one, after the others."""
     blocks = list(message.blocks)
-    for i in range(len(blocks) - 1, -1, -1):
-        if isinstance(blocks[i], TextBlock):
-            blocks[i] = TextBlock(text=text)
-            break
+    texts = [i for i, block in enumerate(blocks) if isinstance(block, TextBlock)]
+    if len(texts) == 1:
+        blocks[texts[0]] = TextBlock(text=text)
     else:
-        blocks.append(TextBlock(text=text))
-    others = [b for b in blocks if isinstance(b, TextBlock)]
-    if len(others) > 1:  # several text blocks: the content is their concatenation; keep one
         blocks = [b for b in blocks if not isinstance(b, TextBlock)] + [TextBlock(text=text)]
     return message.model_copy(update={"blocks": blocks})

@@ -1,15 +1,10 @@
 """Really stopping a LlamaIndex stream: capture the httpx response and close it.
 
-llama-index-llms-openai iterates the openai SDK's stream inside its own generator; closing that
-generator leaves the HTTP response open (the SDK stream is kept alive by reference cycles), so
-the server goes on generating. The fix used here: an httpx ``response`` event hook on the client
-that the LLM's openai client uses. The hook runs when the response headers arrive, before the
-body is read, and records the response in the ``ResponseCapture`` active in the current context
-(a ``ContextVar``, so concurrent calls in threads or asyncio tasks never see each other's
-responses). On exit the integration closes what it captured; the server sees the disconnect.
-Outside a capture the hook does nothing. The hooked clients reach the LLM through its public
-``http_client=``/``async_http_client=`` constructor arguments (``http_clients()``); a built
-LLM is never changed.
+Closing llama-index-llms-openai's generator leaves the openai SDK's HTTP response open (kept
+alive by reference cycles), so the server goes on generating. So an httpx ``response`` hook on
+the clients of ``http_clients()`` records each response, when its headers arrive, in the
+``ResponseCapture`` active in the current context (a ``ContextVar``: concurrent calls never see
+each other's); on exit the integration closes what it captured. Outside a capture it does nothing.
 """
 
 from __future__ import annotations
