@@ -19,7 +19,7 @@ On exit the HTTP response is closed (``Stream.close()``), so the server stops ge
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -62,6 +62,8 @@ class _Transport:
 class _MonitoredStream:
     """What the sync and async streams share: the call, its transport and, at the end, its result."""
 
+    _drive: Any  # drive or adrive
+
     def __init__(
         self, client: Any, api: Api, options: ExitOptions, keep_chunks: bool, create_kwargs: dict[str, Any]
     ) -> None:
@@ -77,10 +79,7 @@ class _MonitoredStream:
         )
         self._chunks: list[Any] | None = [] if keep_chunks else None
         self._result: ExitResult | None = None
-        self._steps = self._run(client, api, create_kwargs)
-
-    def _run(self, client: Any, api: Api, create_kwargs: dict[str, Any]) -> Any:
-        raise NotImplementedError
+        self._steps = type(self)._drive(self._call, _Transport(client, api, create_kwargs))
 
     @property
     def result(self) -> ExitResult:
@@ -113,8 +112,7 @@ class ExitStream(_MonitoredStream):
     Closing it (or leaving the ``with`` block) early closes the HTTP response.
     """
 
-    def _run(self, client: Any, api: Api, create_kwargs: dict[str, Any]) -> Iterator[Output]:
-        return drive(self._call, _Transport(client, api, create_kwargs))
+    _drive = staticmethod(drive)
 
     def __enter__(self) -> ExitStream:
         return self
@@ -134,8 +132,7 @@ class ExitStream(_MonitoredStream):
 class AsyncExitStream(_MonitoredStream):
     """Async twin of ExitStream: ``async for delta in stream``, then ``stream.result``."""
 
-    def _run(self, client: Any, api: Api, create_kwargs: dict[str, Any]) -> AsyncGenerator[Output, None]:
-        return adrive(self._call, _Transport(client, api, create_kwargs))
+    _drive = staticmethod(adrive)
 
     async def __aenter__(self) -> AsyncExitStream:
         return self
@@ -167,10 +164,7 @@ def iter_chat(
 
     Args:
         client: an ``openai.OpenAI`` client.
-        options: the call's ``ExitOptions``; or pass its fields here instead: ``policy``
-            (required), ``force_answer``, ``forcing``, ``probes``, ``ledger``, ``on_token``.
-            Probes are read while the server goes on generating the main stream (a second
-            slot: llama-server ``--parallel``, vLLM).
+        options: the call's ``ExitOptions``; or pass its fields instead (``policy=`` at least).
         keep_chunks: keep the raw chunks on the result.
         **kwargs: the option fields, and ``client.chat.completions.create``'s arguments;
             ``stream``, ``logprobs``, ``top_logprobs`` (policy.top_k) and ``stream_options``
