@@ -33,8 +33,6 @@ from .providers.openai_chat import parse_chat_chunk
 from .providers.reasoning import ReasoningFormat, resolve_format
 from .session import TextDelta
 
-_REQUEST_ONLY = ("messages", "prompt", "stream")
-
 
 class _Transport:
     """The openai SDK as the driver's transport: ``create(stream=True)`` and ``Stream.close()``.
@@ -64,20 +62,21 @@ class _MonitoredStream:
 
     _drive: Any  # drive or adrive
 
-    def __init__(
-        self, client: Any, api: Api, options: ExitOptions, keep_chunks: bool, create_kwargs: dict[str, Any]
-    ) -> None:
+    def __init__(self, client: Any, api: Api, create_kwargs: dict[str, Any]) -> None:
+        owner = "stream_chat()" if api == "chat" else "stream_completion()"
+        fields = {name: create_kwargs.pop(name, None) for name in OPTION_NAMES}
+        options = ExitOptions.build(create_kwargs.pop("options", None), owner, **fields)
+        self._chunks: list[Any] | None = [] if create_kwargs.pop("keep_chunks", False) else None
         self._call = MonitoredCall(
             options,
             api=api,
-            fields={k: v for k, v in create_kwargs.items() if k not in _REQUEST_ONLY},
+            fields={k: v for k, v in create_kwargs.items() if k not in ("messages", "prompt", "stream")},
             messages=list(create_kwargs.get("messages") or []),
             prompt=str(create_kwargs.get("prompt") or ""),
             model=create_kwargs.get("model"),
             base_url=str(getattr(client, "base_url", "") or ""),
             usage_fields=STREAM_USAGE,
         )
-        self._chunks: list[Any] | None = [] if keep_chunks else None
         self._result: ExitResult | None = None
         self._steps = type(self)._drive(self._call, _Transport(client, api, create_kwargs))
 
@@ -108,8 +107,6 @@ class ExitStream(_MonitoredStream):
             for delta in stream:
                 print(delta.text, end="")
         print(stream.result.report)
-
-    Closing it (or leaving the ``with`` block) early closes the HTTP response.
     """
 
     _drive = staticmethod(drive)
@@ -150,13 +147,6 @@ class AsyncExitStream(_MonitoredStream):
                 yield delta
 
 
-def _stream(cls: type[Any], client: Any, api: Api, kwargs: dict[str, Any]) -> Any:
-    owner = "stream_chat()" if api == "chat" else "stream_completion()"
-    options, keep_chunks = kwargs.pop("options", None), kwargs.pop("keep_chunks", False)
-    fields = {name: kwargs.pop(name, None) for name in OPTION_NAMES}
-    return cls(client, api, ExitOptions.build(options, owner, **fields), keep_chunks, kwargs)
-
-
 def iter_chat(
     client: openai.OpenAI, *, options: ExitOptions | None = None, keep_chunks: bool = False, **kwargs: Any
 ) -> ExitStream:
@@ -170,22 +160,22 @@ def iter_chat(
             ``stream``, ``logprobs``, ``top_logprobs`` (policy.top_k) and ``stream_options``
             are added when absent. ``n`` above 1 is refused (one call per sample).
     """
-    return _stream(ExitStream, client, "chat", {"options": options, "keep_chunks": keep_chunks, **kwargs})
+    return ExitStream(client, "chat", {"options": options, "keep_chunks": keep_chunks, **kwargs})
 
 
 def aiter_chat(client: openai.AsyncOpenAI, **kwargs: Any) -> AsyncExitStream:
     """Async twin of ``iter_chat`` for ``openai.AsyncOpenAI`` (the same arguments)."""
-    return _stream(AsyncExitStream, client, "chat", kwargs)
+    return AsyncExitStream(client, "chat", kwargs)
 
 
 def iter_completion(client: openai.OpenAI, **kwargs: Any) -> ExitStream:
     """``iter_chat`` for the legacy Completions API (``logprobs=policy.top_k`` is added)."""
-    return _stream(ExitStream, client, "completions", kwargs)
+    return ExitStream(client, "completions", kwargs)
 
 
 def aiter_completion(client: openai.AsyncOpenAI, **kwargs: Any) -> AsyncExitStream:
     """Async twin of ``iter_completion``."""
-    return _stream(AsyncExitStream, client, "completions", kwargs)
+    return AsyncExitStream(client, "completions", kwargs)
 
 
 def detect_reasoning_format(
@@ -193,9 +183,8 @@ def detect_reasoning_format(
 ) -> ReasoningFormat:
     """The reasoning format of a server's raw output, for ``ExitOptions(reasoning_format=...)``.
 
-    One request: llama.cpp's ``GET /props`` (its chat template says whether the generation
-    prompt opens ``<think>``: ``"think_open"``). A server without ``/props`` (vLLM, OpenAI)
-    falls back to the model-family table (``format_for_model(model)``), then ``"auto"``.
+    One request: llama.cpp's ``GET /props`` (read by ``format_from_props``); a server without it
+    (vLLM, OpenAI) falls back to the model-family table (``format_for_model(model)``), then ``"auto"``.
 
     >>> detect_reasoning_format("http://127.0.0.1:8080/v1")  # doctest: +SKIP
     'auto'
