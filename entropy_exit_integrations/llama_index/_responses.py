@@ -40,10 +40,8 @@ def tokens_from_llama_logprobs(logprobs: Any, phase: Phase = Phase.ANSWER) -> tu
 
     The type does not say which candidate was sampled: the most likely one is taken as the token.
     """
-    if not logprobs:
-        return ()
     tokens = []
-    for candidates in logprobs:
+    for candidates in logprobs or ():
         pairs = [(c.token, float(c.logprob)) for c in candidates or ()]
         if not pairs:
             continue
@@ -73,8 +71,6 @@ def llama_logprobs(tokens: Sequence[TokenLogprob]) -> list[list[LogProb]]:
 
 def text_of(response: Any) -> str:
     """Accumulated text of a response: the message content (chat) or ``text`` (completion)."""
-    if response is None:
-        return ""
     message = getattr(response, "message", None)
     if message is not None:
         return message.content or ""

@@ -1,10 +1,4 @@
-"""One ``EntropyExitLLM`` call: the inner LLM's public streams in, LlamaIndex responses out.
-
-Request fields the inner LLM holds as its own fields (``max_tokens``, ``logprobs``,
-``top_logprobs``: llama-index-llms-openai lets them override call kwargs) go on a shallow
-``model_copy``; the rest are call kwargs. Closing a stream closes the inner generator and the
-HTTP response captured by the hooks of ``http_clients()`` (see ``closing``).
-"""
+"""One ``EntropyExitLLM`` call: the inner LLM's public streams in, LlamaIndex responses out."""
 
 from __future__ import annotations
 
@@ -26,7 +20,6 @@ from .closing import ResponseCapture
 from .events import dispatch_report
 
 Mode = Literal["chat", "completion"]
-_MODEL_FIELDS = ("max_tokens", "logprobs", "top_logprobs")
 _END = object()
 
 
@@ -42,7 +35,6 @@ class Call:
     def __init__(self, owner: Any, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool = False):
         inner = owner.llm
         self.owner = owner
-        self.inner = inner
         self.mode = mode
         self.payload = payload  # messages (chat) or prompt (completion)
         self.formatted = formatted
@@ -91,8 +83,10 @@ class Call:
     # -- the transport ----------------------------------------------------------------------
 
     def open(self, spec: RequestSpec) -> Any:
-        """The inner LLM's stream for ``spec`` (async: a coroutine that ``adrive`` awaits)."""
-        fields, payload, llm, mode = dict(spec.fields), self.payload, self.inner, self.mode
+        """The inner LLM's stream for ``spec`` (async: a coroutine that ``adrive`` awaits). Fields
+        the LLM holds as its own (llama-index-llms-openai lets them override call kwargs) go on a
+        shallow ``model_copy``; the rest are call kwargs."""
+        fields, payload, llm, mode = dict(spec.fields), self.payload, self.owner.llm, self.mode
         if spec.prompt is not None:
             payload = spec.prompt
         elif spec.messages:
@@ -100,9 +94,9 @@ class Call:
                 ChatMessage(role=m["role"], content=m["content"]) for m in spec.messages
             ]
         if self.openai_based:
-            update = {name: fields.pop(name, None) for name in _MODEL_FIELDS}
+            update = {name: fields.pop(name, None) for name in ("max_tokens", "logprobs", "top_logprobs")}
             update["logprobs"] = bool(update["logprobs"])
-            llm = self.inner.model_copy(update=update)
+            llm = llm.model_copy(update=update)
             mode = "completion" if spec.prompt is not None else ("chat" if spec.messages else self.mode)
         else:  # no way to ask for more: forward what the caller passed
             fields = {k: fields[k] for k in self.call.fields if k in fields}

@@ -1,16 +1,4 @@
-"""``EntropyExitEventHandler``: entropy and savings of every LLM call, via LlamaIndex instrumentation.
-
-from llama_index.core.instrumentation import get_dispatcher
-handler = EntropyExitEventHandler(policy=ExitPolicy(threshold=1.0))
-get_dispatcher().add_event_handler(handler)
-response = query_engine.query("...")
-response.metadata["entropy_exit"]      # the records of the LLM calls this query made
-handler.records, handler.ledger        # every call so far
-
-Every ``EntropyExitLLM`` call also dispatches an ``EntropyExitReportEvent`` (its report, on the
-call's instrumentation span) when it ends or breaks: any LlamaIndex event handler or
-observability integration that records events sees it.
-"""
+"""``EntropyExitEventHandler``: entropy and savings of every LLM call, via LlamaIndex instrumentation."""
 
 from __future__ import annotations
 
@@ -31,7 +19,6 @@ from ..providers.parts import ChunkParts
 from ._responses import parts_of, text_of, tokens_from_llama_logprobs
 from .closing import ACTIVE
 
-_WRAPPER = "EntropyExitLLM"
 _dispatcher = get_dispatcher(__name__)
 _OPEN_QUERIES: ContextVar[tuple[list[LLMCallRecord], ...]] = ContextVar(
     "entropy_exit_open_queries", default=()
@@ -59,22 +46,26 @@ class LLMCallRecord:
     tokens_after_exit: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["report"] = self.report.to_dict()
-        return data
+        return {**asdict(self), "report": self.report.to_dict()}
 
 
 class EntropyExitEventHandler(BaseEventHandler):
     """Records the entropy and the (possible) savings of every LLM call in an app.
 
-    Listens to the LLM chat/completion start, in-progress and end events of
-    ``llama_index.core.instrumentation``. For an ``EntropyExitLLM`` it records the report the
-    wrapper attached; for any other LLM it reads the logprobs of the streamed chunks (or of the
-    final response) and records where the policy *would* have exited and how many tokens that
-    would have saved. It only records: LlamaIndex swallows every exception an event handler
-    raises, so a handler cannot abort a generation; use ``EntropyExitLLM`` to stop early.
-    Query engines get the records of their calls in ``response.metadata["entropy_exit"]``.
-    Calls an ``EntropyExitLLM`` makes to its inner LLM are not recorded twice.
+    For an ``EntropyExitLLM`` call it records the report the wrapper attached (not its inner
+    LLM's call again); for any other LLM it reads the logprobs of the streamed chunks (or of the
+    final response) and records where the policy *would* have exited and what that would have
+    saved. It only records: LlamaIndex swallows a handler's exceptions, so a handler cannot
+    abort a generation; use ``EntropyExitLLM`` to stop early.
+
+    Example::
+
+        from llama_index.core.instrumentation import get_dispatcher
+        handler = EntropyExitEventHandler(policy=ExitPolicy(threshold=1.0))
+        get_dispatcher().add_event_handler(handler)
+        response = query_engine.query("...")
+        response.metadata["entropy_exit"]      # the records of the LLM calls this query made
+        handler.records, handler.summary()     # every call so far
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -114,7 +105,7 @@ class EntropyExitEventHandler(BaseEventHandler):
 
     def _start(self, event: Any) -> None:
         model = getattr(event, "model_dict", None) or {}
-        if model.get("class_name") == _WRAPPER:
+        if model.get("class_name") == "EntropyExitLLM":
             return  # the wrapper's end event carries its own report
         max_tokens = model.get("num_output")
         call = MonitoredCall(
@@ -172,8 +163,7 @@ class EntropyExitEventHandler(BaseEventHandler):
     def summary(self) -> dict[str, Any]:
         """Ledger totals plus what exits would have saved on the monitored (plain) calls."""
         with self._lock:
-            records = list(self.records)
-        monitored = [r for r in records if r.source == "monitor"]
+            monitored = [r for r in self.records if r.source == "monitor"]
         return {
             **self.ledger.summary(),
             "monitored_calls": len(monitored),

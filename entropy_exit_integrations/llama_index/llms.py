@@ -48,15 +48,11 @@ class EntropyExitLLM(FunctionCallingLLM):
         print(llm.complete("What is 7 + 5?").additional_kwargs["entropy_exit"])
 
     Args:
-        llm: the inner LLM. For a real stop and automatic logprob requests use an openai-SDK
-            based one (``OpenAI``, ``OpenAILike``) built with the hooked HTTP clients:
-            ``OpenAILike(..., http_client=sync_client, async_http_client=async_client)`` with
-            ``sync_client, async_client = http_clients()``; without them an exit closes the
-            generator but not the HTTP response (a warning says so once). Any other LLM works
-            as a monitor when its streamed responses carry logprobs (``raw`` chunks in the
-            OpenAI shape or ``.logprobs``), else ``LogprobsUnavailableError`` is raised.
-        options: every exit setting (``ExitOptions``); or pass its fields instead: ``policy``
-            (required), ``force_answer``, ``forcing``, ``probes``, ``ledger``, ``on_token``.
+        llm: the inner LLM. An openai-SDK based one (``OpenAI``, ``OpenAILike``) gets logprobs
+            asked for and, built with the clients of ``http_clients()`` as above, really stops
+            (else a warning says the HTTP response stays open). Any other LLM works as a monitor
+            when its streamed responses carry logprobs, else ``LogprobsUnavailableError``.
+        options: every exit setting (``ExitOptions``); or pass its fields instead (``policy=``).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
