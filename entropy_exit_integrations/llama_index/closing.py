@@ -67,17 +67,10 @@ class ResponseCapture:
 
 
 def http_clients(**kwargs: Any) -> tuple[httpx.Client, httpx.AsyncClient]:
-    """An ``(http_client, async_http_client)`` pair with the capture hooks installed.
-
-    Pass them to the inner LLM when you build it, through its public constructor arguments,
-    so that an exit of ``EntropyExitLLM`` closes the HTTP response and the server stops::
-
-        sync_client, async_client = http_clients()
-        inner = OpenAILike(model=..., api_base=..., http_client=sync_client,
-                           async_http_client=async_client)
-
-    ``kwargs`` go to both clients (the openai SDK's defaults: timeouts, connection limits).
-    """
+    """An ``(http_client, async_http_client)`` pair with the capture hooks installed: pass them to
+    the inner LLM's public ``http_client=``/``async_http_client=`` (``EntropyExitLLM``'s example)
+    so that an exit closes the HTTP response and the server stops. ``kwargs`` go to both
+    clients (the openai SDK's defaults: timeouts, connection limits)."""
     import openai
 
     return (
