@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple, cast
 
@@ -220,6 +220,7 @@ class MonitoredCall:
             ``api``, with ``top_logprobs=policy.top_k``).
         usage_fields: fields that ask the server to stream usage (``stream_options``), added
             to the main request unless the caller set them.
+        on_report: called with the report when the call ends, or breaks (the partial report).
     """
 
     def __init__(
@@ -238,6 +239,7 @@ class MonitoredCall:
         logprobs_hint: str = "",
         logprob_fields: Mapping[str, Any] | None = None,
         usage_fields: Mapping[str, Any] | None = None,
+        on_report: Callable[[SavingsReport], None] | None = None,
     ) -> None:
         if not isinstance(options, ExitOptions):
             options = ExitOptions(policy=options)  # TypeError naming what was given instead
@@ -259,6 +261,7 @@ class MonitoredCall:
         self.reasoning_field = reasoning_field
         self.on_token: OnToken | None = options.on_token
         self.logprobs_hint = logprobs_hint
+        self.on_report = on_report
         fmt = resolve_format(options.reasoning_format, model=model)
         keep_tokens = options.keep_tokens or options.trace_sink is not None
         self.session = ExitSession(policy, reasoning_format=fmt, keep_tokens=keep_tokens)
@@ -727,6 +730,8 @@ class MonitoredCall:
             write_quietly(cast(TraceSinkLike, sink), self._trace(result))  # (a path became a sink)
         if self.options.ledger is not None:
             self.options.ledger.record(report)
+        if self.on_report is not None:
+            self.on_report(report)
         record_call(self.api, result)  # OpenTelemetry span and counters (the otel extra), else nothing
         return result
 

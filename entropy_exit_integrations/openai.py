@@ -19,7 +19,7 @@ On exit the HTTP response is closed (``Stream.close()``), so the server stops ge
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -32,8 +32,6 @@ from .providers.completions import parse_completion_chunk
 from .providers.openai_chat import parse_chat_chunk
 from .providers.reasoning import ReasoningFormat, resolve_format
 from .session import TextDelta
-
-_REQUEST_ONLY = ("messages", "prompt", "stream")
 
 
 class _Transport:
@@ -62,25 +60,25 @@ class _Transport:
 class _MonitoredStream:
     """What the sync and async streams share: the call, its transport and, at the end, its result."""
 
-    def __init__(
-        self, client: Any, api: Api, options: ExitOptions, keep_chunks: bool, create_kwargs: dict[str, Any]
-    ) -> None:
+    _drive: Any  # drive or adrive
+
+    def __init__(self, client: Any, api: Api, create_kwargs: dict[str, Any]) -> None:
+        owner = "stream_chat()" if api == "chat" else "stream_completion()"
+        fields = {name: create_kwargs.pop(name, None) for name in OPTION_NAMES}
+        options = ExitOptions.build(create_kwargs.pop("options", None), owner, **fields)
+        self._chunks: list[Any] | None = [] if create_kwargs.pop("keep_chunks", False) else None
         self._call = MonitoredCall(
             options,
             api=api,
-            fields={k: v for k, v in create_kwargs.items() if k not in _REQUEST_ONLY},
+            fields={k: v for k, v in create_kwargs.items() if k not in ("messages", "prompt", "stream")},
             messages=list(create_kwargs.get("messages") or []),
             prompt=str(create_kwargs.get("prompt") or ""),
             model=create_kwargs.get("model"),
             base_url=str(getattr(client, "base_url", "") or ""),
             usage_fields=STREAM_USAGE,
         )
-        self._chunks: list[Any] | None = [] if keep_chunks else None
         self._result: ExitResult | None = None
-        self._steps = self._run(client, api, create_kwargs)
-
-    def _run(self, client: Any, api: Api, create_kwargs: dict[str, Any]) -> Any:
-        raise NotImplementedError
+        self._steps = type(self)._drive(self._call, _Transport(client, api, create_kwargs))
 
     @property
     def result(self) -> ExitResult:
@@ -109,12 +107,9 @@ class ExitStream(_MonitoredStream):
             for delta in stream:
                 print(delta.text, end="")
         print(stream.result.report)
-
-    Closing it (or leaving the ``with`` block) early closes the HTTP response.
     """
 
-    def _run(self, client: Any, api: Api, create_kwargs: dict[str, Any]) -> Iterator[Output]:
-        return drive(self._call, _Transport(client, api, create_kwargs))
+    _drive = staticmethod(drive)
 
     def __enter__(self) -> ExitStream:
         return self
@@ -134,8 +129,7 @@ class ExitStream(_MonitoredStream):
 class AsyncExitStream(_MonitoredStream):
     """Async twin of ExitStream: ``async for delta in stream``, then ``stream.result``."""
 
-    def _run(self, client: Any, api: Api, create_kwargs: dict[str, Any]) -> AsyncGenerator[Output, None]:
-        return adrive(self._call, _Transport(client, api, create_kwargs))
+    _drive = staticmethod(adrive)
 
     async def __aenter__(self) -> AsyncExitStream:
         return self
@@ -153,13 +147,6 @@ class AsyncExitStream(_MonitoredStream):
                 yield delta
 
 
-def _stream(cls: type[Any], client: Any, api: Api, kwargs: dict[str, Any]) -> Any:
-    owner = "stream_chat()" if api == "chat" else "stream_completion()"
-    options, keep_chunks = kwargs.pop("options", None), kwargs.pop("keep_chunks", False)
-    fields = {name: kwargs.pop(name, None) for name in OPTION_NAMES}
-    return cls(client, api, ExitOptions.build(options, owner, **fields), keep_chunks, kwargs)
-
-
 def iter_chat(
     client: openai.OpenAI, *, options: ExitOptions | None = None, keep_chunks: bool = False, **kwargs: Any
 ) -> ExitStream:
@@ -167,31 +154,28 @@ def iter_chat(
 
     Args:
         client: an ``openai.OpenAI`` client.
-        options: the call's ``ExitOptions``; or pass its fields here instead: ``policy``
-            (required), ``force_answer``, ``forcing``, ``probes``, ``ledger``, ``on_token``.
-            Probes are read while the server goes on generating the main stream (a second
-            slot: llama-server ``--parallel``, vLLM).
+        options: the call's ``ExitOptions``; or pass its fields instead (``policy=`` at least).
         keep_chunks: keep the raw chunks on the result.
         **kwargs: the option fields, and ``client.chat.completions.create``'s arguments;
             ``stream``, ``logprobs``, ``top_logprobs`` (policy.top_k) and ``stream_options``
             are added when absent. ``n`` above 1 is refused (one call per sample).
     """
-    return _stream(ExitStream, client, "chat", {"options": options, "keep_chunks": keep_chunks, **kwargs})
+    return ExitStream(client, "chat", {"options": options, "keep_chunks": keep_chunks, **kwargs})
 
 
 def aiter_chat(client: openai.AsyncOpenAI, **kwargs: Any) -> AsyncExitStream:
     """Async twin of ``iter_chat`` for ``openai.AsyncOpenAI`` (the same arguments)."""
-    return _stream(AsyncExitStream, client, "chat", kwargs)
+    return AsyncExitStream(client, "chat", kwargs)
 
 
 def iter_completion(client: openai.OpenAI, **kwargs: Any) -> ExitStream:
     """``iter_chat`` for the legacy Completions API (``logprobs=policy.top_k`` is added)."""
-    return _stream(ExitStream, client, "completions", kwargs)
+    return ExitStream(client, "completions", kwargs)
 
 
 def aiter_completion(client: openai.AsyncOpenAI, **kwargs: Any) -> AsyncExitStream:
     """Async twin of ``iter_completion``."""
-    return _stream(AsyncExitStream, client, "completions", kwargs)
+    return AsyncExitStream(client, "completions", kwargs)
 
 
 def detect_reasoning_format(
@@ -199,9 +183,8 @@ def detect_reasoning_format(
 ) -> ReasoningFormat:
     """The reasoning format of a server's raw output, for ``ExitOptions(reasoning_format=...)``.
 
-    One request: llama.cpp's ``GET /props`` (its chat template says whether the generation
-    prompt opens ``<think>``: ``"think_open"``). A server without ``/props`` (vLLM, OpenAI)
-    falls back to the model-family table (``format_for_model(model)``), then ``"auto"``.
+    One request: llama.cpp's ``GET /props`` (read by ``format_from_props``); a server without it
+    (vLLM, OpenAI) falls back to the model-family table (``format_for_model(model)``), then ``"auto"``.
 
     >>> detect_reasoning_format("http://127.0.0.1:8080/v1")  # doctest: +SKIP
     'auto'

@@ -1,10 +1,4 @@
-"""LlamaIndex responses <-> ChunkParts and LlamaIndex's own logprob type.
-
-A streamed ``ChatResponse``/``CompletionResponse`` is read from ``response.raw`` (the provider's
-chunk: llama-index-llms-openai fills ``.logprobs`` only when not streaming) and, when the raw chunk
-says nothing, from LlamaIndex's own fields: ``delta``, ``.logprobs`` (per token, the top
-candidates) and ``additional_kwargs["thinking_delta"]`` (reasoning).
-"""
+"""LlamaIndex responses <-> ChunkParts and LlamaIndex's own logprob type."""
 
 from __future__ import annotations
 
@@ -19,7 +13,9 @@ from ..providers.parts import ChunkParts
 
 
 def parts_of(response: Any) -> ChunkParts:
-    """The ChunkParts of one streamed LlamaIndex response."""
+    """The ChunkParts of one streamed LlamaIndex response: its ``raw`` chunk (see
+    ``parse_llama_index_response``) or, when that says nothing, LlamaIndex's own fields:
+    ``delta``, ``.logprobs`` and ``additional_kwargs["thinking_delta"]`` (reasoning)."""
     parts = parse_llama_index_response(response)
     extra = getattr(response, "additional_kwargs", None) or {}
     thinking = extra.get("thinking_delta") if isinstance(extra, dict) else None
@@ -44,10 +40,8 @@ def tokens_from_llama_logprobs(logprobs: Any, phase: Phase = Phase.ANSWER) -> tu
 
     The type does not say which candidate was sampled: the most likely one is taken as the token.
     """
-    if not logprobs:
-        return ()
     tokens = []
-    for candidates in logprobs:
+    for candidates in logprobs or ():
         pairs = [(c.token, float(c.logprob)) for c in candidates or ()]
         if not pairs:
             continue
@@ -77,8 +71,6 @@ def llama_logprobs(tokens: Sequence[TokenLogprob]) -> list[list[LogProb]]:
 
 def text_of(response: Any) -> str:
     """Accumulated text of a response: the message content (chat) or ``text`` (completion)."""
-    if response is None:
-        return ""
     message = getattr(response, "message", None)
     if message is not None:
         return message.content or ""
@@ -86,15 +78,12 @@ def text_of(response: Any) -> str:
 
 
 def with_text(message: Any, text: str) -> Any:
-    """A copy of a ChatMessage whose (last) text block reads ``text``; other blocks are kept."""
+    """A copy of a ChatMessage whose text block reads ``text``; other blocks are kept. Several
+    text blocks (the content is their concatenation) become one, after the others."""
     blocks = list(message.blocks)
-    for i in range(len(blocks) - 1, -1, -1):
-        if isinstance(blocks[i], TextBlock):
-            blocks[i] = TextBlock(text=text)
-            break
+    texts = [i for i, block in enumerate(blocks) if isinstance(block, TextBlock)]
+    if len(texts) == 1:
+        blocks[texts[0]] = TextBlock(text=text)
     else:
-        blocks.append(TextBlock(text=text))
-    others = [b for b in blocks if isinstance(b, TextBlock)]
-    if len(others) > 1:  # several text blocks: the content is their concatenation; keep one
         blocks = [b for b in blocks if not isinstance(b, TextBlock)] + [TextBlock(text=text)]
     return message.model_copy(update={"blocks": blocks})

@@ -1,17 +1,10 @@
-"""``EntropyExitLLM``'s transport and responses: the inner LLM's public streams, the driver's output.
-
-The inner LLM is driven through its public ``stream_chat``/``stream_complete`` (and async
-twins). Request fields the LLM holds as its own fields (``max_tokens``, ``logprobs``,
-``top_logprobs``: llama-index-llms-openai lets them override call kwargs) go on a shallow
-``model_copy``; the rest are call kwargs. Closing a stream closes the inner generator and the
-HTTP response captured by the hooks of ``http_clients()`` (see ``closing``).
-"""
+"""One ``EntropyExitLLM`` call: the inner LLM's public streams in, LlamaIndex responses out."""
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from functools import partial
 from typing import Any, Literal
 
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, MessageRole
@@ -20,38 +13,34 @@ from llama_index.core.instrumentation.span import active_span_id
 from ..core.tokens import Phase
 from ..driver import Output, adrive, drive
 from ..engine import REPORT_KEY, STREAM_USAGE, ExitResult, MonitoredCall, RequestSpec
-from ..errors import EntropyExitWarning, StreamInterrupted
+from ..errors import EntropyExitWarning
 from ..session import TextDelta
 from ._responses import llama_logprobs, parts_of, text_of, with_text
 from .closing import ResponseCapture
 from .events import dispatch_report
 
 Mode = Literal["chat", "completion"]
-_MODEL_FIELDS = ("max_tokens", "logprobs", "top_logprobs")
+_END = object()
 
 
-def is_openai_based(llm: Any) -> bool:
-    """A llama-index-llms-openai LLM (OpenAI, OpenAILike, AzureOpenAI...): its fields take logprobs."""
-    fields = getattr(type(llm), "model_fields", {})
-    return "logprobs" in fields and "top_logprobs" in fields and "api_base" in fields
+class Call:
+    """The inner LLM's public ``stream_chat``/``stream_complete`` (or async twins) as the driver's
+    transport, and the driver's output as responses: the inner ones while their text is the
+    engine's, then ours, then the last one. The report goes out as an ``EntropyExitReportEvent``
+    on the call's span when the call ends or breaks (then the partial report)."""
 
+    parts = staticmethod(parts_of)
+    is_async = False  # (aresponses: the inner LLM's async twins)
 
-class Transport:
-    """The inner LLM's public streams as the driver's transport (sync, or async for ``adrive``):
-    the call's facts for the engine, and the inner LLM's request for a ``RequestSpec``."""
-
-    def __init__(
-        self, owner: Any, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool, is_async: bool
-    ) -> None:
+    def __init__(self, owner: Any, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool = False):
         inner = owner.llm
-        self.is_async = is_async
-        self.inner = inner
+        self.owner = owner
         self.mode = mode
         self.payload = payload  # messages (chat) or prompt (completion)
         self.formatted = formatted
-        self.openai_based = is_openai_based(inner)
-        self.user_kwargs = dict(kwargs)
-        self.parts = parts_of
+        # a llama-index-llms-openai LLM (OpenAI, OpenAILike, AzureOpenAI...): its fields take logprobs
+        model_fields = getattr(type(inner), "model_fields", {})
+        self.openai_based = all(name in model_fields for name in ("logprobs", "top_logprobs", "api_base"))
         chat = mode == "chat" or inner.metadata.is_chat_model
         self.messages = (
             list(payload) if mode == "chat" else [ChatMessage(role=MessageRole.USER, content=payload)]
@@ -62,6 +51,7 @@ class Transport:
                 fields.setdefault("max_tokens", inner.max_tokens)
             if not any("stream_options" in d for d in (kwargs, inner.additional_kwargs)):
                 usage = STREAM_USAGE
+        span_id = active_span_id.get()
         self.call = MonitoredCall(
             owner.options,
             api="chat" if chat else "completions",
@@ -74,12 +64,29 @@ class Transport:
             reasoning_field=False,  # llama-index-llms-openai does not send reasoning_content back
             logprob_fields=None if self.openai_based else {},
             usage_fields=usage,
+            on_report=lambda report: dispatch_report(report, span_id),
         )
+        self.last: Any = None
+        self.answer = ""  # the text so far (grown like LlamaIndex's own: one copy per chunk)
+        self.passing = True  # inner responses are passed on unchanged while their text is ours
+
+    def responses(self) -> Generator[Any, None, None]:
+        for step in drive(self.call, self):
+            yield from self.out(step)
+
+    async def aresponses(self) -> AsyncGenerator[Any, None]:
+        self.is_async = True
+        async for step in adrive(self.call, self):
+            for response in self.out(step):
+                yield response
+
+    # -- the transport ----------------------------------------------------------------------
 
     def open(self, spec: RequestSpec) -> Any:
-        """The stream of the inner LLM's public ``stream_chat``/``stream_complete`` (async: a
-        coroutine that ``adrive`` awaits, for ``astream_chat``/``astream_complete``)."""
-        fields, payload = dict(spec.fields), self.payload
+        """The inner LLM's stream for ``spec`` (async: a coroutine that ``adrive`` awaits). Fields
+        the LLM holds as its own (llama-index-llms-openai lets them override call kwargs) go on a
+        shallow ``model_copy``; the rest are call kwargs."""
+        fields, payload, llm, mode = dict(spec.fields), self.payload, self.owner.llm, self.mode
         if spec.prompt is not None:
             payload = spec.prompt
         elif spec.messages:
@@ -87,23 +94,76 @@ class Transport:
                 ChatMessage(role=m["role"], content=m["content"]) for m in spec.messages
             ]
         if self.openai_based:
-            update = {name: fields.pop(name, None) for name in _MODEL_FIELDS}
+            update = {name: fields.pop(name, None) for name in ("max_tokens", "logprobs", "top_logprobs")}
             update["logprobs"] = bool(update["logprobs"])
-            llm = self.inner.model_copy(update=update)
+            llm = llm.model_copy(update=update)
             mode = "completion" if spec.prompt is not None else ("chat" if spec.messages else self.mode)
         else:  # no way to ask for more: forward what the caller passed
-            llm, mode = self.inner, self.mode
-            fields = {k: fields[k] for k in self.user_kwargs if k in fields}
+            fields = {k: fields[k] for k in self.call.fields if k in fields}
         if mode == "completion":
             fields["formatted"] = self.formatted or spec.prompt is not None
-        if self.is_async:
-            amethod = llm.astream_chat if mode == "chat" else llm.astream_complete
-            return _aopen(lambda: amethod(payload, **fields), self.openai_based)
-        method = llm.stream_chat if mode == "chat" else llm.stream_complete
-        return _captured(lambda: method(payload, **fields), self.openai_based)
+        method = ("astream_" if self.is_async else "stream_") + ("chat" if mode == "chat" else "complete")
+        start = partial(getattr(llm, method), payload, **fields)
+        return (_aopen if self.is_async else _captured)(start, self.openai_based)
 
     def close(self, stream: Any) -> Any:
         return stream.aclose() if self.is_async else stream.close()
+
+    # -- the responses ----------------------------------------------------------------------
+
+    def out(self, step: Output) -> list[Any]:
+        """The responses for one step of the driver."""
+        if step.result is not None:
+            return [self.final(step.result)]
+        chunk, deltas = step.chunk, step.deltas
+        if chunk is not None and self.passing and _unchanged(chunk, deltas):
+            self.last = chunk  # the inner response says what ours would: pass it on as is
+            return [chunk]
+        if self.passing:  # from here on, the responses carry the engine's text
+            self.passing = False
+            self.answer = text_of(self.last)
+        if chunk is not None:
+            self.last = chunk
+        answer = "".join(d.text for d in deltas if d.phase is Phase.ANSWER)
+        reasoning = "".join(d.text for d in deltas if d.phase is Phase.REASONING)
+        raw = getattr(chunk, "raw", None)
+        if raw is None and not (answer or reasoning):
+            return []  # nothing to show
+        self.answer += answer
+        extra = {"thinking_delta": reasoning} if reasoning else {}
+        return [self._response(self.answer, answer, raw=raw, additional_kwargs=extra)]
+
+    def _response(self, text: str, delta: str, **fields: Any) -> Any:
+        if self.mode == "chat":
+            base = getattr(self.last, "message", None) or ChatMessage(role=MessageRole.ASSISTANT)
+            return ChatResponse(message=with_text(base, text), delta=delta, **fields)
+        return CompletionResponse(text=text, delta=delta, **fields)
+
+    def final(self, result: ExitResult) -> Any:
+        """The last response: whole text, per-token logprobs, usage, reasoning and the report."""
+        self.owner._last_report = result.report
+        extra = dict(getattr(self.last, "additional_kwargs", None) or {})
+        extra.pop("thinking_delta", None)
+        extra.update(result.usage)
+        if extra.pop("estimated", False):  # the prompt count is an estimate: say so beside it
+            extra["prompt_tokens_estimated"] = True
+        extra[REPORT_KEY] = result.report.to_dict()
+        if result.reasoning:
+            extra["reasoning_content"] = result.reasoning
+        response = self._response(
+            result.text, "", raw=getattr(self.last, "raw", None), additional_kwargs=extra
+        )
+        if result.tokens:
+            response.logprobs = llama_logprobs(result.tokens)
+        return response
+
+
+def _unchanged(chunk: Any, deltas: list[TextDelta]) -> bool:
+    """The engine's text for this chunk is the inner response's own delta (no reasoning, no tags
+    held back): the common case, which costs nothing per token."""
+    if len(deltas) > 1 or (deltas and deltas[0].phase is not Phase.ANSWER):
+        return False
+    return (deltas[0].text if deltas else "") == (getattr(chunk, "delta", None) or "")
 
 
 def _captured(start: Any, closable: bool) -> Iterator[Any]:
@@ -117,9 +177,8 @@ def _captured(start: Any, closable: bool) -> Iterator[Any]:
             first = next(inner, _END)
         if closable:
             _check_captured(capture)
-        if first is _END:
-            return
-        yield first
+        if first is not _END:
+            yield first
         yield from inner
     finally:
         if inner is not None:
@@ -140,18 +199,14 @@ async def _acaptured(start: Any, closable: bool) -> AsyncIterator[Any]:
             first = await anext(inner, _END)
         if closable:
             _check_captured(capture)
-        if first is _END:
-            return
-        yield first
+        if first is not _END:
+            yield first
         async for item in inner:
             yield item
     finally:
         if inner is not None:
             await inner.aclose()
         await capture.aclose()
-
-
-_END = object()
 
 
 def _check_captured(capture: ResponseCapture) -> None:
@@ -166,100 +221,3 @@ def _check_captured(capture: ResponseCapture) -> None:
             EntropyExitWarning,
             stacklevel=2,
         )
-
-
-class Responses:
-    """What one call streams out: responses whose text is the engine's answer, then the last one.
-    The report goes out as an ``EntropyExitReportEvent`` on the call's span (for a stream that
-    broke, its partial report)."""
-
-    def __init__(self, owner: Any, transport: Transport) -> None:
-        self.owner = owner
-        self.transport = transport
-        self.mode = transport.mode
-        self.span_id = active_span_id.get()
-        self.last: Any = None
-        self.answer = ""  # the text so far (grown like LlamaIndex's own: one copy per chunk)
-        self.passing = True  # inner responses are passed on unchanged while their text is ours
-
-    def run(self) -> Iterator[Any]:
-        with self._reporting():
-            for step in drive(self.transport.call, self.transport):
-                yield from self.out(step)
-
-    async def arun(self) -> AsyncIterator[Any]:
-        with self._reporting():
-            async for step in adrive(self.transport.call, self.transport):
-                for response in self.out(step):
-                    yield response
-
-    @contextlib.contextmanager
-    def _reporting(self) -> Iterator[None]:
-        try:
-            yield
-        except StreamInterrupted as error:
-            dispatch_report(error.partial.report, self.span_id)
-            raise
-
-    def out(self, step: Output) -> list[Any]:
-        if step.result is not None:
-            return [self.final(step.result)]
-        chunk = step.chunk
-        if chunk is not None:
-            if self.passing and self._unchanged(chunk, step.deltas):
-                self.last = chunk  # the inner response says what ours would: pass it on as is
-                return [chunk]
-            if self.passing:
-                self.passing = False
-                self.answer = text_of(self.last)
-            self.last = chunk
-            return [self.response(step.deltas, raw=getattr(chunk, "raw", None))]
-        if self.passing:
-            self.passing = False
-            self.answer = text_of(self.last)
-        shown = self.response(step.deltas)
-        return [] if shown is None else [shown]
-
-    @staticmethod
-    def _unchanged(chunk: Any, deltas: list[TextDelta]) -> bool:
-        """The engine's text for this chunk is the inner response's own delta (no reasoning, no
-        tags held back): the common case, which costs nothing per token."""
-        if len(deltas) > 1 or (deltas and deltas[0].phase is not Phase.ANSWER):
-            return False
-        return (deltas[0].text if deltas else "") == (getattr(chunk, "delta", None) or "")
-
-    def response(self, deltas: list[TextDelta], raw: Any = None) -> Any:
-        """A response for these deltas (None when there is nothing to show)."""
-        answer = "".join(d.text for d in deltas if d.phase is Phase.ANSWER)
-        reasoning = "".join(d.text for d in deltas if d.phase is Phase.REASONING)
-        if raw is None and not (answer or reasoning):
-            return None
-        self.answer += answer
-        extra = {"thinking_delta": reasoning} if reasoning else {}
-        return self._response(self.answer, answer, raw=raw, additional_kwargs=extra)
-
-    def _response(self, text: str, delta: str, **fields: Any) -> Any:
-        if self.mode == "chat":
-            last = self.last.message if self.last is not None else None
-            base = last if last is not None else ChatMessage(role=MessageRole.ASSISTANT)
-            return ChatResponse(message=with_text(base, text), delta=delta, **fields)
-        return CompletionResponse(text=text, delta=delta, **fields)
-
-    def final(self, result: ExitResult) -> Any:
-        """The last response: whole text, per-token logprobs, usage, reasoning and the report."""
-        self.owner._last_report = result.report
-        extra = dict(getattr(self.last, "additional_kwargs", None) or {})
-        extra.pop("thinking_delta", None)
-        extra.update(result.usage)
-        if extra.pop("estimated", False):  # the prompt count is an estimate: say so beside it
-            extra["prompt_tokens_estimated"] = True
-        extra[REPORT_KEY] = result.report.to_dict()
-        dispatch_report(extra[REPORT_KEY], self.span_id)
-        if result.reasoning:
-            extra["reasoning_content"] = result.reasoning
-        response = self._response(
-            result.text, "", raw=getattr(self.last, "raw", None), additional_kwargs=extra
-        )
-        if result.tokens:
-            response.logprobs = llama_logprobs(result.tokens)
-        return response

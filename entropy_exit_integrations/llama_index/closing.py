@@ -1,15 +1,10 @@
 """Really stopping a LlamaIndex stream: capture the httpx response and close it.
 
-llama-index-llms-openai iterates the openai SDK's stream inside its own generator; closing that
-generator leaves the HTTP response open (the SDK stream is kept alive by reference cycles), so
-the server goes on generating. The fix used here: an httpx ``response`` event hook on the client
-that the LLM's openai client uses. The hook runs when the response headers arrive, before the
-body is read, and records the response in the ``ResponseCapture`` active in the current context
-(a ``ContextVar``, so concurrent calls in threads or asyncio tasks never see each other's
-responses). On exit the integration closes what it captured; the server sees the disconnect.
-Outside a capture the hook does nothing. The hooked clients reach the LLM through its public
-``http_client=``/``async_http_client=`` constructor arguments (``http_clients()``); a built
-LLM is never changed.
+Closing llama-index-llms-openai's generator leaves the openai SDK's HTTP response open (kept
+alive by reference cycles), so the server goes on generating. So an httpx ``response`` hook on
+the clients of ``http_clients()`` records each response, when its headers arrive, in the
+``ResponseCapture`` active in the current context (a ``ContextVar``: concurrent calls never see
+each other's); on exit the integration closes what it captured. Outside a capture it does nothing.
 """
 
 from __future__ import annotations
@@ -72,17 +67,10 @@ class ResponseCapture:
 
 
 def http_clients(**kwargs: Any) -> tuple[httpx.Client, httpx.AsyncClient]:
-    """An ``(http_client, async_http_client)`` pair with the capture hooks installed.
-
-    Pass them to the inner LLM when you build it, through its public constructor arguments,
-    so that an exit of ``EntropyExitLLM`` closes the HTTP response and the server stops::
-
-        sync_client, async_client = http_clients()
-        inner = OpenAILike(model=..., api_base=..., http_client=sync_client,
-                           async_http_client=async_client)
-
-    ``kwargs`` go to both clients (the openai SDK's defaults: timeouts, connection limits).
-    """
+    """An ``(http_client, async_http_client)`` pair with the capture hooks installed: pass them to
+    the inner LLM's public ``http_client=``/``async_http_client=`` (``EntropyExitLLM``'s example)
+    so that an exit closes the HTTP response and the server stops. ``kwargs`` go to both
+    clients (the openai SDK's defaults: timeouts, connection limits)."""
     import openai
 
     return (

@@ -1,16 +1,4 @@
-"""``EntropyExitEventHandler``: entropy and savings of every LLM call, via LlamaIndex instrumentation.
-
-from llama_index.core.instrumentation import get_dispatcher
-handler = EntropyExitEventHandler(policy=ExitPolicy(threshold=1.0))
-get_dispatcher().add_event_handler(handler)
-response = query_engine.query("...")
-response.metadata["entropy_exit"]      # the records of the LLM calls this query made
-handler.records, handler.ledger        # every call so far
-
-Every ``EntropyExitLLM`` call also dispatches an ``EntropyExitReportEvent`` (its report, on the
-call's instrumentation span) when it ends or breaks: any LlamaIndex event handler or
-observability integration that records events sees it.
-"""
+"""``EntropyExitEventHandler``: entropy and savings of every LLM call, via LlamaIndex instrumentation."""
 
 from __future__ import annotations
 
@@ -31,7 +19,6 @@ from ..providers.parts import ChunkParts
 from ._responses import parts_of, text_of, tokens_from_llama_logprobs
 from .closing import ACTIVE
 
-_WRAPPER = "EntropyExitLLM"
 _dispatcher = get_dispatcher(__name__)
 _OPEN_QUERIES: ContextVar[tuple[list[LLMCallRecord], ...]] = ContextVar(
     "entropy_exit_open_queries", default=()
@@ -59,22 +46,26 @@ class LLMCallRecord:
     tokens_after_exit: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["report"] = self.report.to_dict()
-        return data
+        return {**asdict(self), "report": self.report.to_dict()}
 
 
 class EntropyExitEventHandler(BaseEventHandler):
     """Records the entropy and the (possible) savings of every LLM call in an app.
 
-    Listens to the LLM chat/completion start, in-progress and end events of
-    ``llama_index.core.instrumentation``. For an ``EntropyExitLLM`` it records the report the
-    wrapper attached; for any other LLM it reads the logprobs of the streamed chunks (or of the
-    final response) and records where the policy *would* have exited and how many tokens that
-    would have saved. It only records: LlamaIndex swallows every exception an event handler
-    raises, so a handler cannot abort a generation; use ``EntropyExitLLM`` to stop early.
-    Query engines get the records of their calls in ``response.metadata["entropy_exit"]``.
-    Calls an ``EntropyExitLLM`` makes to its inner LLM are not recorded twice.
+    For an ``EntropyExitLLM`` call it records the report the wrapper attached (not its inner
+    LLM's call again); for any other LLM it reads the logprobs of the streamed chunks (or of the
+    final response) and records where the policy *would* have exited and what that would have
+    saved. It only records: LlamaIndex swallows a handler's exceptions, so a handler cannot
+    abort a generation; use ``EntropyExitLLM`` to stop early.
+
+    Example::
+
+        from llama_index.core.instrumentation import get_dispatcher
+        handler = EntropyExitEventHandler(policy=ExitPolicy(threshold=1.0))
+        get_dispatcher().add_event_handler(handler)
+        response = query_engine.query("...")
+        response.metadata["entropy_exit"]      # the records of the LLM calls this query made
+        handler.records, handler.summary()     # every call so far
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -83,7 +74,7 @@ class EntropyExitEventHandler(BaseEventHandler):
     ledger: Any = Field(default_factory=SavingsLedger, description="Ledger of every recorded report.")
     records: list[LLMCallRecord] = Field(default_factory=list)
 
-    _sessions: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _calls: dict[str, MonitoredCall] = PrivateAttr(default_factory=dict)  # of plain LLMs, by span
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, **data: Any) -> None:
@@ -114,38 +105,35 @@ class EntropyExitEventHandler(BaseEventHandler):
 
     def _start(self, event: Any) -> None:
         model = getattr(event, "model_dict", None) or {}
-        state = _CallState(wrapper=model.get("class_name") == _WRAPPER)
-        if not state.wrapper:
-            max_tokens = model.get("num_output")
-            state.call = MonitoredCall(
-                self.policy,
-                max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
-                model=model.get("model_name"),
-                terminal_required=False,  # events carry responses, not the wire
-            )
+        if model.get("class_name") == "EntropyExitLLM":
+            return  # the wrapper's end event carries its own report
+        max_tokens = model.get("num_output")
+        call = MonitoredCall(
+            self.policy,
+            max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
+            model=model.get("model_name"),
+            terminal_required=False,  # events carry responses, not the wire
+        )
         with self._lock:
-            self._sessions[event.span_id] = state
+            self._calls[event.span_id] = call
 
     def _progress(self, event: Any) -> None:
-        state = self._sessions.get(event.span_id)
-        if state is None or state.wrapper:
-            return
-        state.streamed = True
-        state.call.feed(parts_of(event.response))
+        call = self._calls.get(event.span_id)
+        if call is not None:
+            call.feed(parts_of(event.response))
 
     def _end(self, event: Any) -> None:
         with self._lock:
-            state = self._sessions.pop(event.span_id, None)
+            call = self._calls.pop(event.span_id, None)
         response = getattr(event, "response", None)
         extra = getattr(response, "additional_kwargs", None) or {}
         if REPORT_KEY in extra:
             report = SavingsReport.from_dict(extra[REPORT_KEY])
             self._record(LLMCallRecord(event.span_id, report, "wrapper"))
             return
-        if state is None or state.wrapper or state.call is None or response is None:
+        if call is None or response is None:
             return
-        call = state.call
-        if not state.streamed:
+        if call.chunks_seen == 0:  # not streamed
             call.feed(_whole_response_parts(response))
         report = call.finish().report  # never cut: exited=False, decision_token_index says where
         would_at = report.decision_token_index
@@ -175,21 +163,13 @@ class EntropyExitEventHandler(BaseEventHandler):
     def summary(self) -> dict[str, Any]:
         """Ledger totals plus what exits would have saved on the monitored (plain) calls."""
         with self._lock:
-            records = list(self.records)
-        monitored = [r for r in records if r.source == "monitor"]
+            monitored = [r for r in self.records if r.source == "monitor"]
         return {
             **self.ledger.summary(),
             "monitored_calls": len(monitored),
             "would_exit": sum(r.would_exit_at is not None for r in monitored),
             "would_save_tokens": sum(r.tokens_after_exit for r in monitored),
         }
-
-
-@dataclass
-class _CallState:
-    wrapper: bool
-    call: Any = None
-    streamed: bool = False
 
 
 def _whole_response_parts(response: Any) -> ChunkParts:
@@ -215,7 +195,6 @@ class EntropyExitReportEvent(BaseEvent):
         return "EntropyExitReportEvent"
 
 
-def dispatch_report(report: SavingsReport | dict[str, Any], span_id: str | None) -> None:
+def dispatch_report(report: SavingsReport, span_id: str | None) -> None:
     """Dispatch an ``EntropyExitReportEvent`` to every LlamaIndex event handler."""
-    data = report.to_dict() if isinstance(report, SavingsReport) else report
-    _dispatcher.event(EntropyExitReportEvent(report=data, span_id=span_id))
+    _dispatcher.event(EntropyExitReportEvent(report=report.to_dict(), span_id=span_id))

@@ -1,19 +1,8 @@
-"""``EntropyExitLLM``: any LlamaIndex LLM, stopped early once its token entropy says it is sure.
-
-Every call streams from the inner LLM, even ``chat``/``complete``, so that the monitor can act.
-On exit the inner generator is closed and, for openai-SDK based LLMs built with
-``http_clients()``, the HTTP response too, so the server stops generating. Logprobs are asked for
-through the inner LLM's own fields (``logprobs``, ``top_logprobs=policy.top_k``, on a shallow
-copy). Streaming calls yield the inner responses as they come, then a final one (``delta=""``)
-with the whole text, the per-token candidates in ``.logprobs`` (LlamaIndex's ``LogProb``, built
-when read; none with ``keep_tokens=False``) and the report in ``additional_kwargs["entropy_exit"]``
-(``SavingsReport.from_dict`` rebuilds it); the report also goes to LlamaIndex instrumentation as
-an ``EntropyExitReportEvent`` on the call's span (for a stream that broke, its partial report).
-See the README's LlamaIndex section for an example.
-"""
+"""``EntropyExitLLM``: any LlamaIndex LLM, stopped early once its token entropy says it is sure."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,22 +24,35 @@ from pydantic import InstanceOf
 
 from ..core.savings import SavingsReport
 from ..options import OPTION_NAMES, ExitOptions
-from ._stream import Mode, Responses, Transport
+from ._stream import Call
 
 
 class EntropyExitLLM(FunctionCallingLLM):
     """Wraps a LlamaIndex LLM; stops its generations early once the entropy policy says so.
 
+    Every call streams from the inner LLM, even ``chat``/``complete``. Streaming calls yield the
+    inner responses, then a last one (``delta=""``) with the whole text, each token's candidates
+    in ``.logprobs`` and the report in ``additional_kwargs["entropy_exit"]``, also sent to
+    LlamaIndex instrumentation as an ``EntropyExitReportEvent``.
+
+    Example (``entropy-exit serve`` prints the URL)::
+
+        from llama_index.llms.openai_like import OpenAILike
+        from entropy_exit_integrations import ExitPolicy
+        from entropy_exit_integrations.llama_index import EntropyExitLLM, http_clients
+
+        sync_client, async_client = http_clients()
+        inner = OpenAILike(api_base="http://127.0.0.1:8080/v1", api_key="none", model="smollm2",
+                           is_chat_model=True, http_client=sync_client, async_http_client=async_client)
+        llm = EntropyExitLLM(llm=inner, policy=ExitPolicy(threshold=1.0), force_answer=True)
+        print(llm.complete("What is 7 + 5?").additional_kwargs["entropy_exit"])
+
     Args:
-        llm: the inner LLM. For a real stop and automatic logprob requests use an openai-SDK
-            based one (``OpenAI``, ``OpenAILike``) built with the hooked HTTP clients:
-            ``OpenAILike(..., http_client=sync_client, async_http_client=async_client)`` with
-            ``sync_client, async_client = http_clients()``; without them an exit closes the
-            generator but not the HTTP response (a warning says so once). Any other LLM works
-            as a monitor when its streamed responses carry logprobs (``raw`` chunks in the
-            OpenAI shape or ``.logprobs``), else ``LogprobsUnavailableError`` is raised.
-        options: every exit setting (``ExitOptions``); or pass its fields instead: ``policy``
-            (required), ``force_answer``, ``forcing``, ``probes``, ``ledger``, ``on_token``.
+        llm: the inner LLM. An openai-SDK based one (``OpenAI``, ``OpenAILike``) gets logprobs
+            asked for and, built with the clients of ``http_clients()`` as above, really stops
+            (else a warning says the HTTP response stays open). Any other LLM works as a monitor
+            when its streamed responses carry logprobs, else ``LogprobsUnavailableError``.
+        options: every exit setting (``ExitOptions``); or pass its fields instead (``policy=``).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -89,47 +91,41 @@ class EntropyExitLLM(FunctionCallingLLM):
 
     # -- chat -------------------------------------------------------------------------------
 
-    def _run(self, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
-        return Responses(self, Transport(self, mode, payload, kwargs, formatted, False)).run()
-
-    def _arun(self, mode: Mode, payload: Any, kwargs: dict[str, Any], formatted: bool = False) -> Any:
-        return Responses(self, Transport(self, mode, payload, kwargs, formatted, True)).arun()
-
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return _last(self._run("chat", messages, kwargs))
+        return _last(Call(self, "chat", messages, kwargs).responses())
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        return self._run("chat", messages, kwargs)
+        return Call(self, "chat", messages, kwargs).responses()
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return await _alast(self._arun("chat", messages, kwargs))
+        return await _alast(Call(self, "chat", messages, kwargs).aresponses())
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        return self._arun("chat", messages, kwargs)
+        return Call(self, "chat", messages, kwargs).aresponses()
 
     # -- completion -------------------------------------------------------------------------
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return _last(self._run("completion", prompt, kwargs, formatted))
+        return _last(Call(self, "completion", prompt, kwargs, formatted).responses())
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        return self._run("completion", prompt, kwargs, formatted)
+        return Call(self, "completion", prompt, kwargs, formatted).responses()
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return await _alast(self._arun("completion", prompt, kwargs, formatted))
+        return await _alast(Call(self, "completion", prompt, kwargs, formatted).aresponses())
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        return self._arun("completion", prompt, kwargs, formatted)
+        return Call(self, "completion", prompt, kwargs, formatted).aresponses()
 
     # -- tools: prepared and read by the inner LLM ------------------------------------------
 
@@ -141,30 +137,12 @@ class EntropyExitLLM(FunctionCallingLLM):
             )
         return self.llm
 
-    def _prepare_chat_with_tools(
-        self,
-        tools: Sequence[Any],
-        user_msg: str | ChatMessage | None = None,
-        chat_history: list[ChatMessage] | None = None,
-        verbose: bool = False,
-        allow_parallel_tool_calls: bool = False,
-        tool_required: bool = False,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        return self._tool_llm()._prepare_chat_with_tools_compat(
-            tools, user_msg, chat_history, verbose, allow_parallel_tool_calls, tool_required, **kwargs
-        )
+    def _prepare_chat_with_tools(self, *args: Any, tool_required: bool = False, **kwargs: Any) -> Any:
+        kwargs["tool_required"] = tool_required  # (LlamaIndex passes it only to a signature naming it)
+        return self._tool_llm()._prepare_chat_with_tools_compat(*args, **kwargs)
 
-    def _validate_chat_with_tools_response(
-        self,
-        response: ChatResponse,
-        tools: Sequence[Any],
-        allow_parallel_tool_calls: bool = False,
-        **kwargs: Any,
-    ) -> ChatResponse:
-        return self._tool_llm()._validate_chat_with_tools_response(
-            response, tools, allow_parallel_tool_calls, **kwargs
-        )
+    def _validate_chat_with_tools_response(self, *args: Any, **kwargs: Any) -> ChatResponse:
+        return self._tool_llm()._validate_chat_with_tools_response(*args, **kwargs)
 
     def get_tool_calls_from_response(
         self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
@@ -173,10 +151,7 @@ class EntropyExitLLM(FunctionCallingLLM):
 
 
 def _last(responses: Any) -> Any:
-    last = None
-    for last in responses:  # noqa: B007 - the last response is the result
-        pass
-    return last
+    return deque(responses, maxlen=1).pop()  # the last response is the result
 
 
 async def _alast(responses: Any) -> Any:
