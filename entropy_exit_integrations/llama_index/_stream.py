@@ -64,11 +64,15 @@ class Call:
             reasoning_field=False,  # llama-index-llms-openai does not send reasoning_content back
             logprob_fields=None if self.openai_based else {},
             usage_fields=usage,
-            on_report=lambda report: dispatch_report(report, span_id),
+            on_report=partial(self._report, span_id),
         )
         self.last: Any = None
         self.answer = ""  # the text so far (grown like LlamaIndex's own: one copy per chunk)
         self.passing = True  # inner responses are passed on unchanged while their text is ours
+
+    def _report(self, span_id: Any, report: Any) -> None:
+        self.owner._last_report = report  # before the event: its handlers may read last_report
+        dispatch_report(report, span_id)
 
     def responses(self) -> Generator[Any, None, None]:
         for step in drive(self.call, self):
@@ -141,7 +145,6 @@ class Call:
 
     def final(self, result: ExitResult) -> Any:
         """The last response: whole text, per-token logprobs, usage, reasoning and the report."""
-        self.owner._last_report = result.report
         extra = dict(getattr(self.last, "additional_kwargs", None) or {})
         extra.pop("thinking_delta", None)
         extra.update(result.usage)

@@ -232,6 +232,9 @@ def test_event_handler_records_plain_and_wrapped_calls_once() -> None:
 
 class _Collect(BaseEventHandler):
     events: list[Any] = []
+    llm: Any = None
+    seen: list[Any] = []  # llm.last_report as a handler of the report event reads it
+
 
     @classmethod
     def class_name(cls) -> str:
@@ -239,6 +242,8 @@ class _Collect(BaseEventHandler):
 
     def handle(self, event: Any, **kwargs: Any) -> None:
         self.events.append(event)
+        if self.llm is not None and isinstance(event, EntropyExitReportEvent):
+            self.seen.append(self.llm.last_report)
 
     def of(self, name: str) -> list[Any]:
         return [e for e in self.events if type(e).__name__ == name]
@@ -260,10 +265,10 @@ class _BreakingLLM(ScriptedLLM):
 
 @pytest.mark.parametrize("style", ["complete", "stream_chat", "acomplete", "astream_chat"])
 async def test_each_call_dispatches_its_report_on_its_span(style: str) -> None:
-    collect = _Collect(events=[])
+    llm = EntropyExitLLM(llm=ScriptedLLM(), policy=ExitPolicy(threshold=0.5, min_tokens=5))
+    collect = _Collect(events=[], llm=llm, seen=[])
     dispatcher = get_dispatcher()
     dispatcher.add_event_handler(collect)
-    llm = EntropyExitLLM(llm=ScriptedLLM(), policy=ExitPolicy(threshold=0.5, min_tokens=5))
     try:
         if style == "complete":
             last = llm.complete("q")
@@ -278,6 +283,7 @@ async def test_each_call_dispatches_its_report_on_its_span(style: str) -> None:
     (event,) = collect.of("EntropyExitReportEvent")
     assert isinstance(event, EntropyExitReportEvent)
     assert event.report == last.additional_kwargs[REPORT_KEY] == llm.last_report.to_dict()
+    assert collect.seen == [llm.last_report]  # set before the event is sent
     assert event.report["exited"] and event.report["tokens_generated"] == 5
     (end,) = collect.of("LLMCompletionEndEvent" if "complete" in style else "LLMChatEndEvent")
     assert event.span_id == end.span_id is not None
