@@ -1,7 +1,4 @@
-"""EntropyExitMiddleware: early exit on every model call of a ``create_agent`` agent loop.
-
-An example: the README's "Use it", block 5.
-"""
+"""EntropyExitMiddleware: early exit on every model call of a ``create_agent`` agent loop."""
 
 from __future__ import annotations
 
@@ -37,16 +34,20 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
     Every step's ``SavingsReport`` (plain data, plus ``"step"``: the model call's index in the
     run) is appended to ``result["entropy_exit"]``; ``EntropyExitMiddleware.summary(result)``
     totals them. Each AIMessage also carries its own report in
-    ``response_metadata["entropy_exit"]``, and ``middleware.ledger`` collects every report of
-    every run. Tool calls are never cut in the middle.
+    ``response_metadata["entropy_exit"]``, and ``middleware.ledger`` (the options' ledger, else a
+    new ``SavingsLedger``) collects every report of every run. Tool calls are never cut in the
+    middle.
 
     Args:
         policy: the exit rule (or ``options=ExitOptions(...)``; its other fields may be given
             here too: ``force_answer``, ``forcing``, ``probes``, ``on_token``, ``ledger``).
         logprobs_kwargs: as for ``ChatEntropyExit``.
 
-    Every option is validated here, when the middleware is built. Without a ledger, a new
-    ``SavingsLedger`` collects every report (``middleware.ledger``).
+    Example::
+
+        agent = create_agent(model=ChatOpenAI(...), tools=[...], middleware=[EntropyExitMiddleware(policy)])
+        result = agent.invoke({"messages": [{"role": "user", "content": "..."}]})
+        EntropyExitMiddleware.summary(result)  # steps, exits, tokens generated and saved
     """
 
     state_schema = EntropyExitState
@@ -62,7 +63,6 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
         super().__init__()
         options = ExitOptions.build(options, "EntropyExitMiddleware", policy=policy, **fields)
         self.ledger: SavingsLedger = SavingsLedger() if options.ledger is None else options.ledger
-        """Every report of every run this middleware has seen."""
         self.options = replace(options, ledger=self.ledger)
         self.logprobs_kwargs = logprobs_kwargs
 
