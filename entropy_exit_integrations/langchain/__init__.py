@@ -1,9 +1,6 @@
-"""LangChain integration: ``EntropyExitCallbackHandler`` (and its async twin) watches any chat
-model run, ``ChatEntropyExit`` wraps any chat model, ``EntropyExitMiddleware`` wraps every model
-call of a ``create_agent`` agent (it needs the ``langchain`` package).
-
-Each name is imported when first used (LangChain's chat-model and agent modules are heavy).
-"""
+"""LangChain integration: ``EntropyExitCallbackHandler`` (and its async twin), ``ChatEntropyExit``
+and, for ``create_agent`` agents, ``EntropyExitMiddleware`` (it needs the ``langchain`` package).
+Each name is imported when first used (LangChain's chat-model and agent modules are heavy)."""
 
 from __future__ import annotations
 

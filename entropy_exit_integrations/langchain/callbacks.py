@@ -24,9 +24,8 @@ from ..options import ExitOptions
 from ..providers.frameworks import parse_langchain_chunk
 
 OnExit = Literal["raise", "record"]
+# The invocation parameters the engine needs: a required tool call is never cut, n > 1 is refused
 _REQUEST_FIELDS = ("tools", "tool_choice", "functions", "response_format", "n")
-"""Invocation parameters that decide for the engine: a required tool call or structured answer
-is never cut, and several choices are refused before the request is sent."""
 
 LANGCHAIN_HINT = (
     "with LangChain: ChatOpenAI(logprobs=True, top_logprobs=20) or model.bind(logprobs=True, top_logprobs=20)"
@@ -44,10 +43,8 @@ def openai_dicts(messages: list[Any]) -> list[dict[str, Any]]:
 
 
 class _Handler:
-    """What the sync and async handlers share: one ``MonitoredCall`` per run, results, reports.
-
-    The prompt is counted at the start of a run (the async handler off the event loop), so the
-    end never waits on a tokenizer, and an exit raises at once from inside the model's stream.
+    """What the sync and async handlers share: one ``MonitoredCall`` per run, results, reports;
+    the prompt is counted when a run starts (async: off the event loop), so no end waits for it.
 
     Attributes:
         results: result (text, reasoning, tokens, report) of every finished run, by ``run_id``.
@@ -140,12 +137,9 @@ class _Handler:
                     generation.generation_info = {**(generation.generation_info or {}), REPORT_KEY: data}
 
     def _error(self, run_id: UUID, error: BaseException) -> None:
-        """The run failed: raise what every integration raises for it.
-
-        A stream that broke after its first token, or an HTTP 200 stream with no chunk at all
-        (LangChain then says "No generations found in stream"), raises ``StreamInterrupted``;
-        a logprob refusal raises ``LogprobsUnavailableError``.
-        """
+        """The run failed: a logprob refusal raises ``LogprobsUnavailableError``; a stream broken
+        after its first token, or an HTTP 200 stream with no chunk at all (LangChain: "No
+        generations found in stream"), ``StreamInterrupted``, as in every integration."""
         with self._lock:
             call = self._runs.pop(run_id, None)
         if call is None or isinstance(error, EntropyExitError) or not isinstance(error, Exception):
@@ -170,18 +164,15 @@ class EntropyExitCallbackHandler(_Handler, BaseCallbackHandler):
     """Monitors every chat-model run it sees; raises ``EntropyExit`` on exit or only reports.
 
     Args:
-        policy: the exit rule (or ``options=ExitOptions(...)``, whose ``reasoning_format``,
-            ``on_token`` and ``ledger`` apply too; a handler only watches, so it never forces an
-            answer or sends probes).
-        on_exit: ``"raise"`` aborts the generation with ``EntropyExit`` (carrying the partial
-            text and the ``SavingsReport``); ``"record"`` lets it finish and only reports.
+        policy: the exit rule (or ``options=ExitOptions(...)``; a handler only watches: it never
+            forces an answer or sends probes).
+        on_exit: ``"raise"`` aborts the generation with ``EntropyExit`` (the partial text and the
+            ``SavingsReport``); ``"record"`` lets it finish and only reports.
         ledger: records the report of every run.
 
-    After each run the report is on ``handler.reports[run_id]``, in the ledger, and (for runs
-    that finish) in the message's ``response_metadata["entropy_exit"]``, which tracers such as
-    LangSmith record with the run's outputs. The model must stream and send logprobs, else
-    ``NoTokenEventsError`` or ``LogprobsUnavailableError``; a stream that breaks after its first
-    token raises ``StreamInterrupted``. Example::
+    Each report is on ``handler.reports[run_id]``, in the ledger, and (for runs that finish) in
+    the message's ``response_metadata["entropy_exit"]``. The model must stream and send logprobs
+    (else ``NoTokenEventsError``, ``LogprobsUnavailableError``); README "Use it", block 4::
 
         llm = ChatOpenAI(base_url=url, api_key="none", streaming=True, logprobs=True, top_logprobs=20)
         handler = EntropyExitCallbackHandler(ExitPolicy(threshold=1.0), on_exit="raise")

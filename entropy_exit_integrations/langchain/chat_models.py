@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from operator import itemgetter
 from typing import Any, cast
 
-from langchain_core.callbacks import AsyncCallbackManager, AsyncCallbackManagerForLLMRun, CallbackManager
+from langchain_core.callbacks import CallbackManager
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_messages
@@ -22,7 +22,7 @@ from langchain_core.runnables import (
     RunnableSequence,
 )
 from langchain_core.tools import BaseTool
-from pydantic import ConfigDict, InstanceOf, model_validator
+from pydantic import InstanceOf, model_validator
 
 from ..core.tokens import Phase
 from ..driver import Output, adrive, drive
@@ -42,15 +42,12 @@ WRAPPER_HINT = (
 class ChatEntropyExit(BaseChatModel):
     """Wraps a chat model; stops its stream once the model is confident, and reports the savings.
 
-    Each call streams the inner model through its public ``stream``/``astream`` (its rate limiter,
-    cache and callbacks run as for any call) with logprobs requested, and closes that stream, so
-    the server stops, once the policy says "confident". When the exit cut the reasoning (or
-    always, with ``force_answer=True``) a short second request asks for the final answer. The last
-    chunk carries ``usage_metadata``, every chunk's logprobs and ``response_metadata["entropy_exit"]``
-    (the ``SavingsReport`` as plain data, which tracers such as LangSmith record). Tool calls are
-    never cut in the middle, nor a required tool call or a structured answer at all; ``bind_tools``,
-    ``with_structured_output`` and ``stop`` pass through. The content is the answer; reasoning goes
-    to ``additional_kwargs["reasoning_content"]`` (README: "Reasoning models in LangChain").
+    Each call streams the inner model through its public ``stream``/``astream`` with logprobs
+    requested, and closes that stream (so the server stops) once the policy says "confident"; a
+    short second request forces the final answer when the exit cut the reasoning (or always, with
+    ``force_answer=True``). The last chunk carries ``usage_metadata``, every chunk's logprobs and
+    the report in ``response_metadata["entropy_exit"]``. Tool calls and structured answers are
+    never cut; reasoning goes to ``additional_kwargs["reasoning_content"]`` (README "Use it").
 
     Key init args:
         model: the inner ``BaseChatModel``, or a ``"provider:model"`` string for
@@ -73,8 +70,6 @@ class ChatEntropyExit(BaseChatModel):
     options: InstanceOf[ExitOptions]
     logprobs_kwargs: dict[str, Any] | None = None
     stop: list[str] | None = None
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -126,9 +121,8 @@ class ChatEntropyExit(BaseChatModel):
             openai_like = isinstance(inner, BaseChatOpenAI)  # ChatOpenAI and partner subclasses
         except ImportError:  # pragma: no cover - langchain-openai not installed
             openai_like = False
-        fields = dict(kw)
-        if stop is not None or self.stop is not None:
-            fields["stop"] = stop if stop is not None else self.stop
+        stop = stop if stop is not None else self.stop
+        fields = dict(kw) if stop is None else {**kw, "stop": stop}
         n = getattr(inner, "n", None)
         if isinstance(n, int) and n > 1:
             fields.setdefault("n", n)  # refused by the engine: one choice per monitored call
@@ -157,14 +151,14 @@ class ChatEntropyExit(BaseChatModel):
         )
         return call, _Chunks(call), _child_config(run_manager)
 
-    def _chunks(
+    def _stream(
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> Iterator[ChatGenerationChunk]:
         call, chunks, config = self._call(messages, stop, run_manager, kw)
         for step in drive(call, _Transport(self.model, messages, config, False)):
             yield from chunks.out(step)
 
-    async def _achunks(
+    async def _astream(
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> AsyncIterator[ChatGenerationChunk]:
         call, chunks, config = self._call(messages, stop, run_manager, kw)
@@ -172,14 +166,11 @@ class ChatEntropyExit(BaseChatModel):
             for chunk in chunks.out(step):
                 yield chunk
 
-    _stream = _chunks  # the names BaseChatModel calls
-    _astream = _achunks
-
     def _generate(
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> ChatResult:
         chunks = []
-        for chunk in self._chunks(messages, stop, run_manager, **kw):
+        for chunk in self._stream(messages, stop, run_manager, **kw):
             if run_manager is not None:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
@@ -189,7 +180,7 @@ class ChatEntropyExit(BaseChatModel):
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> ChatResult:
         chunks = []
-        async for chunk in self._achunks(messages, stop, run_manager, **kw):
+        async for chunk in self._astream(messages, stop, run_manager, **kw):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
@@ -229,19 +220,16 @@ class ChatEntropyExit(BaseChatModel):
         return RunnableMap(raw=llm) | parsed.with_fallbacks([unparsed], exception_key="parsing_error")
 
 
+@dataclass
 class _Transport:
     """The inner model's public ``stream`` (``is_async``: ``astream``, for ``adrive``) as the
     driver's transport; closing a stream closes its HTTP response, so the server stops."""
 
+    inner: BaseChatModel
+    messages: list[BaseMessage]
+    config: RunnableConfig
+    is_async: bool
     parts = staticmethod(parse_langchain_chunk)
-
-    def __init__(
-        self, inner: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig, is_async: bool
-    ) -> None:
-        self.inner = inner
-        self.messages = messages
-        self.config = config
-        self.is_async = is_async
 
     def open(self, spec: RequestSpec) -> Any:
         """The caller's messages and the request's own (forcing, probes: OpenAI dicts)."""
@@ -300,19 +288,16 @@ class _Chunks:
         logprobs = metadata.get("logprobs")
         if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
             if self.logprobs is None:
-                self.logprobs = {**logprobs, "content": list(logprobs["content"])}
-            else:
-                self.logprobs["content"] += logprobs["content"]
+                self.logprobs = {**logprobs, "content": []}
+            self.logprobs["content"] += logprobs["content"]
             update["response_metadata"] = {k: v for k, v in metadata.items() if k != "logprobs"}
         content = data["content"]
         if content.__class__ is str and content != answer:
             update["content"] = answer
         extra = data["additional_kwargs"]
         if reasoning or "reasoning_content" in extra or "reasoning" in extra:
-            extra = {k: v for k, v in extra.items() if k not in ("reasoning_content", "reasoning")}
-            if reasoning:
-                extra["reasoning_content"] = reasoning
-            update["additional_kwargs"] = extra
+            kept = {k: v for k, v in extra.items() if k not in ("reasoning_content", "reasoning")}
+            update["additional_kwargs"] = {**kept, "reasoning_content": reasoning} if reasoning else kept
         if data.get("usage_metadata"):
             update["usage_metadata"] = None
         if data.get("chunk_position") == "last":
@@ -345,8 +330,5 @@ def _child_config(run_manager: Any) -> RunnableConfig:
     run's handlers down: they see this call once, as LangChain's standard tests require."""
     if run_manager is None:  # (BaseChatModel.stream passes none): at least keep handlers apart
         return {"callbacks": []}
-    manager_class = (
-        AsyncCallbackManager if isinstance(run_manager, AsyncCallbackManagerForLLMRun) else CallbackManager
-    )
-    manager = manager_class(handlers=[], parent_run_id=run_manager.run_id)
+    manager = CallbackManager(handlers=[], parent_run_id=run_manager.run_id)  # (async runs too)
     return {"callbacks": manager, "metadata": dict(run_manager.inheritable_metadata)}

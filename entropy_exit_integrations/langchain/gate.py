@@ -15,10 +15,8 @@ from ..gate import EntropyGate
 class EntropyGateRunnable(Runnable[LanguageModelInput, AIMessage]):
     """Runs ``gate`` on a string, messages or a prompt value; returns the answer as an AIMessage.
 
-    The gate talks to the endpoint through the openai helpers (as ``EntropyGate.run`` does), so
-    entropy comes from the streamed top-k logprobs. The answer's ``response_metadata["entropy_gate"]``
-    says whether the gate passed, the first pass's entropy, tau and the tokens used against always
-    running the extended step.
+    The gate streams through the openai helpers, as ``EntropyGate.run`` does; the answer's
+    ``response_metadata["entropy_gate"]`` is the ``GateResult`` as plain data.
 
     Args:
         gate: the ``EntropyGate`` (tau or calibration, extended step).
