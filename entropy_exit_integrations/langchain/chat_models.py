@@ -276,15 +276,14 @@ class _Chunks:
         if not isinstance(message, AIMessageChunk):  # a model that cannot stream: its whole answer
             message = AIMessageChunk(**{**message.__dict__, "type": "AIMessageChunk"})  # (tool calls too)
         data = message.__dict__
-        if not self.saw_model_name:
-            self.saw_model_name = bool(data["response_metadata"].get("model_name"))
+        metadata = data["response_metadata"]
+        self.saw_model_name = self.saw_model_name or bool(metadata.get("model_name"))
         if len(deltas) == 1 and deltas[0].phase is Phase.ANSWER:
             answer, reasoning = deltas[0].text, ""
         else:
             answer = "".join(d.text for d in deltas if d.phase is Phase.ANSWER)
             reasoning = "".join(d.text for d in deltas if d.phase is Phase.REASONING)
         update: dict[str, Any] = {}
-        metadata = data["response_metadata"]
         logprobs = metadata.get("logprobs")
         if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
             if self.logprobs is None:
