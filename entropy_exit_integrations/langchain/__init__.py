@@ -1,14 +1,6 @@
-"""LangChain integration: a callback handler, a chat-model wrapper and an agent middleware.
-
-* ``EntropyExitCallbackHandler`` / ``AsyncEntropyExitCallbackHandler``: watch any chat model
-  run from its streamed tokens; abort it with ``EntropyExit`` (``on_exit="raise"``) or report.
-* ``ChatEntropyExit``: wrap any chat model; its stream stops once the model is confident, the
-  final answer is forced when needed, and the report rides on the last chunk.
-* ``EntropyExitMiddleware``: the same for every model call of a ``create_agent`` agent, with a
-  ledger of the whole run in ``result["entropy_exit"]`` (needs the ``langchain`` package).
-
-Each name is imported when first used (LangChain's chat-model and agent modules are heavy).
-"""
+"""LangChain integration: ``EntropyExitCallbackHandler`` (and its async twin), ``ChatEntropyExit``
+and, for ``create_agent`` agents, ``EntropyExitMiddleware`` (it needs the ``langchain`` package).
+Each name is imported when first used (LangChain's chat-model and agent modules are heavy)."""
 
 from __future__ import annotations
 

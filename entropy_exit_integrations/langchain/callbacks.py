@@ -1,18 +1,4 @@
-"""EntropyExitCallbackHandler: watch (and optionally abort) any LangChain chat model run.
-
-The handler reads the logprobs of every streamed token from ``on_llm_new_token(chunk=...)`` and
-keeps one ``MonitoredCall`` (the engine every integration uses) per ``run_id``, so concurrent
-runs (``.batch``, parallel branches) never mix. With ``on_exit="raise"`` it raises ``EntropyExit``
-from the token callback once the model is confident: ``raise_error = True`` makes LangChain
-propagate it, which unwinds the model's HTTP stream, so the server stops generating.
-``on_exit="record"`` only reports (``decision_token_index`` says where it would have cut). A
-stream that breaks after its first token raises ``StreamInterrupted``, as in every integration.
-
-The model must **stream** (``ChatOpenAI(streaming=True)``, ``.bind(stream=True)`` or ``stream``;
-otherwise ``NoTokenEventsError`` at the end of the run) and **send logprobs**
-(``ChatOpenAI(logprobs=True, top_logprobs=20)``; otherwise ``LogprobsUnavailableError``). An
-example: the README's "Use it", block 4.
-"""
+"""EntropyExitCallbackHandler: watch (and optionally abort) any LangChain chat model run."""
 
 from __future__ import annotations
 
@@ -38,9 +24,8 @@ from ..options import ExitOptions
 from ..providers.frameworks import parse_langchain_chunk
 
 OnExit = Literal["raise", "record"]
+# The invocation parameters the engine needs: a required tool call is never cut, n > 1 is refused
 _REQUEST_FIELDS = ("tools", "tool_choice", "functions", "response_format", "n")
-"""Invocation parameters that decide for the engine: a required tool call or structured answer
-is never cut, and several choices are refused before the request is sent."""
 
 LANGCHAIN_HINT = (
     "with LangChain: ChatOpenAI(logprobs=True, top_logprobs=20) or model.bind(logprobs=True, top_logprobs=20)"
@@ -58,12 +43,8 @@ def openai_dicts(messages: list[Any]) -> list[dict[str, Any]]:
 
 
 class _Handler:
-    """What the sync and async handlers share: one ``MonitoredCall`` per run, results, reports.
-
-    ``_start`` returns the new call and ``_token``/``_end`` the call to finish; the sync handler
-    counts the prompt and finishes in place, the async one awaits ``acount_prompt``/``afinish``,
-    so a token estimate never blocks the event loop. An exit raises from inside the model's
-    stream, where nothing may delay the close: the prompt was counted before the request.
+    """What the sync and async handlers share: one ``MonitoredCall`` per run, results, reports;
+    the prompt is counted when a run starts (async: off the event loop), so no end waits for it.
 
     Attributes:
         results: result (text, reasoning, tokens, report) of every finished run, by ``run_id``.
@@ -120,29 +101,25 @@ class _Handler:
             self._runs[run_id] = call
         return call
 
-    def _token(self, run_id: UUID, chunk: Any) -> MonitoredCall | None:
-        """Feed a token event; the call to finish and raise ``EntropyExit`` for, if any."""
+    def _new_token(self, run_id: UUID, chunk: Any) -> None:
+        """Feed a token event; raise ``EntropyExit`` when it is time (``on_exit="raise"``)."""
         call = self._runs.get(run_id)
         if call is None or chunk is None:
-            return None
+            return
         call.feed(parse_langchain_chunk(chunk))
         if self.on_exit == "raise" and call.should_stop:
             call.end_main(cut=True)  # raising unwinds the model's HTTP stream: the server stops
             with self._lock:
                 self._runs.pop(run_id, None)  # finished here: its end or error changes nothing
-            return call
-        return None
+            result = self._keep(run_id, call.finish())
+            raise EntropyExit(result.text, result.report, reasoning=result.reasoning, partial=result)
 
-    def _exit_error(self, run_id: UUID, result: ExitResult) -> EntropyExit:
-        self._keep(run_id, result)
-        return EntropyExit(result.text, result.report, reasoning=result.reasoning, partial=result)
-
-    def _end(self, run_id: UUID, response: LLMResult) -> MonitoredCall | None:
-        """The run ended normally: the call to finish, or None when it was already finished."""
+    def _end(self, run_id: UUID, response: LLMResult) -> None:
+        """The run ended normally (unless it was finished at an exit): its report, everywhere."""
         with self._lock:
             call = self._runs.pop(run_id, None)
         if call is None:
-            return None
+            return
         if call.chunks_seen == 0 and any(g.text for gens in response.generations for g in gens):
             raise NoTokenEventsError(
                 "EntropyExitCallbackHandler saw no streamed tokens for this run, so it could not "
@@ -150,11 +127,7 @@ class _Handler:
                 "implements streaming, and force it with ChatOpenAI(streaming=True) or "
                 "model.bind(stream=True); do not set disable_streaming=True"
             )
-        return call
-
-    def _ended(self, run_id: UUID, response: LLMResult, result: ExitResult) -> None:
-        self._keep(run_id, result)
-        data = result.report.to_dict()
+        data = self._keep(run_id, call.finish()).report.to_dict()
         for generations in response.generations:
             for generation in generations:
                 message = getattr(generation, "message", None)
@@ -164,12 +137,9 @@ class _Handler:
                     generation.generation_info = {**(generation.generation_info or {}), REPORT_KEY: data}
 
     def _error(self, run_id: UUID, error: BaseException) -> None:
-        """The run failed: raise what every integration raises for it.
-
-        A stream that broke after its first token, or an HTTP 200 stream with no chunk at all
-        (LangChain then says "No generations found in stream"), raises ``StreamInterrupted``;
-        a logprob refusal raises ``LogprobsUnavailableError``.
-        """
+        """The run failed: a logprob refusal raises ``LogprobsUnavailableError``; a stream broken
+        after its first token, or an HTTP 200 stream with no chunk at all (LangChain: "No
+        generations found in stream"), ``StreamInterrupted``, as in every integration."""
         with self._lock:
             call = self._runs.pop(run_id, None)
         if call is None or isinstance(error, EntropyExitError) or not isinstance(error, Exception):
@@ -183,26 +153,30 @@ class _Handler:
             self._keep(run_id, interrupted.partial)
             raise interrupted from error
 
-    def _keep(self, run_id: UUID, result: ExitResult) -> None:
+    def _keep(self, run_id: UUID, result: ExitResult) -> ExitResult:
         with self._lock:
             self.results[run_id] = result
             self.last_result = result
+        return result
 
 
 class EntropyExitCallbackHandler(_Handler, BaseCallbackHandler):
     """Monitors every chat-model run it sees; raises ``EntropyExit`` on exit or only reports.
 
     Args:
-        policy: the exit rule (or ``options=ExitOptions(...)``, whose ``reasoning_format``,
-            ``on_token`` and ``ledger`` apply too; a handler only watches, so it never forces an
-            answer or sends probes).
-        on_exit: ``"raise"`` aborts the generation with ``EntropyExit`` (carrying the partial
-            text and the ``SavingsReport``); ``"record"`` lets it finish and only reports.
+        policy: the exit rule (or ``options=ExitOptions(...)``; a handler only watches: it never
+            forces an answer or sends probes).
+        on_exit: ``"raise"`` aborts the generation with ``EntropyExit`` (the partial text and the
+            ``SavingsReport``); ``"record"`` lets it finish and only reports.
         ledger: records the report of every run.
 
-    After each run the report is on ``handler.reports[run_id]``, in the ledger, and (for runs
-    that finish) in the message's ``response_metadata["entropy_exit"]``, which tracers such as
-    LangSmith record with the run's outputs.
+    Each report is on ``handler.reports[run_id]``, in the ledger, and (for runs that finish) in
+    the message's ``response_metadata["entropy_exit"]``. The model must stream and send logprobs
+    (else ``NoTokenEventsError``, ``LogprobsUnavailableError``); README "Use it", block 4::
+
+        llm = ChatOpenAI(base_url=url, api_key="none", streaming=True, logprobs=True, top_logprobs=20)
+        handler = EntropyExitCallbackHandler(ExitPolicy(threshold=1.0), on_exit="raise")
+        llm.invoke("Why is the sky blue?", config={"callbacks": [handler]})  # or EntropyExit
     """
 
     def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -212,14 +186,10 @@ class EntropyExitCallbackHandler(_Handler, BaseCallbackHandler):
         self._start(run_id, kwargs, prompt=prompts[0] if prompts else "").count_prompt()
 
     def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
-        call = self._token(run_id, chunk)
-        if call is not None:  # raise at once: the stream closes as this unwinds
-            raise self._exit_error(run_id, call.finish(estimate_prompt=False))
+        self._new_token(run_id, chunk)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        call = self._end(run_id, response)
-        if call is not None:
-            self._ended(run_id, response, call.finish())
+        self._end(run_id, response)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._error(run_id, error)
@@ -237,14 +207,10 @@ class AsyncEntropyExitCallbackHandler(_Handler, AsyncCallbackHandler):
         await self._start(run_id, kwargs, prompt=prompts[0] if prompts else "").acount_prompt()
 
     async def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
-        call = self._token(run_id, chunk)
-        if call is not None:  # raise at once: the stream closes as this unwinds
-            raise self._exit_error(run_id, call.finish(estimate_prompt=False))
+        self._new_token(run_id, chunk)
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        call = self._end(run_id, response)
-        if call is not None:
-            self._ended(run_id, response, await call.afinish())
+        self._end(run_id, response)
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._error(run_id, error)

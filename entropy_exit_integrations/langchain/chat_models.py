@@ -1,23 +1,17 @@
-"""ChatEntropyExit: any LangChain chat model, stopped early once its tokens say it is sure.
-
-The inner model is the driver's transport: its public ``stream``/``astream`` (so its rate limiter,
-cache and callbacks run as for any call); closing the stream closes its HTTP response.
-"""
+"""ChatEntropyExit: any LangChain chat model, stopped early once its tokens say it is sure."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from operator import itemgetter
 from typing import Any, cast
 
-from langchain_core.callbacks import AsyncCallbackManager, AsyncCallbackManagerForLLMRun, CallbackManager
+from langchain_core.callbacks import CallbackManager
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_messages
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import (
     Runnable,
@@ -28,7 +22,7 @@ from langchain_core.runnables import (
     RunnableSequence,
 )
 from langchain_core.tools import BaseTool
-from pydantic import ConfigDict, InstanceOf, model_validator
+from pydantic import InstanceOf, model_validator
 
 from ..core.tokens import Phase
 from ..driver import Output, adrive, drive
@@ -48,31 +42,21 @@ WRAPPER_HINT = (
 class ChatEntropyExit(BaseChatModel):
     """Wraps a chat model; stops its stream once the model is confident, and reports the savings.
 
-    Every call streams the inner model through its public ``stream``/``astream`` (its rate
-    limiter, cache and callbacks run as for any call) with logprobs requested (``logprobs=True,
-    top_logprobs=policy.top_k`` unless ``logprobs_kwargs`` says otherwise). When the policy says
-    "confident" the inner stream is closed (the HTTP response, so the server stops). When the exit
-    cut the reasoning (or always, with ``force_answer=True``) a short second request asks for the
-    final answer: for OpenAI-compatible inner models the cut text goes back as a trailing
-    assistant message the server continues (llama.cpp, vLLM); elsewhere as a follow-up user turn.
-    The last chunk carries ``usage_metadata`` (counted from the logprob entries when the stream
-    was cut), every chunk's logprobs and ``response_metadata["entropy_exit"]``: the
-    ``SavingsReport`` as plain data, which tracers (LangSmith) record with the run's outputs.
-
-    Tool calls are never cut in the middle, nor a required tool call or a structured answer at
-    all; ``bind_tools``, ``with_structured_output``, ``stop``, callbacks, tags and metadata pass
-    through. Reasoning goes to ``additional_kwargs["reasoning_content"]`` and the content is the
-    answer: reasoning inside ``<think>`` (or ``[THINK]``, harmony) markers, and the reasoning
-    fields the inner model keeps (ChatOpenAI drops them; ``ChatDeepSeek(api_base=url, ...)`` from
-    ``langchain-deepseek`` keeps them, for any OpenAI-compatible server).
+    Each call streams the inner model through its public ``stream``/``astream`` with logprobs
+    requested, and closes that stream (so the server stops) once the policy says "confident"; a
+    short second request forces the final answer when the exit cut the reasoning (or always, with
+    ``force_answer=True``). The last chunk carries ``usage_metadata``, every chunk's logprobs and
+    the report in ``response_metadata["entropy_exit"]``. Tool calls and structured answers are
+    never cut; reasoning goes to ``additional_kwargs["reasoning_content"]`` (README "Use it").
 
     Key init args:
         model: the inner ``BaseChatModel``, or a ``"provider:model"`` string for
-            ``init_chat_model`` (extra keyword arguments such as ``temperature``, ``max_tokens``
-            or ``base_url`` then go to it).
+            ``init_chat_model`` (extra keyword arguments such as ``max_tokens`` then go to it).
         options: ``ExitOptions``; or its fields: ``policy`` (required), ``force_answer``,
             ``forcing``, ``probes``, ``ledger``, ``audit``, ``trace_sink``, ``reasoning_format``...
-        logprobs_kwargs: call kwargs that ask the inner model for logprobs.
+        logprobs_kwargs: call kwargs that ask the inner model for logprobs (default: the OpenAI
+            fields, ``logprobs=True, top_logprobs=policy.top_k``).
+        stop: default stop sequences for the inner model (a call's own ``stop`` wins).
 
     Example (``entropy-exit serve`` prints the URL of the embedded server)::
 
@@ -84,14 +68,8 @@ class ChatEntropyExit(BaseChatModel):
 
     model: BaseChatModel
     options: InstanceOf[ExitOptions]
-    """Every exit setting (``ExitOptions``); its fields may be passed directly instead."""
     logprobs_kwargs: dict[str, Any] | None = None
-    """Call kwargs that ask the inner model for logprobs (default: ``logprobs=True,
-    top_logprobs=policy.top_k``, the OpenAI fields)."""
     stop: list[str] | None = None
-    """Default stop sequences for the inner model (a call's own ``stop`` wins)."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -133,36 +111,66 @@ class ChatEntropyExit(BaseChatModel):
         return self.model._get_ls_params(stop=stop, **kwargs)
 
     def _call(
-        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kw: dict[str, Any]
     ) -> tuple[MonitoredCall, _Chunks, RunnableConfig]:
+        """The engine for one call of the inner model with these call kwargs."""
+        inner, options = self.model, self.options
+        try:
+            from langchain_openai.chat_models.base import BaseChatOpenAI
+
+            openai_like = isinstance(inner, BaseChatOpenAI)  # ChatOpenAI and partner subclasses
+        except ImportError:  # pragma: no cover - langchain-openai not installed
+            openai_like = False
         stop = stop if stop is not None else self.stop
-        fields = {**kwargs, "stop": stop} if stop is not None else dict(kwargs)
-        call = monitored_call(self.model, self.options, messages, fields, self.logprobs_kwargs)
+        fields = dict(kw) if stop is None else {**kw, "stop": stop}
+        n = getattr(inner, "n", None)
+        if isinstance(n, int) and n > 1:
+            fields.setdefault("n", n)  # refused by the engine: one choice per monitored call
+        logprobs_kwargs = self.logprobs_kwargs
+        if logprobs_kwargs is None:
+            logprobs_kwargs = {"logprobs": True}
+            if getattr(inner, "top_logprobs", None) is None:
+                logprobs_kwargs["top_logprobs"] = options.policy.top_k
+        default = getattr(inner, "max_tokens", None)
+        budget = fields.get("max_tokens", fields.get("max_completion_tokens", default))
+        name = fields.get("model") or getattr(inner, "model_name", None) or getattr(inner, "model", None)
+        if not openai_like and options.forcing.style != "followup":  # no prefill elsewhere
+            options = replace(options, forcing=replace(options.forcing, style="followup"))
+        call = MonitoredCall(
+            options,
+            fields=fields,
+            messages=openai_dicts(messages),
+            model=str(name) if name else None,
+            max_tokens=budget if isinstance(budget, int) else None,
+            base_url=str(getattr(inner, "openai_api_base", "") or "") if openai_like else "",
+            terminal_required=openai_like,
+            reasoning_field=False,  # ChatOpenAI does not send reasoning_content back
+            logprobs_hint=WRAPPER_HINT,
+            logprob_fields=logprobs_kwargs,
+            usage_fields={"stream_usage": True} if openai_like else None,
+        )
         return call, _Chunks(call), _child_config(run_manager)
 
-    def _chunks(
+    def _stream(
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> Iterator[ChatGenerationChunk]:
         call, chunks, config = self._call(messages, stop, run_manager, kw)
-        for step in drive(call, _Transport(self.model, messages, config)):
+        for step in drive(call, _Transport(self.model, messages, config, False)):
             yield from chunks.out(step)
 
-    async def _achunks(
+    async def _astream(
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> AsyncIterator[ChatGenerationChunk]:
         call, chunks, config = self._call(messages, stop, run_manager, kw)
-        async for step in adrive(call, _AsyncTransport(self.model, messages, config)):
+        async for step in adrive(call, _Transport(self.model, messages, config, True)):
             for chunk in chunks.out(step):
                 yield chunk
-
-    _stream = _chunks  # the names BaseChatModel calls
-    _astream = _achunks
 
     def _generate(
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> ChatResult:
         chunks = []
-        for chunk in self._chunks(messages, stop, run_manager, **kw):
+        for chunk in self._stream(messages, stop, run_manager, **kw):
             if run_manager is not None:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
@@ -172,7 +180,7 @@ class ChatEntropyExit(BaseChatModel):
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> ChatResult:
         chunks = []
-        async for chunk in self._achunks(messages, stop, run_manager, **kw):
+        async for chunk in self._astream(messages, stop, run_manager, **kw):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
@@ -194,12 +202,8 @@ class ChatEntropyExit(BaseChatModel):
         return self.bind(**bound.kwargs)
 
     def with_structured_output(self, schema: Any = None, *, include_raw: bool = False, **kw: Any) -> Runnable:
-        """The inner model's structured output (its methods: json_schema, function_calling...).
-
-        The inner model prepares the request (its ``bind`` arguments) and the parser; the model
-        step is this wrapper, bound to those arguments. A structured request is never cut: it is
-        monitored and reported only.
-        """
+        """The inner model's structured output (its methods: json_schema, function_calling...): its
+        request arguments and parser, with this wrapper as the model step (monitored, never cut)."""
         built = self.model.with_structured_output(schema, include_raw=False, **kw)
         steps = built.steps if isinstance(built, RunnableSequence) else [built]
         first = steps[0]
@@ -216,80 +220,30 @@ class ChatEntropyExit(BaseChatModel):
         return RunnableMap(raw=llm) | parsed.with_fallbacks([unparsed], exception_key="parsing_error")
 
 
-def monitored_call(
-    inner: BaseChatModel,
-    options: ExitOptions,
-    messages: list[BaseMessage],
-    kwargs: dict[str, Any],
-    logprobs_kwargs: dict[str, Any] | None,
-) -> MonitoredCall:
-    """The engine for one call of the inner model with these call ``kwargs``."""
-    try:
-        from langchain_openai.chat_models.base import BaseChatOpenAI
+@dataclass
+class _Transport:
+    """The inner model's public ``stream`` (``is_async``: ``astream``, for ``adrive``) as the
+    driver's transport; closing a stream closes its HTTP response, so the server stops."""
 
-        openai_like = isinstance(inner, BaseChatOpenAI)  # ChatOpenAI and partner subclasses
-    except ImportError:  # pragma: no cover - langchain-openai not installed
-        openai_like = False
-    fields = dict(kwargs)
-    n = getattr(inner, "n", None)
-    if isinstance(n, int) and n > 1:
-        fields.setdefault("n", n)  # refused by the engine: one choice per monitored call
-    if logprobs_kwargs is None:
-        logprobs_kwargs = {"logprobs": True}
-        if getattr(inner, "top_logprobs", None) is None:
-            logprobs_kwargs["top_logprobs"] = options.policy.top_k
-    budget = fields.get("max_tokens", fields.get("max_completion_tokens", getattr(inner, "max_tokens", None)))
-    name = str(fields.get("model") or getattr(inner, "model_name", None) or getattr(inner, "model", "") or "")
-    if not openai_like and options.forcing.style != "followup":  # no prefill elsewhere
-        options = replace(options, forcing=replace(options.forcing, style="followup"))
-    return MonitoredCall(
-        options,
-        fields=fields,
-        messages=openai_dicts(messages),
-        model=name or None,
-        max_tokens=budget if isinstance(budget, int) else None,
-        base_url=str(getattr(inner, "openai_api_base", "") or "") if openai_like else "",
-        terminal_required=openai_like,
-        reasoning_field=False,  # ChatOpenAI does not send reasoning_content back
-        logprobs_hint=WRAPPER_HINT,
-        logprob_fields=logprobs_kwargs,
-        usage_fields={"stream_usage": True} if openai_like else None,
-    )
-
-
-class _Inner:
-    """What the sync and async transports share: the inner model's input for a ``RequestSpec``."""
-
+    inner: BaseChatModel
+    messages: list[BaseMessage]
+    config: RunnableConfig
+    is_async: bool
     parts = staticmethod(parse_langchain_chunk)
 
-    def __init__(self, inner: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig) -> None:
-        self.inner = inner
-        self.messages = messages
-        self.config = config
+    def open(self, spec: RequestSpec) -> Any:
+        """The caller's messages and the request's own (forcing, probes: OpenAI dicts)."""
+        messages = [*self.messages, *convert_to_messages(list(spec.messages))]
+        if self.is_async:
+            return _ready(self.inner.astream(messages, self.config, **spec.fields))
+        return self.inner.stream(messages, self.config, **spec.fields)
 
-    def request(self, spec: RequestSpec) -> list[BaseMessage]:
-        """The caller's messages and the request's own (forcing, probes; OpenAI dicts)."""
-        return [*self.messages, *convert_to_messages(list(spec.messages))]
-
-
-class _Transport(_Inner):
-    """The inner model's public ``stream`` as the driver's transport (sync)."""
-
-    def open(self, spec: RequestSpec) -> Iterator[Any]:
-        return self.inner.stream(self.request(spec), self.config, **spec.fields)
-
-    def close(self, stream: Any) -> None:
-        stream.close()  # closes the inner generator and its HTTP response: the server stops
+    def close(self, stream: Any) -> Any:
+        return stream.aclose() if self.is_async else stream.close()
 
 
-class _AsyncTransport(_Inner):
-    """Async twin of ``_Transport`` (the inner model's public ``astream``)."""
-
-    async def open(self, spec: RequestSpec) -> AsyncIterator[Any]:
-        return self.inner.astream(self.request(spec), self.config, **spec.fields)
-
-    async def close(self, stream: Any) -> None:
-        await stream.aclose()
+async def _ready(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    return stream
 
 
 class _Chunks:
@@ -315,43 +269,34 @@ class _Chunks:
         ]
 
     def passed_on(self, message: Any, deltas: list[Any]) -> ChatGenerationChunk:
-        """An inner chunk with the engine's text (copied only when it changes); its usage and
-        its logprobs are held for the last chunk. The content is the answer only: reasoning (a
-        separate field or ``<think>`` tags, even split over chunks) goes to
-        ``additional_kwargs["reasoning_content"]``.
-
-        The logprobs ride on the last chunk, all of them, so that the merged message (``invoke``,
-        ``on_llm_end``, tracers) has them as before, while LangChain's merge of the streamed
-        chunks, which copies the growing list at every chunk, stays linear.
+        """An inner chunk with the engine's text (copied only when it changes): the content is the
+        answer, reasoning goes to ``additional_kwargs["reasoning_content"]``; its usage and its
+        logprobs go on the last chunk (so LangChain's merge of the chunks stays linear: README).
         """
         if not isinstance(message, AIMessageChunk):  # a model that cannot stream: its whole answer
-            message = _as_chunk(message)
+            message = AIMessageChunk(**{**message.__dict__, "type": "AIMessageChunk"})  # (tool calls too)
         data = message.__dict__
-        if not self.saw_model_name:
-            self.saw_model_name = bool(data["response_metadata"].get("model_name"))
+        metadata = data["response_metadata"]
+        self.saw_model_name = self.saw_model_name or bool(metadata.get("model_name"))
         if len(deltas) == 1 and deltas[0].phase is Phase.ANSWER:
             answer, reasoning = deltas[0].text, ""
         else:
             answer = "".join(d.text for d in deltas if d.phase is Phase.ANSWER)
             reasoning = "".join(d.text for d in deltas if d.phase is Phase.REASONING)
         update: dict[str, Any] = {}
-        metadata = data["response_metadata"]
         logprobs = metadata.get("logprobs")
         if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
             if self.logprobs is None:
-                self.logprobs = {**logprobs, "content": list(logprobs["content"])}
-            else:
-                self.logprobs["content"] += logprobs["content"]
+                self.logprobs = {**logprobs, "content": []}
+            self.logprobs["content"] += logprobs["content"]
             update["response_metadata"] = {k: v for k, v in metadata.items() if k != "logprobs"}
         content = data["content"]
         if content.__class__ is str and content != answer:
             update["content"] = answer
         extra = data["additional_kwargs"]
         if reasoning or "reasoning_content" in extra or "reasoning" in extra:
-            extra = {k: v for k, v in extra.items() if k not in ("reasoning_content", "reasoning")}
-            if reasoning:
-                extra["reasoning_content"] = reasoning
-            update["additional_kwargs"] = extra
+            kept = {k: v for k, v in extra.items() if k not in ("reasoning_content", "reasoning")}
+            update["additional_kwargs"] = {**kept, "reasoning_content": reasoning} if reasoning else kept
         if data.get("usage_metadata"):
             update["usage_metadata"] = None
         if data.get("chunk_position") == "last":
@@ -379,31 +324,10 @@ class _Chunks:
         return ChatGenerationChunk(message=message)
 
 
-def _as_chunk(message: Any) -> AIMessageChunk:
-    """The ``AIMessage`` a non-streaming model's ``stream`` yields, as one chunk."""
-    calls = [
-        tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c.get("id"), index=i)
-        for i, c in enumerate(getattr(message, "tool_calls", None) or [])
-    ]
-    return AIMessageChunk(
-        content=message.content,
-        additional_kwargs=message.additional_kwargs,
-        response_metadata=message.response_metadata,
-        usage_metadata=getattr(message, "usage_metadata", None),
-        tool_call_chunks=calls,
-        id=message.id,
-    )
-
-
 def _child_config(run_manager: Any) -> RunnableConfig:
-    """Config that makes the inner model's run a child of this run (a tracer enabled by the
-    environment, LangSmith's, nests it), without passing this run's handlers down: they saw this
-    call once, as LangChain's standard tests require. The inner model's own callbacks, rate
-    limiter and cache run as for any call."""
+    """Config that nests the inner model's run under this run (for tracers) without passing this
+    run's handlers down: they see this call once, as LangChain's standard tests require."""
     if run_manager is None:  # (BaseChatModel.stream passes none): at least keep handlers apart
         return {"callbacks": []}
-    manager_class = (
-        AsyncCallbackManager if isinstance(run_manager, AsyncCallbackManagerForLLMRun) else CallbackManager
-    )
-    manager = manager_class(handlers=[], parent_run_id=run_manager.run_id)
+    manager = CallbackManager(handlers=[], parent_run_id=run_manager.run_id)  # (async runs too)
     return {"callbacks": manager, "metadata": dict(run_manager.inheritable_metadata)}

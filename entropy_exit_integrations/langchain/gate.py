@@ -1,16 +1,4 @@
-"""EntropyGate as a LangChain Runnable: a first pass, and the extended step only when unsure.
-
->>> from langchain_openai import ChatOpenAI                                   # doctest: +SKIP
->>> from entropy_exit_integrations.gate import EntropyGate, Refine            # doctest: +SKIP
->>> llm = ChatOpenAI(base_url=url, api_key="x", model=model, max_tokens=256)  # doctest: +SKIP
->>> gated = EntropyGateRunnable.from_chat_openai(llm, EntropyGate(calibration, Refine()))  # doctest: +SKIP
->>> (prompt | gated).invoke({"question": "..."}).response_metadata["entropy_gate"]  # doctest: +SKIP
-
-The runnable talks to the endpoint through the openai helpers (the same code path as
-``EntropyGate.run``), so entropy comes from the streamed top-k logprobs; the answer is an
-``AIMessage`` whose ``response_metadata["entropy_gate"]`` says whether the gate passed, the first
-pass's entropy, tau and the tokens used against always running the extended step.
-"""
+"""EntropyGate as a LangChain Runnable: a first pass, and the extended step only when unsure."""
 
 from __future__ import annotations
 
@@ -27,10 +15,19 @@ from ..gate import EntropyGate
 class EntropyGateRunnable(Runnable[LanguageModelInput, AIMessage]):
     """Runs ``gate`` on a string, messages or a prompt value; returns the answer as an AIMessage.
 
+    The gate streams through the openai helpers, as ``EntropyGate.run`` does; the answer's
+    ``response_metadata["entropy_gate"]`` is the ``GateResult`` as plain data.
+
     Args:
         gate: the ``EntropyGate`` (tau or calibration, extended step).
         client: an ``openai.OpenAI`` client for an endpoint that streams logprobs.
         model: model id. **create_kwargs: more request settings (max_tokens, temperature, seed).
+
+    Example::
+
+        llm = ChatOpenAI(base_url=url, api_key="x", model=model, max_tokens=256)
+        gated = EntropyGateRunnable.from_chat_openai(llm, EntropyGate(calibration, Refine()))
+        (prompt | gated).invoke({"question": "..."}).response_metadata["entropy_gate"]
     """
 
     def __init__(self, gate: EntropyGate, *, client: Any, model: str, **create_kwargs: Any) -> None:
@@ -42,13 +39,9 @@ class EntropyGateRunnable(Runnable[LanguageModelInput, AIMessage]):
     @classmethod
     def from_chat_openai(cls, llm: Any, gate: EntropyGate, **create_kwargs: Any) -> EntropyGateRunnable:
         """Reuse a ``ChatOpenAI``'s client, model, max_tokens and temperature."""
-        settings: dict[str, Any] = {}
-        if getattr(llm, "max_tokens", None) is not None:
-            settings["max_tokens"] = llm.max_tokens
-        if getattr(llm, "temperature", None) is not None:
-            settings["temperature"] = llm.temperature
-        settings.update(create_kwargs)
-        return cls(gate, client=llm.root_client, model=llm.model_name, **settings)
+        names = ("max_tokens", "temperature")
+        settings = {name: getattr(llm, name) for name in names if getattr(llm, name, None) is not None}
+        return cls(gate, client=llm.root_client, model=llm.model_name, **{**settings, **create_kwargs})
 
     def _gate(self, value: LanguageModelInput) -> AIMessage:
         given = value.to_messages() if isinstance(value, PromptValue) else value

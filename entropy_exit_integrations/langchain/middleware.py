@@ -1,7 +1,4 @@
-"""EntropyExitMiddleware: early exit on every model call of a ``create_agent`` agent loop.
-
-An example: the README's "Use it", block 5.
-"""
+"""EntropyExitMiddleware: early exit on every model call of a ``create_agent`` agent loop."""
 
 from __future__ import annotations
 
@@ -34,19 +31,20 @@ class EntropyExitState(AgentState):
 class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
     """Wraps each model call of the agent in ``ChatEntropyExit`` and keeps the run's ledger.
 
-    Every step's ``SavingsReport`` (plain data, plus ``"step"``: the model call's index in the
-    run) is appended to ``result["entropy_exit"]``; ``EntropyExitMiddleware.summary(result)``
-    totals them. Each AIMessage also carries its own report in
-    ``response_metadata["entropy_exit"]``, and ``middleware.ledger`` collects every report of
-    every run. Tool calls are never cut in the middle.
+    Every step's report (plain data, with ``"step"``, the model call's index in the run) is
+    appended to ``result["entropy_exit"]``, and is on its AIMessage's ``response_metadata``;
+    ``middleware.ledger`` (the options' ledger, else a new one) collects every report of every run.
 
     Args:
         policy: the exit rule (or ``options=ExitOptions(...)``; its other fields may be given
             here too: ``force_answer``, ``forcing``, ``probes``, ``on_token``, ``ledger``).
         logprobs_kwargs: as for ``ChatEntropyExit``.
 
-    Every option is validated here, when the middleware is built. Without a ledger, a new
-    ``SavingsLedger`` collects every report (``middleware.ledger``).
+    Example (README "Use it", block 5)::
+
+        agent = create_agent(model=ChatOpenAI(...), tools=[...], middleware=[EntropyExitMiddleware(policy)])
+        result = agent.invoke({"messages": [{"role": "user", "content": "..."}]})
+        EntropyExitMiddleware.summary(result)  # steps, exits, tokens generated and saved
     """
 
     state_schema = EntropyExitState
@@ -62,7 +60,6 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
         super().__init__()
         options = ExitOptions.build(options, "EntropyExitMiddleware", policy=policy, **fields)
         self.ledger: SavingsLedger = SavingsLedger() if options.ledger is None else options.ledger
-        """Every report of every run this middleware has seen."""
         self.options = replace(options, ledger=self.ledger)
         self.logprobs_kwargs = logprobs_kwargs
 
@@ -78,11 +75,8 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
         messages = response.result if isinstance(response, ModelResponse) else [response]
         state: Mapping[str, Any] = request.state or {}
         step = len(state.get(STATE_KEY) or [])
-        reports: list[dict[str, Any]] = []
-        for message in messages:
-            report = message.response_metadata.get(REPORT_KEY) if isinstance(message, AIMessage) else None
-            if report is not None:
-                reports.append({"step": step + len(reports), **report})
+        found = [m.response_metadata.get(REPORT_KEY) for m in messages if isinstance(m, AIMessage)]
+        reports = [{"step": step + i, **report} for i, report in enumerate(r for r in found if r is not None)]
         if not reports:
             return response
         if isinstance(response, AIMessage):
@@ -102,8 +96,6 @@ class EntropyExitMiddleware(AgentMiddleware[EntropyExitState, Any]):
         """Totals over an agent result's steps (``SavingsLedger.summary``: tokens generated and
         saved, exits, probes...), with ``steps`` and the tokens ``saved_per_step``."""
         steps = list(result.get(STATE_KEY) or [])
-        ledger = SavingsLedger()
-        for step in steps:
-            ledger.record(SavingsReport.from_dict(step))
+        ledger = SavingsLedger([SavingsReport.from_dict(step) for step in steps])
         saved = [s.get("tokens_saved_vs_budget") or 0 for s in steps]
         return {"steps": len(steps), **ledger.summary(), "saved_per_step": saved}
