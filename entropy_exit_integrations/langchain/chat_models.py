@@ -151,14 +151,14 @@ class ChatEntropyExit(BaseChatModel):
         )
         return call, _Chunks(call), _child_config(run_manager)
 
-    def _stream(
+    def _chunks(
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> Iterator[ChatGenerationChunk]:
         call, chunks, config = self._call(messages, stop, run_manager, kw)
         for step in drive(call, _Transport(self.model, messages, config, False)):
             yield from chunks.out(step)
 
-    async def _astream(
+    async def _achunks(
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> AsyncIterator[ChatGenerationChunk]:
         call, chunks, config = self._call(messages, stop, run_manager, kw)
@@ -166,11 +166,13 @@ class ChatEntropyExit(BaseChatModel):
             for chunk in chunks.out(step):
                 yield chunk
 
+    _stream, _astream = _chunks, _achunks  # the names BaseChatModel calls (ours calls its own)
+
     def _generate(
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> ChatResult:
         chunks = []
-        for chunk in self._stream(messages, stop, run_manager, **kw):
+        for chunk in self._chunks(messages, stop, run_manager, **kw):
             if run_manager is not None:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
@@ -180,7 +182,7 @@ class ChatEntropyExit(BaseChatModel):
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
     ) -> ChatResult:
         chunks = []
-        async for chunk in self._astream(messages, stop, run_manager, **kw):
+        async for chunk in self._achunks(messages, stop, run_manager, **kw):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
