@@ -104,10 +104,12 @@ class ChatEntropyExit(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        inner = self.model
-        return {"inner_llm_type": inner._llm_type, **inner._identifying_params, **self.options.to_dict()}
+        inner = self.model.asdict()  # (public: the inner model's identifying params and "_type")
+        return {"inner_llm_type": inner.pop("_type"), **inner, **self.options.to_dict()}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        # LangChain's tracing hook, answered by the inner model's own (no public twin; a unit test
+        # checks the model name and max_tokens it gives)
         return self.model._get_ls_params(stop=stop, **kwargs)
 
     def _call(
